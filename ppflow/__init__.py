@@ -1,0 +1,8 @@
+"""ppflow: Pyramidal Patchification Flow for diffusion/flow transformers."""
+
+from .convert import load_model
+from .models import ModelConfig, PPFlowTransformer, PyramidSchedule, create_model
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelConfig", "PPFlowTransformer", "PyramidSchedule", "create_model", "load_model", "__version__"]

@@ -1,0 +1,1 @@
+"""FLOPs accounting and benchmarks."""

@@ -1,0 +1,19 @@
+"""Model definitions: schedule, layers, patchify, backbone, size registry."""
+
+from .backbone import ModelConfig, PPFlowTransformer
+from .registry import SIZES, create_config, create_model, model_names, parse_name
+from .schedule import PRESETS, PyramidSchedule, ScheduleError, Stage
+
+__all__ = [
+    "ModelConfig",
+    "PPFlowTransformer",
+    "SIZES",
+    "create_config",
+    "create_model",
+    "model_names",
+    "parse_name",
+    "PRESETS",
+    "PyramidSchedule",
+    "ScheduleError",
+    "Stage",
+]
