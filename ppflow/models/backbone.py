@@ -37,6 +37,7 @@ class ModelConfig:
     level_embedding: bool | None = None  # learned stage embedding; None = only with >1 stage
     level_init_std: float = 0.02  # official PPFlow init of the level embedding (adaptation uses 0)
     time_map: str = "identity"  # what the t-embedder sees: 'identity' (flow t) or 'dit' (999*(1-t))
+    vae: str | None = None  # diffusers AutoencoderKL (hub name or folder) for latent models; None = pixel space
     name: str = ""  # display name, e.g. 'PPF-B-2'
 
     def __post_init__(self) -> None:
