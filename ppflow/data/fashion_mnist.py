@@ -51,7 +51,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
 
 def to_model_space(images: np.ndarray, size: int = 32) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, size, size) in [-1, 1], zero-padded (background) around the 28x28 image."""
-    x = torch.from_numpy(np.asarray(images)).float().div(127.5).sub(1.0)[:, None]  # (N, 1, 28, 28)
+    x = torch.from_numpy(np.array(images)).float().div(127.5).sub(1.0)[:, None]  # (N, 1, 28, 28)
     pad = size - x.shape[-1]
     if pad < 0:
         raise ValueError(f"size {size} is smaller than the 28x28 images")
