@@ -10,8 +10,8 @@ forward (what `torch.utils.flop_counter.FlopCounterMode` counts); element-wise w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..models.backbone import ModelConfig
 

@@ -5,15 +5,15 @@ from .registry import SIZES, create_config, create_model, model_names, parse_nam
 from .schedule import PRESETS, PyramidSchedule, ScheduleError, Stage
 
 __all__ = [
+    "PRESETS",
+    "SIZES",
     "ModelConfig",
     "PPFlowTransformer",
-    "SIZES",
+    "PyramidSchedule",
+    "ScheduleError",
+    "Stage",
     "create_config",
     "create_model",
     "model_names",
     "parse_name",
-    "PRESETS",
-    "PyramidSchedule",
-    "ScheduleError",
-    "Stage",
 ]

@@ -81,7 +81,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
-        T, D = x.shape
+        D = x.shape[1]
         H = self.num_heads
         qkv = self.qkv(x)  # (T, 3D)
         outs = []

@@ -22,7 +22,7 @@ def patchify(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
 
 def unpatchify(tokens: torch.Tensor, ph: int, pw: int, height: int, width: int) -> torch.Tensor:
     """(N, L, ph*pw*O) -> (N, O, H, W)."""
-    N, L, K = tokens.shape
+    N, _, K = tokens.shape
     h, w, O = height // ph, width // pw, K // (ph * pw)
     x = tokens.reshape(N, h, w, ph, pw, O)  # (N, h, w, ph, pw, O)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(N, O, height, width)
