@@ -47,8 +47,11 @@ def load_pretrained(directory: str | os.PathLike, **overrides) -> PPFlowTransfor
     return model
 
 
-def load_state_strict(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Load a state dict, reporting missing/unexpected keys and shape mismatches by name."""
+def load_state_strict(model: torch.nn.Module, state: dict, source: str, assign: bool = False) -> None:
+    """Load a state dict, reporting missing/unexpected keys and shape mismatches by name.
+
+    `assign=True` adopts the given tensors as parameters (for a model built on the meta device).
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -60,4 +63,4 @@ def load_state_strict(model: torch.nn.Module, state: dict, source: str) -> None:
             f"shape mismatches {wrong[:5]}. Check that the config (size, schedule, channels, classes) "
             "is the one the weights were saved with."
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)

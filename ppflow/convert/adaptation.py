@@ -1,0 +1,111 @@
+"""Adapt a one-stage SiT/DiT model to a PPFlow schedule (the paper's average/copy initialization).
+
+With base patch (p, q) and a stage patch (p*fh, q*fw):
+- patchify, average init: in-patch pixel (a*fh+i, b*fw+j) gets the base weight of pixel
+  (a, b) divided by fh*fw, bias copied. The stage token is the base projection of the
+  fh x fw average-pooled patch. In the official layout this is `proj1 = W/4` with each input
+  channel repeated 4 times after space-to-depth (the official `--initialize_from`).
+- unpatchify, copy init: output pixel (a*fh+i, b*fw+j) gets the base row of pixel (a, b),
+  weights and bias, unscaled (official `linear1` = rows repeated 4 times).
+- blocks, time/label embedders and the final adaLN are copied; the finest stage's
+  projections are the source's. The level embedding starts at zero (the official code
+  keeps its N(0, 0.02^2) init; `level_init_std` reproduces that), so the finest stage
+  reproduces the source model exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from ..models.backbone import PPFlowTransformer
+from ..models.schedule import PyramidSchedule
+from .keymap import CheckpointError, size_name
+from .native import load_state_strict
+
+Tensor = torch.Tensor
+
+
+def average_init(weight: Tensor, patch: tuple[int, int], factors: tuple[int, int], channels: int) -> Tensor:
+    """Base PatchEmbed weight (D, C*p*q) -> stage weight (D, C*(p*fh)*(q*fw)), average init."""
+    (p, q), (fh, fw) = patch, factors
+    D = weight.shape[0]
+    w = weight.reshape(D, channels, p, q).repeat_interleave(fh, dim=2).repeat_interleave(fw, dim=3)  # (D, C, ph, pw)
+    return (w / (fh * fw)).reshape(D, -1)
+
+
+def copy_init(rows: Tensor, patch: tuple[int, int], factors: tuple[int, int], out_channels: int) -> Tensor:
+    """Base Unpatchify weight (p*q*O, D) or bias (p*q*O,) -> stage one, each pixel's rows repeated."""
+    (p, q), (fh, fw) = patch, factors
+    tail = rows.shape[1:]
+    r = rows.reshape(p, 1, q, 1, out_channels, *tail).expand(p, fh, q, fw, out_channels, *tail)  # (a, i, b, j, o)
+    return r.reshape(p * fh * q * fw * out_channels, *tail)
+
+
+def adapt(
+    source: PPFlowTransformer | str | os.PathLike,
+    schedule: str | PyramidSchedule = "ppf2",
+    *,
+    level_init_std: float = 0.0,
+    generator: torch.Generator | None = None,
+    format: str | None = None,
+    weights: str | None = None,
+    **overrides,
+) -> PPFlowTransformer:
+    """A PPFlow model initialized from a one-stage model (a model or anything `load_model` reads).
+
+    `schedule`: the target pyramid (preset or 't_end:ROWSxCOLS,...'); its finest patch must be
+    the source's patch. `level_init_std`: 0 (default) starts the level embedding at zero so the
+    finest stage equals the source; 0.02 is the official N(0, 0.02^2) start. `format`,
+    `weights`, `overrides` are passed to `load_model` when `source` is a path.
+    """
+    if isinstance(source, PPFlowTransformer):
+        if overrides or format or weights:
+            raise ValueError("format/weights/overrides apply when loading a path; `source` is already a model")
+        src = source
+    else:
+        from . import load_model
+
+        src = load_model(source, format=format, weights=weights, **overrides)
+    label = src.config.name or "the source model"
+    if src.schedule.num_stages != 1:
+        raise CheckpointError(
+            f"{label} already has {src.schedule.num_stages} stages ({src.schedule.to_string()}); adaptation starts "
+            "from a one-stage SiT/DiT model"
+        )
+    base = src.schedule.stages[0].patch
+    target = PyramidSchedule.from_config(schedule)
+    if target.base_patch != base:
+        raise CheckpointError(
+            f"schedule {target.to_string()} has base patch {target.base_patch} but {label} uses {base} patches; "
+            f"its finest stage must use the source patch, e.g. '0.5:{2 * base[0]}x{2 * base[1]},1:{base[0]}x{base[1]}'"
+        )
+    cfg = src.config
+    size = size_name(cfg.depth, cfg.hidden_size, cfg.num_heads)
+    name = f"PPF-{size}-{target.num_stages}" if size and base == (2, 2) else ""
+    config = dataclasses.replace(cfg, schedule=schedule if isinstance(schedule, str) else target,
+                                 level_embedding=None, level_init_std=level_init_std, name=name)
+
+    old = {k: v.detach() for k, v in src.state_dict().items()}
+    state = {k: v.clone() for k, v in old.items()
+             if not k.startswith(("x_embedder.", "final_layer.unpatchify.", "level_embedder."))}
+    pw, pb = old["x_embedder.0.proj.weight"], old["x_embedder.0.proj.bias"]
+    uw, ub = old["final_layer.unpatchify.0.linear.weight"], old["final_layer.unpatchify.0.linear.bias"]
+    for s in range(target.num_stages):
+        f = target.factors(s)
+        state[f"x_embedder.{s}.proj.weight"] = average_init(pw, base, f, cfg.in_channels)
+        state[f"x_embedder.{s}.proj.bias"] = pb.clone()
+        state[f"final_layer.unpatchify.{s}.linear.weight"] = copy_init(uw, base, f, cfg.out_channels)
+        state[f"final_layer.unpatchify.{s}.linear.bias"] = copy_init(ub, base, f, cfg.out_channels)
+    if config.use_level_embedding:
+        level = torch.zeros(target.num_stages, cfg.hidden_size, dtype=pw.dtype)
+        if level_init_std > 0:
+            level.normal_(0.0, level_init_std, generator=generator)
+        state["level_embedder.weight"] = level.to(pw.device)
+
+    with torch.device("meta"):
+        model = PPFlowTransformer(config)
+    load_state_strict(model, state, source=f"adaptation of {label}", assign=True)
+    return model.train(src.training)
