@@ -1,6 +1,7 @@
 """ppflow: Pyramidal Patchification Flow for diffusion/flow transformers."""
 
 from .convert import load_model
+from .convert.adaptation import adapt as adapt  # public: ppflow.adapt
 from .models import ModelConfig, PPFlowTransformer, PyramidSchedule, create_model
 
 __version__ = "0.1.0"

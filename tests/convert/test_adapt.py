@@ -1,0 +1,98 @@
+"""Adaptation of a one-stage model to PPFlow: the official average/copy init, tensor for tensor,
+and the properties it guarantees at init."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ppflow
+from ppflow.convert.formats import CheckpointError, export_state
+from ppflow.models.patchify import patchify
+from tests.conftest import randomize
+from tests.convert import reference as ref
+
+
+@pytest.fixture
+def sit_file(tmp_path):
+    sd = ref.random_state(1)
+    path = tmp_path / "SiT-tiny-2.pt"
+    torch.save(sd, path)
+    return path, sd
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_adapt_equals_official_initialize_from(sit_file, stages):
+    path, sd = sit_file
+    model = ppflow.adapt(path, f"ppf{stages}")
+    assert model.config.name == f"PPF-tiny-{stages}" and model.schedule.num_stages == stages
+    ours = export_state(model, "ppflow-official")
+    official = ref.initialize_from(sd, stages)  # its level embedding set to zero, our start
+    assert sorted(ours) == sorted(official)
+    for k in official:
+        if k.startswith("pos_embed"):
+            torch.testing.assert_close(ours[k], official[k], atol=1e-6, rtol=0)
+        else:
+            assert torch.equal(ours[k], official[k]), k
+
+
+def test_finest_stage_reproduces_the_source_exactly(sit_file):
+    path, _ = sit_file
+    src = ppflow.load_model(path).eval()
+    model = ppflow.adapt(src, "ppf3").eval()
+    assert torch.count_nonzero(model.level_embedder.weight) == 0
+    x, t, y = torch.randn(3, 4, 16, 16), torch.tensor([0.1, 0.6, 0.9]), torch.tensor([1, 10, 4])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y, stage=2, full_output=True), src(x, t, y, full_output=True))
+        assert not torch.allclose(model(x, t, y, stage=0), src(x, t, y))  # the coarse stages do differ
+
+
+@pytest.mark.parametrize("schedule", ["ppf3", "0.5:8x8,1:2x2"])
+def test_coarse_tokens_average_the_fine_tokens(schedule):
+    src = randomize(ppflow.create_model("SiT-tiny/2", num_classes=10, input_size=16))
+    model = ppflow.adapt(src, schedule)
+    fine = model.x_embedder[-1]
+    x = torch.randn(2, 4, 16, 16)
+    for s in range(model.schedule.num_stages - 1):
+        (ph, pw), (fh, fw) = model.schedule.stages[s].patch, model.schedule.factors(s)
+        # an input constant within each coarse patch: coarse token = mean of its fine tokens (+ own position)
+        const = x[:, :, ::ph, ::pw].repeat_interleave(ph, 2).repeat_interleave(pw, 3)  # (N, C, H, W)
+        fine_tok = fine(const).reshape(2, 16 // 2, 16 // 2, -1)  # (N, h, w, D) on the 2x2 grid
+        mean = fine_tok.unflatten(1, (16 // ph, ph // 2)).unflatten(3, (16 // pw, pw // 2)).mean((2, 4))
+        coarse = model.x_embedder[s](const) + model.pos_embed(s, 16, 16, x.device)
+        torch.testing.assert_close(coarse, mean.flatten(1, 2) + model.pos_embed(s, 16, 16, x.device))
+        # any input: the coarse token is the source patch embed of the (fh, fw)-average-pooled patch
+        pooled = F.avg_pool2d(x, (fh, fw))  # (N, C, H/fh, W/fw)
+        expect = src.x_embedder[0].proj(patchify(pooled, 2, 2))
+        torch.testing.assert_close(model.x_embedder[s](x), expect)
+
+
+def test_coarse_output_repeats_the_fine_output_over_each_block():
+    src = randomize(ppflow.create_model("SiT-tiny/2", num_classes=10, input_size=16))
+    model = ppflow.adapt(src, "ppf3")
+    for s in range(2):
+        (ph, pw), (fh, fw) = model.schedule.stages[s].patch, model.schedule.factors(s)
+        h = torch.randn(2, (16 // ph) * (16 // pw), 64)  # tokens of stage s
+        out = model.final_layer.unpatchify[s](h, 16, 16)  # (N, O, 16, 16)
+        low = src.final_layer.unpatchify[0](h, 16 // fh, 16 // fw)  # the source head on the same tokens
+        assert torch.equal(out, low.repeat_interleave(fh, 2).repeat_interleave(fw, 3))
+
+
+def test_dit_source_and_level_init_option(tmp_path):
+    path = tmp_path / "DiT-tiny-2.pt"
+    torch.save(ref.random_state(1), path)
+    model = ppflow.adapt(path, "ppf2", level_init_std=0.02, generator=torch.Generator().manual_seed(0))
+    assert model.config.time_map == "dit" and model.config.level_init_std == 0.02
+    assert 0.01 < model.level_embedder.weight.std().item() < 0.03
+    model.save_pretrained(tmp_path / "out")
+    assert ppflow.load_model(tmp_path / "out").config == model.config
+
+
+def test_adapt_errors(sit_file):
+    path, _ = sit_file
+    ppf = ppflow.adapt(path, "ppf2")
+    with pytest.raises(CheckpointError, match="already has 2 stages"):
+        ppflow.adapt(ppf, "ppf3")
+    with pytest.raises(CheckpointError, match="base patch"):
+        ppflow.adapt(path, "0.5:8x8,1:4x4")
+    with pytest.raises(ValueError, match="already a model"):
+        ppflow.adapt(ppf, "ppf2", num_heads=4)
