@@ -123,7 +123,7 @@ def convert_file(path: str | Path, format: str | None = None, weights: str | Non
                 f"{path} holds a single set of weights (not a training checkpoint with 'model' and 'ema'); "
                 "drop weights="
             )
-        state, note = training.strip_prefix(obj), "state dict"
+        state, note = training.strip_prefix(obj), "bare state dict"
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries {bad[:5]} are not tensors; this is not a model state dict")

@@ -1,0 +1,57 @@
+"""`ppflow adapt`: a one-stage SiT/DiT model -> a PPFlow model (average/copy init, level embedding at zero)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..convert.adaptation import adapt
+from ..convert.native import is_pretrained_dir, save_pretrained
+from ..metrics.flops import schedule_flops
+from ..models.schedule import PRESETS, ScheduleError
+from .convert import LOAD_ERRORS, add_load_arguments, load_with_info, semantics_note
+
+
+def add_arguments(p) -> None:
+    p.description = ("Build a PPFlow model from a one-stage SiT/DiT checkpoint, as the paper's adaptation: blocks "
+                     "and embedders copied, larger patches' patchify = average init, their unpatchify = copy init, "
+                     "level embedding at zero (the finest stage reproduces the source exactly). The result is "
+                     "the starting point for PPFlow fine-tuning.")
+    p.add_argument("--from", dest="source", required=True,
+                   help="one-stage checkpoint: SiT/DiT file, training checkpoint or ppflow folder")
+    p.add_argument("--schedule", default="ppf2",
+                   help=f"target pyramid: a preset ({', '.join(PRESETS)}) or 't_end:ROWSxCOLS,...' whose finest "
+                        "patch is the source patch")
+    p.add_argument("--out", required=True, help="folder to write (model.safetensors + config.json)")
+    p.add_argument("--level-init-std", type=float, default=0.0,
+                   help="start of the level embedding: 0 keeps the finest stage equal to the source; 0.02 is the "
+                        "official code's N(0, 0.02^2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the level embedding when --level-init-std > 0")
+    add_load_arguments(p, "--format")
+    p.add_argument("--force", action="store_true", help="overwrite an existing ppflow folder at --out")
+
+
+def main(args) -> int:
+    import torch
+
+    out = Path(args.out)
+    if is_pretrained_dir(out) and not args.force:
+        print(f"ppflow adapt: {out} already holds a ppflow model; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    try:
+        source, fmt, notes = load_with_info(args.source, args)
+        model = adapt(source, args.schedule, level_init_std=args.level_init_std,
+                      generator=torch.Generator().manual_seed(args.seed))
+    except (*LOAD_ERRORS, ScheduleError) as e:
+        print(f"ppflow adapt: {e}", file=sys.stderr)
+        return 2
+    save_pretrained(model, out)
+    r = schedule_flops(model.config)
+    print(f"{args.source} [{fmt}{': ' + '; '.join(notes) if notes else ''}]: {source.config.name or 'custom size'}")
+    print(f"-> {out}: {model.config.name or 'PPFlow model'}, schedule {model.schedule.to_string()}, "
+          f"{model.num_parameters() / 1e6:.2f}M parameters, "
+          f"{100 * r['paper_fraction']:.1f}% of the source's sampling FLOPs (paper convention)")
+    note = semantics_note(model, fmt)
+    if note:
+        print(f"note: {note}")
+    return 0

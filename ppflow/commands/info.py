@@ -1,0 +1,96 @@
+"""`ppflow info`: what a checkpoint is (format, size, schedule, parameters, FLOPs fraction)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..convert.formats import build, convert_file
+from ..convert.keymap import CheckpointError, size_name
+from ..convert.native import CONFIG, WEIGHTS, is_pretrained_dir
+from ..metrics.flops import schedule_flops
+from ..models.backbone import ModelConfig, PPFlowTransformer
+from .convert import LOAD_ERRORS, add_load_arguments, load_overrides, semantics_note
+from .flops import parse_scales
+
+
+def add_arguments(p) -> None:
+    p.description = ("Describe a checkpoint without loading its weights into a model: format, size, schedule, "
+                     "parameter count and sampling FLOPs relative to the one-stage baseline of the same size.")
+    p.add_argument("path", help="ppflow folder, ppflow training checkpoint, or DiT / SiT / official PPFlow file")
+    add_load_arguments(p, "--from")
+    p.add_argument("--cfg", default=None,
+                   help="CFG scale or one per stage for the FLOPs fraction, e.g. '1,3' (a scale != 1 doubles a stage)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def describe(path: Path, args) -> dict:
+    """Facts about the checkpoint at `path` (the model is built on the meta device: no weights are copied)."""
+    notes: list[str] = []
+    overrides = load_overrides(args)
+    if path.is_file() and path.name == WEIGHTS and (path.parent / CONFIG).exists():
+        path = path.parent
+    if is_pretrained_dir(path):
+        if args.weights is not None or args.format not in (None, "ppflow"):
+            raise CheckpointError(f"{path} is a ppflow folder: drop --from/--weights")
+        cfg = json.loads((path / CONFIG).read_text())
+        cfg.pop("format", None)
+        config = ModelConfig.from_dict({**cfg, **overrides})
+        with torch.device("meta"):
+            model = PPFlowTransformer(config)
+        fmt = "ppflow"
+    else:
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        conv = convert_file(path, format=args.format, weights=args.weights, **overrides)
+        model, fmt, notes = build(conv, str(path), materialize=False), conv.format, conv.notes
+        config = model.config
+    note = semantics_note(model, fmt)
+    if note:
+        notes.append(note)
+    H, W = config.input_size
+    fl = schedule_flops(config, H, W, cfg_scales=parse_scales(args.cfg))
+    return {
+        "path": str(path),
+        "format": fmt,
+        "name": config.name,
+        "size": size_name(config.depth, config.hidden_size, config.num_heads),
+        "config": config.to_dict(),
+        "schedule": fl["schedule"],
+        "stages": fl["stages"],
+        "parameters": model.num_parameters(),
+        "paper_fraction": fl["paper_fraction"],
+        "total_fraction": fl["total_fraction"],
+        "notes": notes,
+    }
+
+
+def main(args) -> int:
+    try:
+        d = describe(Path(args.path), args)
+    except LOAD_ERRORS as e:
+        print(f"ppflow info: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    c = d["config"]
+    H, W = c["input_size"]
+    print(f"{d['path']}")
+    print(f"  format      {d['format']}")
+    print(f"  model       {d['name'] or '-'}  (size {d['size'] or 'custom'}: depth {c['depth']}, width "
+          f"{c['hidden_size']}, {c['num_heads']} heads, mlp ratio {c['mlp_ratio']:g})")
+    print(f"  io          latent {H}x{W}x{c['in_channels']}, {c['num_classes']} classes, learn_sigma "
+          f"{c['learn_sigma']}, time_map {c['time_map']}, vae {c['vae'] or '-'}")
+    stages = ", ".join(f"({s['t_range'][0]:g}, {s['t_range'][1]:g}] {s['patch'][0]}x{s['patch'][1]} "
+                       f"({s['tokens']} tokens)" for s in d["stages"])
+    print(f"  schedule    {d['schedule']}: {stages}")
+    print(f"  parameters  {d['parameters']:,} ({d['parameters'] / 1e6:.2f}M)")
+    print(f"  FLOPs       {100 * d['paper_fraction']:.1f}% of the one-stage baseline (paper convention), "
+          f"{100 * d['total_fraction']:.1f}% (all matrix products)")
+    for n in d["notes"]:
+        print(f"  note        {n}")
+    return 0
