@@ -1,0 +1,58 @@
+"""`ppflow train`: train a PPFlow model or its SiT baseline (single process or under torchrun)."""
+
+from __future__ import annotations
+
+import sys
+
+EPILOG = """\
+examples:
+  ppflow train --model PPF-tiny-2 --data digits --batch-size 16 --max-steps 200 --out runs/smoke
+  ppflow train --resume runs/smoke --max-steps 400
+  ppflow train --config train.yaml --optim.lr 2e-4 --model.schedule ppf3
+  torchrun --nproc_per_node 8 -m ppflow.cli train --model PPF-XL-2 --data latents --data.path LATENTS \\
+      --batch-size 256 --parallel fsdp
+Every option is also a YAML key: nested sections (optim: {lr: 2e-4}) or top-level keys (batch_size: 256).
+Run folder: config.yaml, metrics.csv, checkpoints/last.pt, ema/ (load with ppflow.load_model), samples/, tb/.
+"""
+
+
+def add_arguments(p) -> None:
+    from ..train.config import add_config_arguments
+
+    p.epilog = EPILOG
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a run (its folder or a checkpoint file) exactly where it stopped; options "
+                        "given with it amend the run's saved config")
+    add_config_arguments(p)
+
+
+def main(args) -> int:
+    from ..train.config import ConfigError, cli_overrides, config_from_args, config_to_dict
+    from ..train.loop import NonFiniteLossError, train
+
+    try:
+        if args.resume:
+            if args.config:
+                raise ConfigError("--config cannot be combined with --resume: the run's saved config is used; "
+                                  "amend it with --key value options")
+            if args.print_config:
+                raise ConfigError("--print-config shows a new run's config; see RUN_DIR/config.yaml for a saved run")
+            train(resume=args.resume, overrides=cli_overrides(args))
+            return 0
+        cfg = config_from_args(args)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            return 0
+        train(cfg)
+        return 0
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+        print(f"ppflow train: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ppflow train: aborted; the last checkpoint written is intact", file=sys.stderr)
+        return 130

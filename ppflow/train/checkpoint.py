@@ -1,0 +1,92 @@
+"""Training checkpoints: one `torch.save` dict that loads with `weights_only=True`.
+
+Layout of `RUN_DIR/checkpoints/last.pt` (and `step-NNNNNNN.pt` copies):
+    {"format": "ppflow-train", "version": 1,
+     "config": resolved TrainConfig as plain types, with config["model_config"] = ModelConfig.to_dict(),
+     "model": state dict, "ema": state dict,
+     "optimizer": AdamW state dict keyed by parameter name (torch.distributed.checkpoint layout),
+     "step": optimizer steps done,
+     "data": {"epoch": int, "offset": int}  (position in the epoch's permutation, in samples),
+     "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]},
+     "log": running sums of the current logging window, "world_size": int, "elapsed": seconds}
+Written atomically (temporary file + os.replace): a crash mid-write keeps the previous file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT = "ppflow-train"
+VERSION = 1
+LAST = "last.pt"
+DIR = "checkpoints"
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """torch.save `state` to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file from a run folder (its checkpoints/last.pt) or a file path."""
+    p = Path(path)
+    if p.is_dir():
+        candidate = p / DIR / LAST
+        if not candidate.exists():
+            raise FileNotFoundError(
+                f"{p} has no {DIR}/{LAST}: it is not a ppflow run folder, or the run stopped before its first "
+                "checkpoint (lower --save-every); pass the run folder or a checkpoint file to --resume"
+            )
+        return candidate
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist; pass a run folder or a .pt file to --resume")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a ppflow training checkpoint (weights_only=True), checking its format tag."""
+    p = find_checkpoint(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read checkpoint {p} ({type(e).__name__}: {e}); it may be truncated or not "
+                         "a ppflow training checkpoint") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{p} is not a ppflow training checkpoint (no 'format': {FORMAT!r}); to start from "
+                         "other weights use --model.init PATH instead of --resume")
+    return state
+
+
+def rng_state() -> dict:
+    """Global torch RNG states as uint8 tensors."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_from_checkpoint(path: str | os.PathLike, weights: str = "ema"):
+    """The EMA (default) or raw model of a training checkpoint, as a PPFlowTransformer."""
+    from ..convert.native import load_state_strict
+    from ..models.backbone import ModelConfig, PPFlowTransformer
+
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights={weights!r}: choose 'ema' or 'model'")
+    state = load_checkpoint(path)
+    model = PPFlowTransformer(ModelConfig.from_dict(state["config"]["model_config"]))
+    load_state_strict(model, state[weights], source=str(path))
+    return model

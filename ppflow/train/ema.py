@@ -1,0 +1,34 @@
+"""Exponential moving average of model weights."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of an FSDP2 DTensor parameter, or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class EMA:
+    """`ema = decay * ema + (1 - decay) * model` after every optimizer step; starts as a copy of the model."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p = [_local(p) for p in self.model.parameters()]
+        new_p = [_local(p.detach()) for p in model.parameters()]
+        if len(ema_p) != len(new_p):
+            raise RuntimeError("EMA and model have different parameter lists")
+        torch._foreach_lerp_(ema_p, new_p, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            _local(e).copy_(_local(p.detach()))
