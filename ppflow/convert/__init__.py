@@ -13,8 +13,8 @@ def load_model(path: str | os.PathLike, format: str | None = None, *, weights: s
                **overrides) -> PPFlowTransformer:
     """Load any checkpoint ppflow understands.
 
-    `path`: a `save_pretrained` folder, a ppflow training checkpoint, or a DiT / SiT /
-    official PPFlow file. `format` forces an adapter ('ppflow', 'ppflow-train', 'dit', 'sit',
+    `path`: a `save_pretrained` folder, a ppflow training checkpoint or run folder, or a
+    DiT / SiT / official PPFlow file (.pt / .pth / .safetensors). `format` forces an adapter ('ppflow', 'ppflow-train', 'dit', 'sit',
     'ppflow-official'; default: detected from the keys). `weights` picks 'ema' (default) or
     'model' from a training checkpoint. `overrides` set config fields the weights cannot
     tell, e.g. `num_heads=4`, `time_map='identity'`, `input_size=64`, `vae=...`.
@@ -28,6 +28,8 @@ def load_model(path: str | os.PathLike, format: str | None = None, *, weights: s
         if weights is not None:
             raise ValueError(f"{p} is a ppflow folder with one set of weights; drop weights=")
         return load_pretrained(p, **overrides)
+    if p.is_dir() and (p / "checkpoints" / "last.pt").is_file():
+        p = p / "checkpoints" / "last.pt"  # a `ppflow train` run folder: its latest training checkpoint
     if p.is_dir():
         raise FileNotFoundError(f"{p} is a folder without {WEIGHTS} + {CONFIG}; it is not a ppflow model folder")
     from .formats import load_file_checkpoint  # foreign formats and training checkpoints

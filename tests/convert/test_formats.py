@@ -134,8 +134,12 @@ def test_ppflow_training_checkpoint(tmp_path):
     model = ppflow.create_model("PPF-tiny-2", num_classes=10, input_size=16)
     ema = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
     ckpt = {"format": "ppflow-train", "config": {"model_config": model.config.to_dict(), "lr": 1e-4},
-            "model": model.state_dict(), "ema": ema, "optimizer": {}, "step": 7}
+            "model": model.state_dict(), "ema": ema, "optimizer": {}, "step": 7, "version": 1,
+            "rng": {"torch": torch.get_rng_state()}, "data": {"epoch": 0, "offset": 3}}
     path = save(tmp_path, ckpt, "step7.pt")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    save(tmp_path, ckpt, "run/checkpoints/last.pt")
+    assert ppflow.load_model(tmp_path / "run").config == model.config  # a run folder
     loaded = ppflow.load_model(path)
     assert loaded.config == model.config
     assert all(torch.equal(loaded.state_dict()[k], ema[k]) for k in ema)
