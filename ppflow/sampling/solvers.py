@@ -73,7 +73,9 @@ def dopri5(fn: Velocity, x: torch.Tensor, grid: torch.Tensor, stages: list, call
             return fn(state, _times(float(t), state), stage)
 
         ts = torch.tensor(g[i : j + 1], dtype=torch.float64, device=x.device)
-        out = odeint(f, x, ts, method="dopri5", atol=atol, rtol=rtol)  # (j - i + 1, N, ...)
+        # with a fixed stage, land exactly on the segment end instead of stepping past it and interpolating
+        opts = {} if stage is None else {"step_t": ts[-1:]}
+        out = odeint(f, x, ts, method="dopri5", atol=atol, rtol=rtol, options=opts)  # (j - i + 1, N, ...)
         for k in range(i, j):
             if callback is not None:
                 callback(k, g[k + 1], out[k - i + 1])
@@ -118,10 +120,10 @@ def euler_maruyama(fn: Velocity, x: torch.Tensor, grid: torch.Tensor, stages: li
         raise ValueError(f"unknown diffusion form {diffusion_form!r}; choose one of {DIFFUSION_FORMS}")
     if diffusion_form == "SBDM" and g[0] <= 0:
         raise ValueError("diffusion_form='SBDM' is infinite at t=0; start later, e.g. t0=1e-3")
-    if g[-1] >= 1.0:
+    if last_step in ("mean", "tweedie") and g[-1] >= 1.0:
         raise ValueError(
-            f"the SDE grid must end before t=1 (the score is singular there), got t1={g[-1]}; "
-            "use a last step (last_step_size > 0) or t1 < 1"
+            f"last_step={last_step!r} needs the score at t1={g[-1]}, which is singular at t=1; "
+            "end the grid earlier (t1 = 1 - last_step_size) or use last_step='euler' / None"
         )
 
     def drift(x: torch.Tensor, t: torch.Tensor, stage) -> torch.Tensor:
