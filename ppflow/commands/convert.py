@@ -8,7 +8,7 @@ from pathlib import Path
 from ..convert import load_model
 from ..convert.formats import FORMATS, build, convert_file
 from ..convert.keymap import CheckpointError
-from ..convert.native import is_pretrained_dir, save_pretrained
+from ..convert.native import is_pretrained_dir, resolve_path, save_pretrained
 from ..models.backbone import TIME_MAPS, PPFlowTransformer
 
 LOAD_ERRORS = (CheckpointError, FileNotFoundError, ValueError)
@@ -40,13 +40,11 @@ def load_overrides(args) -> dict:
 
 def load_with_info(path: str | Path, args) -> tuple[PPFlowTransformer, str, list[str]]:
     """The model, its format name and loader notes."""
-    path = Path(path)
+    path = resolve_path(path, args.format)
     if is_pretrained_dir(path):
         if args.format not in (None, "ppflow"):
             raise CheckpointError(f"{path} is a ppflow folder, not {args.format!r}; drop the format option")
         return load_model(path, weights=args.weights, **load_overrides(args)), "ppflow", []
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
     conv = convert_file(path, format=args.format, weights=args.weights, **load_overrides(args))
     return build(conv, str(path)), conv.format, conv.notes
 

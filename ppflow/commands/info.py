@@ -10,7 +10,7 @@ import torch
 
 from ..convert.formats import build, convert_file
 from ..convert.keymap import CheckpointError, size_name
-from ..convert.native import CONFIG, WEIGHTS, is_pretrained_dir
+from ..convert.native import CONFIG, is_pretrained_dir, resolve_path
 from ..metrics.flops import schedule_flops
 from ..models.backbone import ModelConfig, PPFlowTransformer
 from .convert import LOAD_ERRORS, add_load_arguments, load_overrides, semantics_note
@@ -31,8 +31,7 @@ def describe(path: Path, args) -> dict:
     """Facts about the checkpoint at `path` (the model is built on the meta device: no weights are copied)."""
     notes: list[str] = []
     overrides = load_overrides(args)
-    if path.is_file() and path.name == WEIGHTS and (path.parent / CONFIG).exists():
-        path = path.parent
+    path = resolve_path(path, args.format)
     if is_pretrained_dir(path):
         if args.weights is not None or args.format not in (None, "ppflow"):
             raise CheckpointError(f"{path} is a ppflow folder: drop --from/--weights")
@@ -43,8 +42,6 @@ def describe(path: Path, args) -> dict:
             model = PPFlowTransformer(config)
         fmt = "ppflow"
     else:
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
         conv = convert_file(path, format=args.format, weights=args.weights, **overrides)
         model, fmt, notes = build(conv, str(path), materialize=False), conv.format, conv.notes
         config = model.config

@@ -102,6 +102,9 @@ def convert_file(path: str | Path, format: str | None = None, weights: str | Non
         if path.name == WEIGHTS and (path.parent / CONFIG).exists():
             raise CheckpointError(f"{path} belongs to a ppflow folder: load the folder {path.parent} instead")
         raise CheckpointError(f"format 'ppflow' is a folder (model.safetensors + config.json); {path} is a file")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, but not a ppflow model folder ({WEIGHTS} + {CONFIG}) "
+                              "or run folder (checkpoints/last.pt)")
     obj = read_file(path)
     source = str(path)
     if not isinstance(obj, dict) or not obj:

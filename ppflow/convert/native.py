@@ -35,6 +35,19 @@ def is_pretrained_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / CONFIG).exists() and (p / WEIGHTS).exists()
 
 
+def resolve_path(path: str | os.PathLike, format: str | None = None) -> Path:
+    """Where a checkpoint path points: a folder's `model.safetensors` -> the folder; a `ppflow train`
+    run folder -> its `checkpoints/last.pt`; anything else as given."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if p.is_file() and p.name == WEIGHTS and (p.parent / CONFIG).exists() and format in (None, FORMAT_TAG):
+        return p.parent
+    if p.is_dir() and not is_pretrained_dir(p) and (p / "checkpoints" / "last.pt").is_file():
+        return p / "checkpoints" / "last.pt"
+    return p
+
+
 def load_pretrained(directory: str | os.PathLike, **overrides) -> PPFlowTransformer:
     """Read a `save_pretrained` folder; `overrides` replace config fields."""
     directory = Path(directory)
