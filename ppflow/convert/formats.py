@@ -72,7 +72,7 @@ def detect_format(state: dict, path: Path, hint: str | None = None) -> str:
     if official.detect(state):
         return official.NAME
     if dit.detect(state):
-        family = hint or _family_from_name(path)
+        family = hint if hint in (dit.NAME, sit.NAME) else _family_from_name(path)
         if family is None:
             raise CheckpointError(
                 f"{path} has the DiT/SiT layout, and the two share their keys; say which it is with "
@@ -130,13 +130,19 @@ def convert_file(path: str | Path, format: str | None = None, weights: str | Non
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries {bad[:5]} are not tensors; this is not a model state dict")
-    detected = detect_format(state, path, hint if format is None else format)
-    if format is not None and format != detected and not {format, detected} <= {dit.NAME, sit.NAME}:
-        raise CheckpointError(
-            f"{path} looks like a {detected!r} checkpoint, not {format!r}: drop format= / --from, "
-            f"or pass {detected!r}"
-        )
-    fmt = format or detected
+    if format is None:
+        fmt = detect_format(state, path, hint)
+    else:
+        layout = official.NAME if official.detect(state) else "dit/sit" if dit.detect(state) else None
+        if layout is None:
+            detect_format(state, path)  # raises: what the keys look like instead
+        if layout != (official.NAME if format == official.NAME else "dit/sit"):
+            fix = official.NAME if layout == official.NAME else "'dit' or 'sit'"
+            raise CheckpointError(
+                f"{path} looks like a {layout!r} checkpoint, not {format!r}: drop format= / --from (detect), "
+                f"or pass {fix}"
+            )
+        fmt = format
     conv = FOREIGN[fmt].to_ppflow(state, overrides, source)
     conv.notes.insert(0, note)
     return conv

@@ -172,6 +172,8 @@ def test_wrong_format(tmp_path):
     path = save(tmp_path, ref.random_state(2), "PPF-2.pt")
     with pytest.raises(CheckpointError, match="looks like a 'ppflow-official' checkpoint, not 'dit'"):
         ppflow.load_model(path, format="dit")
+    with pytest.raises(CheckpointError, match="looks like a 'dit/sit' checkpoint, not 'ppflow-official'"):
+        ppflow.load_model(save(tmp_path, ref.random_state(1), "SiT-g.pt"), format="ppflow-official")
     with pytest.raises(CheckpointError, match="match none of the formats"):
         ppflow.load_model(save(tmp_path, {"weight": torch.zeros(2)}, "other.pt"))
     with pytest.raises(CheckpointError, match="format='dit'.*format='sit'"):
