@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     p.description = ("Build a PPFlow model from a one-stage SiT/DiT checkpoint, as the paper's adaptation: blocks "
                      "and embedders copied, larger patches' patchify = average init, their unpatchify = copy init, "
                      "level embedding at zero (the finest stage reproduces the source exactly). The result is "
-                     "the starting point for PPFlow fine-tuning.")
+                     "the starting point for PPFlow fine-tuning: `ppflow train --model.init OUT ...`.")
     p.add_argument("--from", dest="source", required=True,
                    help="one-stage checkpoint: SiT/DiT file, training checkpoint or ppflow folder")
     p.add_argument("--schedule", default="ppf2",
