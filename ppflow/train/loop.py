@@ -329,6 +329,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         local_loss = 0.0
+        step_sums, step_counts = [0.0] * self.schedule.num_stages, [0] * self.schedule.num_stages
         for m in range(cfg.grad_accum):
             mb, pos = next(stream)
             assert mb.step == self.step, "data stream out of step"
@@ -347,7 +348,8 @@ class Trainer:
                     out = flow_matching_loss(self.model, x, ts.t.to(dev), ts.stage.to(dev), y, noise)
                 (out.loss / cfg.grad_accum).backward()
             sums, counts = out.stage_sums(self.schedule.num_stages)
-            self.window.add(sums, counts)
+            step_sums = [a + b for a, b in zip(step_sums, sums)]
+            step_counts = [a + b for a, b in zip(step_counts, counts)]
             local_loss += sum(sums) / max(1, sum(counts)) / cfg.grad_accum
         for p in self.params:  # stages absent from this batch still take an (all-zero-gradient) AdamW step
             if p.grad is None:
@@ -363,9 +365,10 @@ class Trainer:
                 f"training stopped before applying it. Last good checkpoint: {last}. Lower --optim.lr, keep "
                 "--optim.grad-clip, add --optim.warmup-steps, or check the data for NaN/inf values"
             )
+        self._updating = True
+        self.window.add(step_sums, step_counts)
         self.window.grad_sum += norm
         self.window.steps += 1
-        self._updating = True
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema.update(self.raw)
@@ -460,6 +463,8 @@ class Trainer:
         cfg_scale = sc.cfg_scale if y is not None else 1.0
         with torch.no_grad(), self.autocast():
             x = sample_model(self.ema.model, noise, y, cfg_scales=cfg_scale, method=sc.method, steps=sc.steps)
+        if self.mode == "fsdp":
+            self.ema.model.reshard()  # FSDP2 keeps the root's parameters gathered after a forward
         x = x.float()
         if self.mc.vae:
             x = self._decode(x)
@@ -521,13 +526,17 @@ class Trainer:
                 t0 = time.perf_counter()
                 try:
                     loss = self.train_step(stream)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    for cb in self.callbacks:
+                        cb(StepEvent(self.step, loss, self.lr_at(self.step - 1), self.raw, self.ema.model,
+                                     self.run_dir))
                 except KeyboardInterrupt:
                     if self._updating or info.distributed:
                         raise  # weights may be half-updated: keep the last checkpoint
-                    self.opt.zero_grad(set_to_none=True)
+                    self.opt.zero_grad(set_to_none=True)  # drop the unfinished step
                     self.stop_requested = True
-                    loss = float("nan")
-                    self.log("interrupted: saving a checkpoint of the last completed step")
+                    self.log(f"interrupted: saving a checkpoint of step {self.step}")
                 dt = time.perf_counter() - t0
                 session_time += dt
                 window_time += dt
@@ -535,15 +544,9 @@ class Trainer:
                 stop = self.stop_requested
                 if info.distributed:
                     stop = bool(all_reduce([float(stop)], info, op="max")[0])
-                if not math.isnan(loss):
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    for cb in self.callbacks:
-                        cb(StepEvent(self.step, loss, self.lr_at(self.step - 1), self.raw, self.ema.model,
-                                     self.run_dir))
-                    stop = stop or self.stop_requested
                 done = self.step >= cfg.max_steps
-                if self.window.steps and (self.step % cfg.log_every == 0 or done or stop):
+                # on a stop the open logging window goes into the checkpoint, so a resumed run logs the same rows
+                if self.window.steps and (self.step % cfg.log_every == 0 or done) and not stop:
                     self.write_log(self.window.steps / window_time if window_time > 0 else 0.0)
                     window_time = 0.0
                 if self.step % cfg.save_every == 0 or done or stop:
@@ -639,6 +642,8 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         trainer = Trainer(cfg, info, ckpt, run_dir, callbacks, copy_metrics)
+        if ckpt is not None:
+            trainer.last_checkpoint = path
         if info.is_main:
             save_config(cfg, run_dir / "config.yaml", {"model_config": trainer.mc.to_dict()})
         return trainer.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -123,6 +124,8 @@ def shard_fsdp(model: nn.Module, info: DistInfo) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # the model returns a slice of its output (the velocity channels); we never modify it in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
