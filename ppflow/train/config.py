@@ -102,6 +102,8 @@ class TrainConfig:
     keep_every: int = _opt(0, "also keep checkpoints/step-N.pt and ema-N/ every this many steps (0 = never)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice; 1 is often fastest for "
+                                     "tiny models on a busy machine)")
     tf32: bool = _opt(True, "allow TF32 matrix products on CUDA (set when training starts, never at import)")
     compile: bool = _opt(False, "torch.compile each transformer block")
     grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass (saves memory)")
@@ -346,6 +348,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision {cfg.precision!r} is not one of auto, fp32, bf16"),
         (cfg.parallel in ("auto", "none", "ddp", "fsdp"),
          f"parallel {cfg.parallel!r} is not one of auto, none, ddp, fsdp"),
+        (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
         (cfg.sample.every is None or cfg.sample.every >= 0, f"sample.every must be >= 0, got {cfg.sample.every}"),
         (cfg.sample.count >= 1 and cfg.sample.steps >= 1, "sample.count and sample.steps must be >= 1"),
     ]

@@ -628,7 +628,10 @@ def train(
 
     info = init_distributed(cfg.device)
     old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    old_threads = torch.get_num_threads()
     try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         if cfg.out is None:
             cfg.out = broadcast_object(_default_out(cfg), info)
         run_dir = Path(cfg.out)
@@ -649,4 +652,5 @@ def train(
         return trainer.run()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
+        torch.set_num_threads(old_threads)
         cleanup(info)
