@@ -237,6 +237,8 @@ def check_model_overrides(overrides: dict) -> None:
         raise ConfigError(f"unknown model field(s) {unknown}; ModelConfig fields are {sorted(MODEL_FIELDS)}")
     hints = _hints(ModelConfig)
     for k, v in overrides.items():
+        if k == "input_size" and isinstance(v, str) and "," in v:
+            v = v.split(",")
         if k == "input_size" and isinstance(v, (list, tuple)):
             overrides[k] = [coerce(x, int, f"model.{k}") for x in v]
         elif k == "input_size":
@@ -295,7 +297,8 @@ def leaf_keys(cls=TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str, An
         mh = _hints(ModelConfig)
         for f in dataclasses.fields(ModelConfig):
             if f.name in MODEL_FIELDS:
-                out[f"{prefix}{f.name}"] = (mh[f.name], "model architecture override (ModelConfig)", None)
+                help_text = f"ModelConfig.{f.name} override (default: from the model name and the data)"
+                out[f"{prefix}{f.name}"] = (mh[f.name], help_text, None)
     return out
 
 
@@ -352,6 +355,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.sample.every is None or cfg.sample.every >= 0, f"sample.every must be >= 0, got {cfg.sample.every}"),
         (cfg.sample.count >= 1 and cfg.sample.steps >= 1, "sample.count and sample.steps must be >= 1"),
     ]
+    try:
+        from ..sampling import METHODS
+
+        checks.append((cfg.sample.method in METHODS, f"sample.method {cfg.sample.method!r} is not one of {METHODS}"))
+    except ImportError:  # pragma: no cover - sampling is part of the package
+        pass
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
@@ -374,9 +383,18 @@ def add_config_arguments(parser) -> None:
         if key in alias_of:
             names |= {"--" + alias_of[key].replace("_", "-"), "--" + alias_of[key]}
         shown = "" if default in (None, "") else f" (default: {default})"
-        groups[section].add_argument(*sorted(names, key=lambda n: (n.count("."), len(n))), dest=f"cfg:{key}",
-                                     default=argparse.SUPPRESS, metavar=_type_name(tp).upper()[:12] or "VALUE",
-                                     help=(help_text + shown).replace("%", "%%"))
+        flag = {"nargs": "?", "const": "true"} if tp is bool else {}  # `--compile` alone means true
+        groups[section].add_argument(*sorted(names, key=lambda n: (n.count("."), len(n), "_" in n)),
+                                     dest=f"cfg:{key}", default=argparse.SUPPRESS, metavar=_metavar(tp),
+                                     help=(help_text + shown).replace("%", "%%"), **flag)
+
+
+def _metavar(tp) -> str:
+    if _is_union(tp):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) in (list, tuple):
+        return "A,B,..."
+    return {int: "N", float: "X", bool: "BOOL", dict: "YAML"}.get(tp, "TEXT")
 
 
 def config_from_args(args) -> TrainConfig:

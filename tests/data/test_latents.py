@@ -88,11 +88,17 @@ def test_imagefolder_trains_through_the_vae(tmp_path):
 
     from ppflow.train import TrainConfig, train
 
-    cfg = TrainConfig(batch_size=2, max_steps=1, out=str(tmp_path / "run"), progress=False, tensorboard=False)
-    cfg.data = DataConfig(name="imagefolder", path=str(imgs), image_size=16, vae=str(vae))
-    cfg.sample.every = 0
-    res = train(cfg)
-    assert res.step == 1 and res.model_config.vae == str(vae) and res.model_config.in_channels == 4
+    results = []
+    for workers in (0, 2):  # worker processes read ahead but the batches are the same
+        cfg = TrainConfig(batch_size=2, max_steps=2, log_every=1, out=str(tmp_path / f"run{workers}"),
+                          progress=False, tensorboard=False)
+        cfg.data = DataConfig(name="imagefolder", path=str(imgs), image_size=16, vae=str(vae), num_workers=workers)
+        cfg.sample.every = 0
+        results.append(train(cfg))
+    res = results[0]
+    assert res.step == 2 and res.model_config.vae == str(vae) and res.model_config.in_channels == 4
+    losses = [(r.run_dir / "metrics.csv").read_text().splitlines()[1:] for r in results]
+    assert [row.split(",")[:2] for row in losses[0]] == [row.split(",")[:2] for row in losses[1]]
 
 
 def test_missing_cache_is_clear(tmp_path):

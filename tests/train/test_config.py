@@ -24,6 +24,7 @@ def test_cli_aliases_dotted_keys_and_types():
     assert cfg.flow.shares == [0.5, 0.3, 0.2] and cfg.flow.time_sampling == "all_t" and cfg.data.path == "/x"
     assert cfg.model.overrides == {"schedule": "0.5:4x4,0.75:2x4,1:2x2", "learn_sigma": False}
     assert parse(["--flow.shares", "density"]).flow.shares == "density"
+    assert parse(["--compile"]).compile is True and parse(["--tf32", "false"]).tf32 is False
 
 
 def test_unknown_keys_and_bad_values_are_errors():
@@ -39,6 +40,8 @@ def test_unknown_keys_and_bad_values_are_errors():
         parse(["--batch-size", "many"])
     with pytest.raises(ConfigError, match="grad_accum must be >= 1"):
         parse(["--grad-accum", "0"])
+    with pytest.raises(ConfigError, match="sample.method 'rk99'"):
+        parse(["--sample.method", "rk99"])
     with pytest.raises(ConfigError, match="time_sampling 'random'"):
         parse(["--flow.time-sampling", "random"])
 
