@@ -28,10 +28,13 @@ def map_batches(fn: Callable[[np.ndarray], dict[str, torch.Tensor]], images, bat
             outs.setdefault(k, []).append(v.float())
         bar.update(len(batch))
     bar.close()
-    if not outs:  # an empty shard still takes part in the gather: learn the output shapes from one image
-        probe = fn(np.asarray(images[0:1])) if len(images) else {}
-        outs = {k: [v[:0].float()] for k, v in probe.items()}
-    return {k: dist.gather_rows(torch.cat(v)).cpu().numpy() for k, v in outs.items()}
+    cat = {k: torch.cat(v) for k, v in outs.items()}
+    if dist.is_distributed():  # a rank with an empty shard learns the output names and shapes from the others
+        layouts = [None] * dist.world_size()
+        torch.distributed.all_gather_object(layouts, {k: tuple(v.shape[1:]) for k, v in cat.items()})
+        layout = next((lay for lay in layouts if lay), {})
+        cat = cat or {k: torch.zeros((0, *shape)) for k, shape in layout.items()}
+    return {k: dist.gather_rows(v).cpu().numpy() for k, v in cat.items()}
 
 
 @dataclass

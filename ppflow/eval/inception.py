@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,27 +88,28 @@ def verify_weights(path: str | os.PathLike, expected: str = WEIGHTS_SHA256) -> N
         )
 
 
-def tf_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
-    """(size_out, size_in) weights of TF1's legacy bilinear resize (align_corners=False, no half-pixel centers):
-    output i samples input coordinate i * size_in / size_out, clamped at the last pixel."""
-    src = torch.arange(size_out, dtype=torch.float64) * (size_in / size_out)
+def _tf_lerp(x: torch.Tensor, size_out: int, dim: int) -> torch.Tensor:
+    """Resize one axis as TF1's legacy ResizeBilinear (align_corners=False, no half-pixel centers): output i reads
+    input coordinate i * (size_in / size_out) in float32, clamped at the last pixel, as a + (b - a) * frac."""
+    size_in = x.shape[dim]
+    src = torch.arange(size_out, dtype=torch.float32) * torch.tensor(size_in / size_out, dtype=torch.float32)
     i0 = src.floor().long().clamp(max=size_in - 1)
     i1 = (i0 + 1).clamp(max=size_in - 1)
-    frac = src - i0
-    m = torch.zeros(size_out, size_in, dtype=torch.float64)
-    m[torch.arange(size_out), i0] += 1 - frac
-    m[torch.arange(size_out), i1] += frac
-    return m.float()
+    shape = [1] * x.ndim
+    shape[dim] = size_out
+    frac = (src - i0).reshape(shape).to(x)
+    a = x.index_select(dim, i0.to(x.device))
+    b = x.index_select(dim, i1.to(x.device))
+    return a + (b - a) * frac
 
 
 def tf_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Bilinear resize of (N, C, H, W) to (N, C, size, size) as TF's ResizeBilinear in the Inception graph."""
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
+    """Bilinear resize of (N, C, H, W) to (N, C, size, size) as TF's ResizeBilinear in the Inception graph
+    (columns first, then rows, like TF's kernel)."""
+    if x.shape[-2:] == (size, size):
         return x
-    rh = tf_resize_matrix(h, size).to(x)  # (size, H)
-    rw = tf_resize_matrix(w, size).to(x)  # (size, W)
-    return torch.einsum("oh,nchw,pw->ncop", rh, x, rw)  # (N, C, size, size)
+    x = _tf_lerp(x, size, dim=3)  # (N, C, H, size)
+    return _tf_lerp(x, size, dim=2)  # (N, C, size, size)
 
 
 def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -186,7 +188,9 @@ def load_inception(device: torch.device | str = "cpu", path: str | os.PathLike |
     if verify:
         verify_weights(path)
     try:
-        net = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript loading; the file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # a file with the right hash always loads; anything else is a broken install
         raise InceptionWeightsError(f"could not load the Inception TorchScript file {path}: {e}") from e
     return InceptionV3(net).eval().to(device)
