@@ -1,0 +1,25 @@
+import json
+
+import pytest
+
+from ppflow.data.fashion_mnist import default_dir
+
+pytestmark = pytest.mark.skipif(not (default_dir() / "t10k-images-idx3-ubyte.gz").exists(),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_quick_demo_leaves_a_full_report(tmp_path):
+    from ppflow.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--steps", "4", "--num-eval", "20"]) == 0
+    for name in ("report.md", "report.html", "results.json", "samples.png", "loss.png"):
+        assert (out / name).exists(), name
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert set(res) == {"SiT baseline", "PPF-2"}
+    ppf = res["PPF-2"]
+    assert ppf["test_flops_percent_no_cfg"] == pytest.approx(61.2, abs=1.0)  # 8x8 over 4x4 at 32x32, tiny width
+    assert ppf["flops_bound"] > 1.5 and ppf["classifier_fid"] > 0 and 0 <= ppf["class_accuracy"] <= 1
+    assert "ppflow train" in (out / "report.md").read_text()
+    # a second run reuses the finished training runs instead of training again
+    assert main(["demo", "--quick", "--out", str(out), "--steps", "4", "--num-eval", "20"]) == 0
