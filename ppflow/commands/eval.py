@@ -22,7 +22,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
 def add_arguments(p) -> None:
     from ..eval.sources import REFERENCE_DATASETS
-    from ..sampling import GRIDS, METHODS
+    from ..sampling import GRIDS
     from .convert import add_load_arguments
     from .sample import PRECISIONS
 
@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available; under "
                                                     "torchrun each rank uses cuda:LOCAL_RANK)")
     p.add_argument("--cache-dir", default=None, help="cache of reference statistics and of the Fashion-MNIST "
-                                                     "classifier (default: $XDG_CACHE_HOME/ppflow or ~/.cache/ppflow)")
+                                                     "classifier; unset: $XDG_CACHE_HOME/ppflow or ~/.cache/ppflow")
     p.add_argument("--no-cache", action="store_true", help="recompute reference statistics, write no cache")
     p.add_argument("--no-inception", action="store_true", help="skip the Inception metrics (e.g. for quick CPU "
                                                                "runs with the classifier metrics only)")
@@ -64,21 +64,29 @@ def add_arguments(p) -> None:
     s = p.add_argument_group("sampling (when SAMPLES is a checkpoint; same meaning as in `ppflow sample`, which "
                              "also has the SDE / dopri5 options: sample to an npz there for those)")
     add_load_arguments(s, "--format")
-    s.add_argument("--num-samples", dest="num", type=int, default=50000, help="samples to draw (paper: FID-50k)")
-    s.add_argument("--sample-batch-size", type=int, default=32, help="samples per forward batch (per process)")
-    s.add_argument("--method", choices=[m for m in METHODS if m in ("euler", "heun")], default="heun",
-                   help="ODE solver")
-    s.add_argument("--steps", type=int, default=50, help="grid steps")
-    s.add_argument("--cfg", default="1.0", help="CFG scale, or one per stage noisiest first (e.g. '1,3')")
-    s.add_argument("--guidance-channels", type=int, default=None,
-                   help="guide only the first K latent channels (3 = DiT/SiT/official quirk); default: all")
-    s.add_argument("--labels", default=None, help="class labels, comma-separated, repeated over the samples "
-                                                  "(default: uniform random from --seed)")
-    s.add_argument("--grid", choices=GRIDS, default="stages", help="time grid (see `ppflow sample --help`)")
-    s.add_argument("--shift", type=float, default=1.0, help="time shift of the grid")
-    s.add_argument("--seed", type=int, default=0, help="seed of the noise and the random labels; sample i gets the "
-                                                       "same noise as in `ppflow sample --seed`")
-    s.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="autocast dtype of the model")
+    d = SAMPLING_DEFAULTS
+    s.add_argument("--num-samples", dest="num", type=int, help=f"samples to draw ({d['num']} when unset: FID-50k)")
+    s.add_argument("--sample-batch-size", type=int, help=f"samples per forward batch per process "
+                                                         f"({d['sample_batch_size']} when unset)")
+    s.add_argument("--method", choices=("euler", "heun"), help=f"ODE solver ({d['method']} when unset)")
+    s.add_argument("--steps", type=int, help=f"grid steps ({d['steps']} when unset)")
+    s.add_argument("--cfg", help=f"CFG scale, or one per stage noisiest first, e.g. '1,3' ({d['cfg']} when unset)")
+    s.add_argument("--guidance-channels", type=int,
+                   help="guide only the first K latent channels (3 = DiT/SiT/official quirk); unset: all")
+    s.add_argument("--labels", help="class labels, comma-separated, repeated over the samples (unset: uniform "
+                                    "random from --seed)")
+    s.add_argument("--grid", choices=GRIDS, help=f"time grid, see `ppflow sample --help` ({d['grid']} when unset)")
+    s.add_argument("--shift", type=float, help=f"time shift of the grid ({d['shift']} when unset)")
+    s.add_argument("--seed", type=int, help=f"seed of the noise and the random labels ({d['seed']} when unset); "
+                                            "sample i gets the same noise as with `ppflow sample --seed`")
+    s.add_argument("--precision", choices=tuple(PRECISIONS), help=f"autocast dtype ({d['precision']} when unset)")
+
+
+# Sampling options default to None so that giving one with SAMPLES that are images is an error, not ignored.
+SAMPLING_DEFAULTS = {"num": 50000, "sample_batch_size": 32, "method": "heun", "steps": 50, "cfg": "1.0",
+                     "guidance_channels": None, "labels": None, "grid": "stages", "shift": 1.0, "seed": 0,
+                     "precision": "fp32"}
+LOAD_OPTIONS = ("format", "weights", "num_heads", "time_map", "input_size", "vae")
 
 
 def _fail(msg: str) -> int:
@@ -175,12 +183,23 @@ def main(args) -> int:
     from ..eval.sources import load_images
     from .sample import setup_distributed
 
+    checkpoint = is_checkpoint(args.samples)
+    given = [k for k in (*SAMPLING_DEFAULTS, *LOAD_OPTIONS) if getattr(args, k) is not None]
+    if given and not checkpoint:
+        flags = ", ".join("--" + ("num-samples" if k == "num" else k.replace("_", "-")) for k in given)
+        return _fail(f"{flags} only apply when SAMPLES is a checkpoint, and {args.samples} holds images; "
+                     "drop them (or sample with `ppflow sample --npz` first)")
+    if checkpoint and args.max_samples is not None:
+        return _fail("--max-samples applies to SAMPLES that are images; for a checkpoint give --num-samples")
+    for k, v in SAMPLING_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     for flag in ("batch_size", "num", "sample_batch_size", "max_samples", "max_ref", "pr_k"):
         v = getattr(args, flag)
         if v is not None and v < 1:
-            return _fail(f"--{flag.replace('_', '-')} must be >= 1")
+            return _fail(f"--{'num-samples' if flag == 'num' else flag.replace('_', '-')} must be >= 1")
     rank, world, device = setup_distributed(args.device)
-    if is_checkpoint(args.samples) and args.num < world:
+    if checkpoint and args.num < world:
         return _fail(f"--num-samples {args.num} is smaller than the {world} processes")
     opts = EvalOptions(batch_size=args.batch_size, device=str(device), inception=not args.no_inception,
                        sfid=not args.no_sfid, precision_recall=not args.no_pr, pr_k=args.pr_k,
@@ -188,7 +207,7 @@ def main(args) -> int:
                        cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        inception_weights=args.inception_weights, progress=not args.no_progress and rank == 0)
     try:
-        local = is_checkpoint(args.samples)
+        local = checkpoint
         if local:
             samples = sample_checkpoint(args, device)
         else:

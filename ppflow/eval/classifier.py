@@ -62,7 +62,7 @@ def prepare(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the Fashion-MNIST classifier takes 28x28 or 32x32 images (N, H, W[, C]), got {x.shape}")
     if x.shape[1] != INPUT_SIZE:
         x = pad_to(x, INPUT_SIZE)
-    return torch.from_numpy(np.ascontiguousarray(x)).float().div(127.5).sub(1.0)[:, None]  # (N, 1, 32, 32)
+    return torch.from_numpy(np.array(x)).float().div(127.5).sub(1.0)[:, None]  # (N, 1, 32, 32); a copy: memmaps are read-only
 
 
 @dataclass
