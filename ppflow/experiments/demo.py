@@ -34,11 +34,20 @@ from .report import Report
 
 @dataclass
 class DemoModel:
-    """One contestant: a label, a model name and its schedule."""
+    """One contestant: a label, a model name and its schedule.
+
+    `adapt_from`: start from that contestant's trained weights, adapted to this schedule (average/copy init), and
+    train `steps` more (default: the config's steps). `same_as`: reuse that contestant's trained model (an
+    evaluation-only variant, e.g. other CFG scales). `cfg_scales`: per-stage scales instead of the default.
+    """
 
     label: str
     name: str
     schedule: str
+    adapt_from: str | None = None
+    steps: int | None = None
+    same_as: str | None = None
+    cfg_scales: list[float] | None = None
 
 
 @dataclass
@@ -71,6 +80,7 @@ class DemoConfig:
     timing_repeats: int = 3
     seed: int = 0
     threads: int | None = None
+    title: str = "ppflow demo: Pyramidal Patchification Flow vs SiT on Fashion-MNIST"
 
     @classmethod
     def quick(cls, out: str = "runs/demo-quick", **kw) -> DemoConfig:
@@ -100,7 +110,9 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             self.log(f"demo: writing to {self.out} (interrupt with Ctrl-C: checkpoints and a partial report stay)")
-            models = {m.label: self.train(m) for m in self.cfg.models}
+            models: dict[str, torch.nn.Module] = {}
+            for m in self.cfg.models:
+                models[m.label] = models[m.same_as] if m.same_as else self.train(m, models)
             self.loss_plot()
             self.grids(models)
             self.speed(models)
@@ -118,13 +130,16 @@ class Demo:
     def log(self, msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
+    def steps(self, m: DemoModel) -> int:
+        return m.steps if m.steps is not None else self.cfg.steps
+
     def train_overrides(self, m: DemoModel) -> dict:
         c = self.cfg
         o = {
             "model.name": m.name, "model.schedule": m.schedule, "model.learn_sigma": False,
             "data.name": c.data, "data.image_size": c.image_size, "batch_size": c.batch_size,
-            "max_steps": c.steps, "optim.lr": c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
-            "flow.label_dropout": c.label_dropout, "save_every": max(50, c.steps // 4), "log_every": max(1, c.steps // 100),
+            "max_steps": self.steps(m), "optim.lr": c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
+            "flow.label_dropout": c.label_dropout, "save_every": max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
             "sample.every": 0, "seed": c.seed, "out": str(self.out / "runs" / m.name.replace("/", "-")),
             "device": "cpu", "tensorboard": False,
         }
@@ -136,30 +151,40 @@ class Demo:
             o["threads"] = c.threads
         return o
 
-    def train(self, m: DemoModel) -> torch.nn.Module:
+    def train(self, m: DemoModel, trained: dict[str, torch.nn.Module]) -> torch.nn.Module:
+        from ..convert.adaptation import adapt
         from ..train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
         from ..train.loop import train
 
         overrides = self.train_overrides(m)
         run_dir = Path(overrides["out"])
+        steps = self.steps(m)
+        if m.adapt_from:
+            src = self.out / "adapted" / _slug(m.label)
+            if not src.exists():
+                adapt(trained[m.adapt_from], m.schedule).save_pretrained(src)
+            overrides["model.init"] = str(src)
+            self.commands.append(f"ppflow adapt --from {self.results[m.adapt_from]['run_dir']} "
+                                 f"--schedule {m.schedule} --out {src}")
         self.commands.append("ppflow train " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in overrides.items()))
         last = run_dir / "checkpoints" / "last.pt"
         res = self.results[m.label]
         t0 = time.time()
         if last.exists():
             step = int(load_checkpoint(find_checkpoint(run_dir))["step"])
-            if step >= self.cfg.steps:
+            if step >= steps:
                 self.log(f"[{m.label}] reusing the finished run in {run_dir} ({step} steps)")
             else:
                 self.log(f"[{m.label}] resuming {run_dir} at step {step}")
-                result = train(resume=run_dir, overrides={"max_steps": self.cfg.steps})
+                result = train(resume=run_dir, overrides={"max_steps": steps})
                 res["train_steps_per_sec"] = result.steps_per_sec
         else:
-            self.log(f"[{m.label}] training {m.name} ({m.schedule}) for {self.cfg.steps} steps")
+            self.log(f"[{m.label}] training {m.name} ({m.schedule}) for {steps} steps")
             result = train(None, overrides=overrides)
             res["train_steps_per_sec"] = result.steps_per_sec
             if result.interrupted:
                 raise KeyboardInterrupt
+        res["train_steps"] = steps
         res["train_seconds"] = time.time() - t0
         res["run_dir"] = str(run_dir)
         res["metrics_csv"] = str(run_dir / "metrics.csv")
@@ -171,21 +196,28 @@ class Demo:
     def loss_plot(self) -> None:
         series = {}
         for label, r in self.results.items():
+            if "metrics_csv" not in r:  # an evaluation-only variant of another contestant
+                continue
             steps, losses = _read_losses(Path(r["metrics_csv"]))
             series[f"{label} ({r['model']})"] = (steps, losses)
         line_plot(series, self.out / "loss.png", title="training loss (velocity MSE)", xlabel="step", ylabel="loss",
                   log_y=True)
         self.images.append(("loss.png", "Training loss of both models (same data, batch and steps)."))
 
-    def cfg_scales(self, model: torch.nn.Module) -> list[float]:
+    def cfg_scales(self, label: str, model: torch.nn.Module) -> list[float]:
+        """The contestant's own scales, else stage CFG: 1 in the coarsest stage, `cfg_scale` elsewhere."""
+        spec = next(m for m in self.cfg.models if m.label == label)
+        if spec.cfg_scales is not None:
+            return list(spec.cfg_scales)
         k = model.schedule.num_stages
         return [self.cfg.cfg_scale] if k == 1 else [1.0] + [self.cfg.cfg_scale] * (k - 1)
 
-    def sample(self, model: torch.nn.Module, noise: torch.Tensor, y: torch.Tensor, desc: str) -> torch.Tensor:
+    def sample(self, label: str, model: torch.nn.Module, noise: torch.Tensor, y: torch.Tensor, desc: str
+               ) -> torch.Tensor:
         outs = []
         for i in tqdm(range(0, len(noise), self.cfg.eval_batch), desc=desc, leave=False):
             outs.append(sample_model(model, noise[i:i + self.cfg.eval_batch], y[i:i + self.cfg.eval_batch],
-                                     cfg_scales=self.cfg_scales(model), method=self.cfg.method,
+                                     cfg_scales=self.cfg_scales(label, model), method=self.cfg.method,
                                      steps=self.cfg.sample_steps))
         return torch.cat(outs)
 
@@ -196,14 +228,14 @@ class Demo:
         y = torch.arange(80) // 8  # one row per class
         panels = []
         for label, model in models.items():
-            x = self.sample(model, noise, y, f"grid {label}")
+            x = self.sample(label, model, noise, y, f"grid {label}")
             arr = grid(to_uint8(x), nrow=8)
             save_image(arr, self.out / f"samples_{_slug(label)}.png", scale=2)
             panels.append((f"{label}: {self.results[label]['model']}", arr))
         save_image(_side_by_side(panels, scale=2), self.out / "samples.png")
         self.images.insert(0, ("samples.png", "Samples from the same noise, same labels (one row per class), "
                                f"{self.cfg.method} {self.cfg.sample_steps} steps, CFG "
-                               + ", ".join(f"{k}: {self.cfg_scales(m)}" for k, m in models.items())))
+                               + ", ".join(f"{k}: {self.cfg_scales(k, m)}" for k, m in models.items())))
 
     def speed(self, models: dict[str, torch.nn.Module]) -> None:
         """Measured sampling time of each model on the same batch, alternating, vs the FLOPs bound."""
@@ -218,7 +250,7 @@ class Demo:
                 order = order[r % len(order):] + order[: r % len(order)]
                 for label, model in order:
                     t0 = time.perf_counter()
-                    out = sample_model(model, noise, y, cfg_scales=self.cfg_scales(model), method=self.cfg.method,
+                    out = sample_model(model, noise, y, cfg_scales=self.cfg_scales(label, model), method=self.cfg.method,
                                        steps=self.cfg.sample_steps, full_output=True)
                     if r > 0:  # the first round warms up
                         times[label].append(time.perf_counter() - t0)
@@ -231,7 +263,7 @@ class Demo:
             res["speedup"] = float(np.median(times[base])) / sec
             res["flops_bound"] = flops[base] / flops[label]
             res["efficiency"] = res["speedup"] / res["flops_bound"]
-            res["test_flops_percent"] = 100 * schedule_flops(model.config, cfg_scales=self.cfg_scales(model),
+            res["test_flops_percent"] = 100 * schedule_flops(model.config, cfg_scales=self.cfg_scales(label, model),
                                                              baseline_cfg_scale=self.cfg.cfg_scale)["paper_fraction"]
             res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
 
@@ -247,7 +279,7 @@ class Demo:
         noise = torch.randn(n, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
         y = torch.arange(n) % 10
         for label, model in models.items():
-            images = to_uint8(self.sample(model, noise, y, f"eval samples {label}"))  # (n, H, W, 1)
+            images = to_uint8(self.sample(label, model, noise, y, f"eval samples {label}"))  # (n, H, W, 1)
             np.savez(self.out / f"samples_{_slug(label)}.npz", arr_0=images, arr_1=y.numpy())
             m = classifier_metrics(images, y.numpy(), ref="fashion-mnist-test", cache_dir=cache, model=clf)
             res = self.results[label]
@@ -264,23 +296,31 @@ class Demo:
         self.commands.append(f"ppflow eval {self.out}/samples_<model>.npz fashion-mnist-test --json")
 
     # --------------------------------------------------------------------------- report
+    def training_note(self, label: str) -> str:
+        m = next(m for m in self.cfg.models if m.label == label)
+        if m.same_as:
+            return f"= {m.same_as}"
+        if m.adapt_from:
+            return f"adapted from {m.adapt_from}, +{self.steps(m)} steps"
+        return f"scratch, {self.steps(m)} steps"
+
     def report(self) -> Path:
         c = self.cfg
-        rep = Report("ppflow demo: Pyramidal Patchification Flow vs SiT on Fashion-MNIST")
+        rep = Report(c.title)
         rep.text(f"Both models: same size and training budget ({c.steps} steps, batch {c.batch_size}, lr {c.lr}, "
                  f"EMA {c.ema_decay}); pixels 32x32x1 (Fashion-MNIST padded), base patch 4x4. Sampler: {c.method}, "
                  f"{c.sample_steps} steps with the stage boundaries on the grid; CFG {c.cfg_scale} (stage CFG "
                  f"[1, {c.cfg_scale}] for PPFlow, as in the paper). Measured on this machine: "
                  f"{_hardware()}, torch {torch.__version__}, {torch.get_num_threads()} threads.")
         rep.heading("Results")
-        header = ["model", "name", "schedule", "params (M)", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
+        header = ["model", "name", "schedule", "training", "params (M)", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
                   "sampling speed-up", "FLOPs bound", "efficiency", "classifier FID", "class accuracy"]
         if c.inception:
             header.append("Inception FID")
         header += ["final loss", "train steps/s"]
         rows = []
         for label, r in self.results.items():
-            row = [label, r["model"], r["schedule"], _m(r.get("params")), r.get("test_flops_percent"),
+            row = [label, r["model"], r["schedule"], self.training_note(label), _m(r.get("params")), r.get("test_flops_percent"),
                    r.get("test_flops_percent_no_cfg"), r.get("speedup"), r.get("flops_bound"), r.get("efficiency"),
                    r.get("classifier_fid"), r.get("class_accuracy")]
             if c.inception:

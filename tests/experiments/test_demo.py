@@ -23,3 +23,18 @@ def test_quick_demo_leaves_a_full_report(tmp_path):
     assert "ppflow train" in (out / "report.md").read_text()
     # a second run reuses the finished training runs instead of training again
     assert main(["demo", "--quick", "--out", str(out), "--steps", "4", "--num-eval", "20"]) == 0
+
+
+def test_repro_smoke_runs_every_row(tmp_path):
+    from ppflow.cli import main
+
+    out = tmp_path / "repro"
+    docs = tmp_path / "docs" / "results.md"
+    assert main(["repro", "--preset", "smoke", "--out", str(out), "--steps", "2", "--docs", str(docs)]) == 0
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert len(res) == 6
+    adapted = res["PPF-2 (adapted)"]
+    assert adapted["train_steps"] == 1 and adapted["classifier_fid"] is not None
+    ablation = res["PPF-2 (scratch), CFG everywhere"]
+    assert ablation["test_flops_percent"] > res["PPF-2 (scratch)"]["test_flops_percent"]
+    assert "(results/samples.png)" in docs.read_text() and (docs.parent / "results" / "samples.png").exists()
