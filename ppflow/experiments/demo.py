@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import time
@@ -86,7 +87,7 @@ class DemoConfig:
     def quick(cls, out: str = "runs/demo-quick", **kw) -> DemoConfig:
         base = dict(
             out=out, data_limit=512, steps=12, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4,
-            num_eval=40, eval_batch=40, classifier_steps=8, timing_batch=8, timing_repeats=1,
+            num_eval=40, eval_batch=40, classifier_steps=8, timing_batch=8, timing_repeats=1, threads=1,
             models=[DemoModel("SiT baseline", "SiT-tiny/4", "1:4x4"), DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4")],
         )
         base.update(kw)
@@ -104,10 +105,15 @@ class Demo:
         self.commands: list[str] = []
         self.images: list[tuple[str, str]] = []
         self.started = time.time()
+        self.threads = torch.get_num_threads()
 
     # --------------------------------------------------------------------------- stages
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
+        old_threads = torch.get_num_threads()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.threads = torch.get_num_threads()
         try:
             self.log(f"demo: writing to {self.out} (interrupt with Ctrl-C: checkpoints and a partial report stay)")
             models: dict[str, torch.nn.Module] = {}
@@ -123,6 +129,8 @@ class Demo:
             path = self.report()
             self.log(f"demo interrupted; partial report: {path}")
             raise
+        finally:
+            torch.set_num_threads(old_threads)
         path = self.report()
         self.log(f"demo finished in {time.time() - self.started:.0f} s; report: {path} (and {path.with_suffix('.html')})")
         return path
@@ -311,7 +319,7 @@ class Demo:
                  f"EMA {c.ema_decay}); pixels 32x32x1 (Fashion-MNIST padded), base patch 4x4. Sampler: {c.method}, "
                  f"{c.sample_steps} steps with the stage boundaries on the grid; CFG {c.cfg_scale} (stage CFG "
                  f"[1, {c.cfg_scale}] for PPFlow, as in the paper). Measured on this machine: "
-                 f"{_hardware()}, torch {torch.__version__}, {torch.get_num_threads()} threads.")
+                 f"{_hardware()}, torch {torch.__version__}, {self.threads} torch threads.")
         rep.heading("Results")
         header = ["model", "name", "schedule", "training", "params (M)", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
                   "sampling speed-up", "FLOPs bound", "efficiency", "classifier FID", "class accuracy"]
@@ -379,7 +387,7 @@ def _hardware() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
     except OSError:
         pass
     import platform

@@ -35,7 +35,8 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                     inception=True, num_eval=2000)
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
-                        eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False)
+                        eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,
+                        threads=1)
     settings.update({k: v for k, v in kw.items() if k != "steps"})
     return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
 
