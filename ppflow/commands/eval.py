@@ -165,11 +165,13 @@ def _fmt(v) -> str:
 def print_table(r: dict) -> None:
     print(f"samples   {r['samples']} ({r['n_samples']} images)")
     print(f"reference {r['reference']} ({r['n_ref']} images)")
-    rows = [("FID", "fid"), ("sFID", "sfid"), ("Inception Score", "is"), ("Precision", "precision"),
-            ("Recall", "recall"), ("classifier FID", "classifier_fid"), ("classifier IS", "classifier_is"),
+    rows = [("classifier FID", "classifier_fid"), ("classifier IS", "classifier_is"),
             ("class accuracy", "classifier_accuracy")]
+    if "feature_network" in r:  # the Inception metrics were computed (or reported unavailable)
+        rows = [("FID", "fid"), ("sFID", "sfid"), ("Inception Score", "is"), ("Precision", "precision"),
+                ("Recall", "recall"), *rows]
     for label, key in rows:
-        if key in r and (key != "sfid" or r.get("fid") is not None):
+        if key in r:
             print(f"{label:<16} {_fmt(r[key])}")
     if r.get("classifier_test_accuracy") is not None:
         print(f"(classifier test accuracy {r['classifier_test_accuracy']:.4f})")
