@@ -9,19 +9,13 @@ from ppflow.eval.inception import InceptionWeightsError, find_weights, load_ince
 
 @contextlib.contextmanager
 def one_thread():
-    """On a busy 2-core machine one torch thread is several times faster than two (each op waits for a core)."""
+    """One torch thread inside session fixtures, which run before the root conftest's per-test `_one_thread`."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="session")
