@@ -85,11 +85,13 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, out: str = "runs/demo-quick", **kw) -> DemoConfig:
-        base = dict(
-            out=out, data_limit=512, steps=12, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4,
-            num_eval=40, eval_batch=40, classifier_steps=8, timing_batch=8, timing_repeats=1, threads=1,
-            models=[DemoModel("SiT baseline", "SiT-tiny/4", "1:4x4"), DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4")],
-        )
+        base = {
+            "out": out, "data_limit": 512, "steps": 12, "batch_size": 16, "warmup": 0, "ema_decay": 0.9,
+            "sample_steps": 4, "num_eval": 40, "eval_batch": 40, "classifier_steps": 8, "timing_batch": 8,
+            "timing_repeats": 1, "threads": 1,
+            "models": [DemoModel("SiT baseline", "SiT-tiny/4", "1:4x4"),
+                       DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4")],
+        }
         base.update(kw)
         return cls(**base)
 
@@ -160,8 +162,9 @@ class Demo:
         return o
 
     def train(self, m: DemoModel, trained: dict[str, torch.nn.Module]) -> torch.nn.Module:
+        from ..convert import load_model
         from ..convert.adaptation import adapt
-        from ..train.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+        from ..train.checkpoint import find_checkpoint, load_checkpoint
         from ..train.loop import train
 
         overrides = self.train_overrides(m)
@@ -196,7 +199,7 @@ class Demo:
         res["train_seconds"] = time.time() - t0
         res["run_dir"] = str(run_dir)
         res["metrics_csv"] = str(run_dir / "metrics.csv")
-        model = model_from_checkpoint(find_checkpoint(run_dir)).eval()
+        model = load_model(run_dir).eval()  # the run's EMA weights
         res["params"] = model.num_parameters()
         res["final_loss"] = _last_loss(run_dir / "metrics.csv")
         return model

@@ -53,10 +53,10 @@ class Report:
     def html(self) -> str:
         esc = html.escape
         out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(self.title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+               ("<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
                "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
                "th{background:#f4f4f4}pre{background:#f6f8fa;padding:1em;overflow-x:auto}"
-               "img{max-width:100%;image-rendering:pixelated}figcaption{color:#555}</style></head><body>",
+               "img{max-width:100%;image-rendering:pixelated}figcaption{color:#555}</style></head><body>"),
                f"<h1>{esc(self.title)}</h1>"]
         for kind, v in self.blocks:
             if kind == "h2":

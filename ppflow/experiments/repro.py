@@ -31,8 +31,8 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
         DemoModel("PPF-2 (scratch), CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2 (scratch)",
                   cfg_scales=[kw.get("cfg_scale", 2.0)] * 2),
     ]
-    settings = dict(models=models, steps=base, title="ppflow: the PPFlow main table at Fashion-MNIST scale",
-                    inception=True, num_eval=2000)
+    settings = {"models": models, "steps": base, "title": "ppflow: the PPFlow main table at Fashion-MNIST scale",
+                    "inception": True, "num_eval": 2000}
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,

@@ -7,7 +7,7 @@
     train(resume="runs/demo", overrides={"max_steps": 400})
 """
 
-from .checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from .checkpoint import find_checkpoint, load_checkpoint
 from .config import (
     ConfigError,
     DataConfig,
@@ -42,6 +42,5 @@ __all__ = [
     "find_checkpoint",
     "load_checkpoint",
     "load_config",
-    "model_from_checkpoint",
     "train",
 ]

@@ -77,16 +77,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def model_from_checkpoint(path: str | os.PathLike, weights: str = "ema"):
-    """The EMA (default) or raw model of a training checkpoint, as a PPFlowTransformer."""
-    from ..convert.native import load_state_strict
-    from ..models.backbone import ModelConfig, PPFlowTransformer
-
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights={weights!r}: choose 'ema' or 'model'")
-    state = load_checkpoint(path)
-    model = PPFlowTransformer(ModelConfig.from_dict(state["config"]["model_config"]))
-    load_state_strict(model, state[weights], source=str(path))
-    return model
