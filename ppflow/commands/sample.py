@@ -160,6 +160,8 @@ def main(args) -> int:
         return _fail("nothing to write: give --out grid.png and/or --npz samples.npz")
     if args.num < 1 or args.batch_size < 1:
         return _fail("--num and --batch-size must be >= 1")
+    if not 0 <= args.seed < 2**23:
+        return _fail(f"--seed {args.seed} must be in 0..{2**23 - 1} (per-sample seeds are seed * 2^40 + index)")
     try:
         opts = solver_options(args)
         scales = parse_scales(args.cfg)
