@@ -33,8 +33,10 @@ data:
 		echo "'make demo FMNIST_DIR=/that/folder'"; exit 1; \
 	fi
 
+# The Fashion-MNIST tests are skipped (with the reason) where the data cannot be installed.
 test: setup
-	$(PY) -m pytest tests
+	@$(MAKE) --no-print-directory data || echo "Fashion-MNIST unavailable: its tests will be skipped"
+	PPFLOW_FASHION_MNIST=$(FMNIST_DIR) $(PY) -m pytest tests
 
 demo: setup data
 	$(VENV)/bin/ppflow demo --data-path $(FMNIST_DIR) --out runs/demo

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data-path", default=None,
                    help="folder with the Fashion-MNIST *-ubyte.gz files (default: /usr/share/datasets/fashion-mnist, "
                         "from the Debian package dataset-fashion-mnist)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 1200; quick: 12)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 1400; quick: 12)")
     p.add_argument("--num-eval", type=int, default=None, help="samples per model for FID and accuracy")
     p.add_argument("--inception", action="store_true", help="also compute Inception FID (slow on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -19,7 +19,7 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     size = "mini" if preset == "fmnist" else "tiny"
-    base = kw.get("steps") or (4000 if preset == "fmnist" else 4)
+    base = kw.get("steps") or (2400 if preset == "fmnist" else 4)
     extra = max(1, base // 10)  # adaptation: <= 10% of the baseline's training steps
     s2, s3 = "0.5:8x8,1:4x4", "0.5:8x8,0.75:4x8,1:4x4"
     models = [
@@ -32,7 +32,7 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                   cfg_scales=[kw.get("cfg_scale", 2.0)] * 2),
     ]
     settings = {"models": models, "steps": base, "title": "ppflow: the PPFlow main table at Fashion-MNIST scale",
-                    "inception": True, "num_eval": 2000}
+                    "inception": True, "num_eval": 600, "inception_ref": 1000}
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,

@@ -38,3 +38,20 @@ def test_repro_smoke_runs_every_row(tmp_path):
     ablation = res["PPF-2 (scratch), CFG everywhere"]
     assert ablation["test_flops_percent"] > res["PPF-2 (scratch)"]["test_flops_percent"]
     assert "(results/samples.png)" in docs.read_text() and (docs.parent / "results" / "samples.png").exists()
+
+
+def test_demo_inception_metrics(tmp_path):
+    from ppflow.eval.inception import InceptionWeightsError, find_weights
+    from ppflow.experiments.demo import DemoConfig, run_demo
+
+    try:
+        find_weights()
+    except InceptionWeightsError as e:
+        pytest.skip(str(e))
+    cfg = DemoConfig.quick(out=str(tmp_path / "d"), steps=2, num_eval=8, eval_batch=8, inception=True,
+                           inception_ref=8)
+    run_demo(cfg)
+    res = json.loads((tmp_path / "d" / "results.json").read_text())["results"]
+    for r in res.values():
+        assert r["inception_fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert "Inception FID" in (tmp_path / "d" / "report.md").read_text()
