@@ -22,8 +22,15 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [start + i * step for i in range(int((hi - start) / step) + 1)]
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-3-5 ticks between 10**lo and 10**hi (log10 units in, values out)."""
+    ticks = [m * 10.0**k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 3, 5)]
+    inside = [t for t in ticks if lo <= math.log10(t) <= hi]
+    return inside if len(inside) >= 2 else [10**lo, 10**hi]
+
+
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
 def line_plot(
@@ -60,11 +67,11 @@ def line_plot(
         X, _ = px(tx, 10 ** y0 if log_y else y0)
         d.line([X, H - bottom, X, H - bottom + 4], fill="black")
         d.text((X - 12, H - bottom + 6), _fmt(tx), fill="black", font=font)
-    for ty in _nice_ticks(y0, y1):
-        _, Y = px(x0, 10 ** ty if log_y else ty)
+    for ty in _log_ticks(y0, y1) if log_y else _nice_ticks(y0, y1):
+        _, Y = px(x0, ty)
         d.line([left - 4, Y, left, Y], fill="black")
         d.line([left, Y, W - right, Y], fill=(230, 230, 230))
-        d.text((4, Y - 6), _fmt(10 ** ty if log_y else ty), fill="black", font=font)
+        d.text((4, Y - 6), _fmt(ty), fill="black", font=font)
     for i, (name, p) in enumerate(pts.items()):
         color = COLORS[i % len(COLORS)]
         if len(p) > 1:
