@@ -19,7 +19,7 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     size = "mini" if preset == "fmnist" else "tiny"
-    base = kw.get("steps") or (2400 if preset == "fmnist" else 4)
+    base = kw.get("steps") or (2000 if preset == "fmnist" else 4)
     extra = max(1, base // 10)  # adaptation: <= 10% of the baseline's training steps
     s2, s3 = "0.5:8x8,1:4x4", "0.5:8x8,0.75:4x8,1:4x4"
     models = [
