@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from . import command_line
 
 
 def add_arguments(p) -> None:
@@ -27,6 +30,8 @@ def main(args) -> int:
     if args.inception:
         kw["inception"] = True
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    kw["command"] = command_line("demo", argparse.Namespace(**{**vars(args), "out": out}),
+                                 ("out", "data_path", "steps", "num_eval", "threads", "seed"), ("quick", "inception"))
     cfg = DemoConfig.quick(out=out, **kw) if args.quick else DemoConfig(out=out, **kw)
     try:
         run_demo(cfg)
@@ -36,3 +41,4 @@ def main(args) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+

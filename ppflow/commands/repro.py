@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from . import command_line
+
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke"],
@@ -25,6 +27,8 @@ def main(args) -> int:
                             "threads": args.threads}.items() if v is not None}
     if args.no_inception:
         kw["inception"] = False
+    kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads"),
+                                 ("no_inception",))
     cfg = repro_config(args.preset, args.out, **kw)
     try:
         run_repro(cfg, args.docs)

@@ -20,7 +20,8 @@ def test_quick_demo_leaves_a_full_report(tmp_path):
     ppf = res["PPF-2"]
     assert ppf["test_flops_percent_no_cfg"] == pytest.approx(61.2, abs=1.0)  # 8x8 over 4x4 at 32x32, tiny width
     assert ppf["flops_bound"] > 1.5 and ppf["classifier_fid"] > 0 and 0 <= ppf["class_accuracy"] <= 1
-    assert "ppflow train" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "ppflow train" in report and f"ppflow demo --quick --out {out}" in report
     # a second run reuses the finished training runs instead of training again
     assert main(["demo", "--quick", "--out", str(out), "--steps", "4", "--num-eval", "20"]) == 0
 
