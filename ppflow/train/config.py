@@ -69,6 +69,8 @@ class EmaSection:
     """Exponential moving average of the weights (what sampling uses)."""
 
     decay: float = _opt(0.9999, "EMA decay per step (DiT/SiT: 0.9999; short runs want less, e.g. 0.999)")
+    warmup: bool = _opt(False, "use min(decay, (1 + step) / (10 + step)) so a short run's EMA does not keep "
+                               "the random init (DiT/SiT: off)")
 
 
 @dataclass

@@ -14,19 +14,27 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 class EMA:
-    """`ema = decay * ema + (1 - decay) * model` after every optimizer step; starts as a copy of the model."""
+    """`ema = decay * ema + (1 - decay) * model` after every optimizer step; starts as a copy of the model.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    With `warmup`, the decay of update `step` (0-based) is min(decay, (1 + step) / (10 + step)), so the first
+    updates follow the model closely and the random init fades out of short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False) -> None:
         self.decay = decay
+        self.warmup = warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int = 0) -> None:
         ema_p = [_local(p) for p in self.model.parameters()]
         new_p = [_local(p.detach()) for p in model.parameters()]
         if len(ema_p) != len(new_p):
             raise RuntimeError("EMA and model have different parameter lists")
-        torch._foreach_lerp_(ema_p, new_p, 1.0 - self.decay)
+        torch._foreach_lerp_(ema_p, new_p, 1.0 - self.decay_at(step))
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:

@@ -246,7 +246,7 @@ class Trainer:
         raw = build_model(cfg, self.data, ckpt)
         self.mc = raw.config
         self.schedule = raw.schedule
-        self.ema = EMA(raw, cfg.ema.decay)
+        self.ema = EMA(raw, cfg.ema.decay, cfg.ema.warmup)
         if ckpt is not None:
             from ..convert.native import load_state_strict
 
@@ -371,7 +371,7 @@ class Trainer:
         self.window.steps += 1
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.ema.update(self.raw)
+        self.ema.update(self.raw, self.step)
         self.step += 1
         self.pos = pos
         self._updating = False
