@@ -153,7 +153,7 @@ class Demo:
             "data.name": c.data, "data.image_size": c.image_size, "batch_size": c.batch_size,
             "max_steps": self.steps(m), "optim.lr": c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
             "flow.label_dropout": c.label_dropout, "save_every": max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
-            "sample.every": 0, "seed": c.seed, "out": str(self.out / "runs" / m.name.replace("/", "-")),
+            "sample.every": 0, "seed": c.seed, "out": str(self.out / "runs" / _slug(m.label)),
             "device": "cpu", "tensorboard": False,
         }
         if c.data_path:
@@ -204,7 +204,8 @@ class Demo:
         res["metrics_csv"] = str(run_dir / "metrics.csv")
         model = load_model(run_dir).eval()  # the run's EMA weights
         res["params"] = model.num_parameters()
-        res["final_loss"] = _last_loss(run_dir / "metrics.csv")
+        res["final_loss"] = _last(run_dir / "metrics.csv", "loss")
+        res.setdefault("train_steps_per_sec", _last(run_dir / "metrics.csv", "steps_per_sec"))
         return model
 
     def loss_plot(self) -> None:
@@ -375,20 +376,21 @@ class Demo:
 
 
 # ------------------------------------------------------------------------------- helpers
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("loss") not in (None, "")]
+
+
 def _read_losses(path: Path) -> tuple[list[float], list[float]]:
-    steps, losses = [], []
-    if path.exists():
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("loss") not in (None, ""):
-                    steps.append(float(row["step"]))
-                    losses.append(float(row["loss"]))
-    return steps, losses
+    rows = _read_metrics(path)
+    return [float(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
 
 
-def _last_loss(path: Path) -> float | None:
-    _, losses = _read_losses(path)
-    return losses[-1] if losses else None
+def _last(path: Path, column: str) -> float | None:
+    rows = _read_metrics(path)
+    return float(rows[-1][column]) if rows and rows[-1].get(column) not in (None, "") else None
 
 
 def _slug(label: str) -> str:

@@ -36,6 +36,7 @@ def test_repro_smoke_runs_every_row(tmp_path):
     assert len(res) == 6
     adapted = res["PPF-2 (adapted)"]
     assert adapted["train_steps"] == 1 and adapted["classifier_fid"] is not None
+    assert adapted["run_dir"] != res["PPF-2 (scratch)"]["run_dir"]  # its own run, started from the adapted SiT
     ablation = res["PPF-2 (scratch), CFG everywhere"]
     assert ablation["test_flops_percent"] > res["PPF-2 (scratch)"]["test_flops_percent"]
     assert "(results/samples.png)" in docs.read_text() and (docs.parent / "results" / "samples.png").exists()
@@ -56,3 +57,22 @@ def test_demo_inception_metrics(tmp_path):
     for r in res.values():
         assert r["inception_fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
     assert "Inception FID" in (tmp_path / "d" / "report.md").read_text()
+
+
+def test_interrupted_demo_leaves_checkpoints_and_a_partial_report(tmp_path, monkeypatch):
+    from ppflow.experiments.demo import Demo, DemoConfig
+
+    def interrupted(self, models):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Demo, "grids", interrupted)
+    cfg = DemoConfig.quick(out=str(tmp_path / "d"), steps=2, num_eval=8, eval_batch=8)
+    with pytest.raises(KeyboardInterrupt):
+        Demo(cfg).run()
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "partial" in report and (tmp_path / "d" / "loss.png").exists()
+    for label in ("sit_baseline", "ppf_2"):
+        assert (tmp_path / "d" / "runs" / label / "checkpoints" / "last.pt").exists()
+    monkeypatch.undo()
+    Demo(cfg).run()  # the same command again reuses the finished runs and completes the report
+    assert "partial" not in (tmp_path / "d" / "report.md").read_text()
