@@ -49,6 +49,7 @@ class DemoModel:
     steps: int | None = None
     same_as: str | None = None
     cfg_scales: list[float] | None = None
+    lr: float | None = None  # learning rate instead of the config's (fine-tuning an adapted model wants less)
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Demo:
         o = {
             "model.name": m.name, "model.schedule": m.schedule, "model.learn_sigma": False,
             "data.name": c.data, "data.image_size": c.image_size, "batch_size": c.batch_size,
-            "max_steps": self.steps(m), "optim.lr": c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
+            "max_steps": self.steps(m), "optim.lr": m.lr or c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
             "flow.label_dropout": c.label_dropout, "save_every": max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
             "sample.every": 0, "seed": c.seed, "out": str(self.out / "runs" / _slug(m.label)),
             "device": "cpu", "tensorboard": False,
@@ -327,7 +328,7 @@ class Demo:
         if m.same_as:
             return f"= {m.same_as}"
         if m.adapt_from:
-            return f"adapted from {m.adapt_from}, +{self.steps(m)} steps"
+            return f"adapted from {m.adapt_from}, +{self.steps(m)} steps" + (f" at lr {m.lr:g}" if m.lr else "")
         return f"scratch, {self.steps(m)} steps"
 
     def report(self) -> Path:

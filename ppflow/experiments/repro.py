@@ -26,8 +26,9 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
         DemoModel("SiT", f"SiT-{size}/4", "1:4x4"),
         DemoModel("PPF-2 (scratch)", f"PPF-{size}-2", s2),
         DemoModel("PPF-3 (scratch)", f"PPF-{size}-3", s3),
-        DemoModel("PPF-2 (adapted)", f"PPF-{size}-2", s2, adapt_from="SiT", steps=extra),
-        DemoModel("PPF-3 (adapted)", f"PPF-{size}-3", s3, adapt_from="SiT", steps=extra),
+        # fine-tuning a trained model at the from-scratch rate (1e-3) undoes much of it; 1e-4 as DiT/SiT/PPFlow
+        DemoModel("PPF-2 (adapted)", f"PPF-{size}-2", s2, adapt_from="SiT", steps=extra, lr=1e-4),
+        DemoModel("PPF-3 (adapted)", f"PPF-{size}-3", s3, adapt_from="SiT", steps=extra, lr=1e-4),
         DemoModel("PPF-2 (scratch), CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2 (scratch)",
                   cfg_scales=[kw.get("cfg_scale", 2.0)] * 2),
     ]
