@@ -134,23 +134,11 @@ def sample_noise(seed: int, start: int, end: int, shape: tuple[int, ...]) -> tor
 
 
 def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts a process group under torchrun (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if device_arg == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_arg)
-    if device.type == "cuda" and world > 1 and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        import torch.distributed as dist
+    """(rank, world size, device); joins the torchrun process group when there is one (gloo on CPU, nccl on CUDA)."""
+    from ..train.parallel import init_distributed
 
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+    info = init_distributed(device_arg)
+    return info.rank, info.world_size, info.device
 
 
 def main(args) -> int:
