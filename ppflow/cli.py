@@ -34,19 +34,12 @@ def build_parser(load_all: bool = True, only: str | None = None) -> argparse.Arg
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if load_all or name == only:
-            mod = _module(module)
-            if mod is not None:
-                mod.add_arguments(p)
+            _module(module).add_arguments(p)
     return parser
 
 
 def _module(name: str):
-    try:
-        return importlib.import_module(f"ppflow.commands.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"ppflow.commands.{name}":
-            return None
-        raise
+    return importlib.import_module(f"ppflow.commands.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    mod = _module(COMMANDS[args.command][0])
-    if mod is None:
-        print(f"ppflow {args.command}: not implemented yet", file=sys.stderr)
-        return 2
-    return int(mod.main(args) or 0)
+    return int(_module(COMMANDS[args.command][0]).main(args) or 0)
 
 
 if __name__ == "__main__":
