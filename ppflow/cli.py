@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("sample", "sample images from a checkpoint (PNG grid or ADM npz; shards under torchrun)"),
     "bench": ("bench", "benchmark sampling speed of PPFlow against the one-stage baseline"),
     "eval": ("eval", "FID / sFID / IS / precision / recall of samples against a reference"),
+    "profile": ("profile", "held-out loss per noise level t of one or more models (where a PPFlow model loses)"),
     "flops": ("flops", "analytic FLOPs of a model and schedule, per stage and in total"),
     "info": ("info", "describe a checkpoint: format, size, schedule, parameters, FLOPs fraction"),
     "convert": ("convert", "convert a DiT / SiT / official PPFlow checkpoint to a ppflow folder"),

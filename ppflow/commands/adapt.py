@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--level-init-std", type=float, default=0.0,
                    help="start of the level embedding: 0 keeps the finest stage equal to the source; 0.02 is the "
                         "official code's N(0, 0.02^2)")
+    p.add_argument("--coarse-output", choices=("v", "x", "noise_skip"), default="v",
+                   help="what the coarse stages emit: v (the paper), x (clean sample), noise_skip (within-block noise "
+                        "handled analytically; the adapted coarse stage then starts far closer to the source)")
     p.add_argument("--seed", type=int, default=0, help="seed of the level embedding when --level-init-std > 0")
     add_load_arguments(p, "--format")
     p.add_argument("--force", action="store_true", help="overwrite an existing ppflow folder at --out")
@@ -41,6 +44,7 @@ def main(args) -> int:
     try:
         source, fmt, notes = load_with_info(args.source, args)
         model = adapt(source, args.schedule, level_init_std=args.level_init_std,
+                      coarse_output=args.coarse_output,
                       generator=torch.Generator().manual_seed(args.seed))
     except (*LOAD_ERRORS, ScheduleError) as e:
         print(f"ppflow adapt: {e}", file=sys.stderr)

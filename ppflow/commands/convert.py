@@ -38,6 +38,16 @@ def load_overrides(args) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def load_spec(spec: str, args):
+    """A model, or `A+B[+...]` (one checkpoint per stage, noisiest first) as a StageSwap."""
+    if "+" not in spec or Path(spec).exists():
+        return load_model(spec, format=args.format, weights=args.weights, **load_overrides(args))
+    from ..sampling.swap import StageSwap
+
+    parts = [p for p in spec.split("+") if p]
+    return StageSwap([load_model(p, format=args.format, weights=args.weights, **load_overrides(args)) for p in parts])
+
+
 def load_with_info(path: str | Path, args) -> tuple[PPFlowTransformer, str, list[str]]:
     """The model, its format name and loader notes."""
     path = resolve_path(path, args.format)

@@ -36,7 +36,8 @@ def add_arguments(p) -> None:
         "classifier FID, classifier IS and, for class-conditional samples, class accuracy. Reference statistics "
         "are cached in --cache-dir. Runs under torchrun (features are computed by shards and gathered).")
     p.add_argument("samples", help="ADM npz (arr_0 uint8 NHWC, optional arr_1 labels), image folder, or a checkpoint "
-                                   "(ppflow folder, training run/checkpoint, DiT/SiT/official file) to sample from")
+                                   "(ppflow folder, training run/checkpoint, DiT/SiT/official file) to sample from; "
+                                   "'A+B' samples a stage swap (A serves the noisiest stage, B the next, ...)")
     p.add_argument("ref", help=f"reference: ADM npz (images and/or mu, sigma, mu_s, sigma_s), image folder, or one of "
                                f"{datasets} (28x28 padded to the samples' size, 32 for ppflow models)")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys fid, sfid, is, precision, "
@@ -100,7 +101,8 @@ def is_checkpoint(spec: str) -> bool:
 
     p = Path(spec)
     if not p.exists():
-        return False
+        parts = [q for q in spec.split("+") if q]
+        return len(parts) > 1 and all(is_checkpoint(q) for q in parts)  # a stage swap A+B
     try:
         r = resolve_path(p)
     except (FileNotFoundError, ValueError):
@@ -110,16 +112,15 @@ def is_checkpoint(spec: str) -> bool:
 
 def sample_checkpoint(args, device: torch.device):
     """This rank's shard of samples drawn from the checkpoint: ImageSet of uint8 images (and labels)."""
-    from ..convert import load_model
     from ..eval import dist
     from ..eval.sources import ImageSet, short_hash
     from ..sampling import sample_model, stage_scales
     from ..utils.images import to_uint8
-    from .convert import load_overrides
+    from .convert import load_spec
     from .sample import PRECISIONS, make_labels, parse_scales, sample_noise
 
     scales = parse_scales(args.cfg)
-    model = load_model(args.samples, format=args.format, weights=args.weights, **load_overrides(args))
+    model = load_spec(args.samples, args)
     stage_scales(scales, model.schedule.num_stages)
     if args.guidance_channels is not None and not 1 <= args.guidance_channels <= model.config.in_channels:
         raise ValueError(f"--guidance-channels must be in 1..{model.config.in_channels}")

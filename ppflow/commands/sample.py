@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..sampling import DIFFUSION_FORMS, GRIDS, METHODS, sample_model, stage_scales
-from .convert import LOAD_ERRORS, add_load_arguments, load_overrides
+from .convert import LOAD_ERRORS, add_load_arguments, load_spec
 
 LAST_STEP_CHOICES = ("mean", "euler", "tweedie", "none")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
                      "named in their config (or --vae); pixel models are written directly. Run it under "
                      "`torchrun --nproc_per_node K -m ppflow.cli sample ...` to share the work across K processes.")
     p.add_argument("--ckpt", required=True, help="checkpoint: ppflow folder, training checkpoint/run, or a "
-                                                 "DiT / SiT / official PPFlow file")
+                                                 "DiT / SiT / official PPFlow file; 'A+B' = stage swap: A serves "
+                                                 "the first (noisiest) stage of the pyramid, B the next, ...")
     add_load_arguments(p, "--format")
     p.add_argument("--num", "--num-samples", dest="num", type=int, default=64,
                    help="number of samples (under torchrun write --num-samples, or put -- before `sample`: "
@@ -142,7 +143,6 @@ def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
 
 
 def main(args) -> int:
-    from ..convert import load_model
 
     if args.out is None and args.npz is None:
         return _fail("nothing to write: give --out grid.png and/or --npz samples.npz")
@@ -157,7 +157,7 @@ def main(args) -> int:
         return _fail(str(e))
     rank, world, device = setup_distributed(args.device)
     try:
-        model = load_model(args.ckpt, format=args.format, weights=args.weights, **load_overrides(args))
+        model = load_spec(args.ckpt, args)
         stage_scales(scales, model.schedule.num_stages)
         labels = make_labels(args, model)
         if args.guidance_channels is not None and not 1 <= args.guidance_channels <= model.config.in_channels:

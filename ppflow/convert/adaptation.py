@@ -49,6 +49,7 @@ def adapt(
     schedule: str | PyramidSchedule = "ppf2",
     *,
     level_init_std: float = 0.0,
+    coarse_output: str = "v",
     generator: torch.Generator | None = None,
     format: str | None = None,
     weights: str | None = None,
@@ -58,7 +59,9 @@ def adapt(
 
     `schedule`: the target pyramid (preset or 't_end:ROWSxCOLS,...'); its finest patch must be
     the source's patch. `level_init_std`: 0 (default) starts the level embedding at zero so the
-    finest stage equals the source; 0.02 is the official N(0, 0.02^2) start. `format`,
+    finest stage equals the source; 0.02 is the official N(0, 0.02^2) start. `coarse_output`: what the coarse
+    stages emit (`v` as the paper, or `noise_skip`, which makes the adapted coarse stage start as the source's
+    denoiser at the stage's resolution, exact in the noise; see models/output.py). `format`,
     `weights`, `overrides` are passed to `load_model` when `source` is a path.
     """
     if isinstance(source, PPFlowTransformer):
@@ -86,7 +89,8 @@ def adapt(
     size = size_name(cfg.depth, cfg.hidden_size, cfg.num_heads)
     name = f"PPF-{size}-{target.num_stages}" if size and base == (2, 2) else ""
     config = dataclasses.replace(cfg, schedule=schedule if isinstance(schedule, str) else target,
-                                 level_embedding=None, level_init_std=level_init_std, name=name)
+                                 level_embedding=None, level_init_std=level_init_std, name=name,
+                                 coarse_output=coarse_output)
 
     old = {k: v.detach() for k, v in src.state_dict().items()}
     state = {k: v.clone() for k, v in old.items()

@@ -50,6 +50,7 @@ class DemoModel:
     same_as: str | None = None
     cfg_scales: list[float] | None = None
     lr: float | None = None  # learning rate instead of the config's (fine-tuning an adapted model wants less)
+    model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"coarse_output": "noise_skip"}
 
 
 @dataclass
@@ -65,7 +66,8 @@ class DemoConfig:
         DemoModel("SiT baseline", "SiT-mini/4", "1:4x4"),
         DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4"),
     ])
-    steps: int = 1400  # training steps per model (~4 min for SiT-mini/4 on 2 cores)
+    steps: int = 1400  # training steps of the baseline (~4 min for SiT-mini/4 on 2 cores)
+    protocol: str = "equal-compute"  # scratch contestants: equal training FLOPs (the paper's) or "equal-steps"
     batch_size: int = 32  # with a fixed time budget, more small steps beat fewer large ones
     lr: float = 1e-3  # short runs of small models like a larger rate than DiT's 1e-4
     warmup: int = 100
@@ -145,12 +147,36 @@ class Demo:
         tqdm.write(msg, file=sys.stderr)
 
     def steps(self, m: DemoModel) -> int:
-        return m.steps if m.steps is not None else self.cfg.steps
+        """Explicit steps, else the baseline's; under equal compute scaled by the baseline's training FLOPs."""
+        if m.steps is not None:
+            return m.steps
+        if self.cfg.protocol == "equal-steps" or m.adapt_from:
+            return self.cfg.steps
+        return round(self.cfg.steps / self.train_flops_fraction(m))
+
+    def model_config(self, m: DemoModel):
+        from ..models.registry import create_config
+
+        return create_config(m.name, schedule=m.schedule, learn_sigma=False, in_channels=1, num_classes=10,
+                             input_size=self.cfg.image_size, **m.model)
+
+    def train_flops_fraction(self, m: DemoModel) -> float:
+        """Training FLOPs per step of `m` relative to the baseline's (stage-stratified batch, analytic)."""
+        from ..flow.time_sampling import stage_shares
+        from ..metrics.flops import train_flops
+
+        def per_step(d: DemoModel) -> float:
+            c = self.model_config(d)
+            counts = [self.cfg.batch_size * w for w in stage_shares(c.get_schedule())]
+            return train_flops(c, counts)["paper"]
+
+        return per_step(m) / per_step(self.cfg.models[0])
 
     def train_overrides(self, m: DemoModel) -> dict:
         c = self.cfg
         o = {
             "model.name": m.name, "model.schedule": m.schedule, "model.learn_sigma": False,
+            **{f"model.{k}": v for k, v in m.model.items()},
             "data.name": c.data, "data.image_size": c.image_size, "batch_size": c.batch_size,
             "max_steps": self.steps(m), "optim.lr": m.lr or c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
             "flow.label_dropout": c.label_dropout, "save_every": max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
@@ -177,7 +203,7 @@ class Demo:
         if m.adapt_from:
             src = self.out / "adapted" / _slug(m.label)
             if not src.exists():
-                adapt(trained[m.adapt_from], m.schedule).save_pretrained(src)
+                adapt(trained[m.adapt_from], m.schedule, coarse_output=m.model.get("coarse_output", "v")).save_pretrained(src)
             overrides["model.init"] = str(src)
             self.commands.append(f"ppflow adapt --from {self.results[m.adapt_from]['run_dir']} "
                                  f"--schedule {m.schedule} --out {src}")

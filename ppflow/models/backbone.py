@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .layers import DiTBlock, LabelEmbedder, Packing, TimestepEmbedder, sincos_2d
+from .output import OUTPUTS, to_velocity
 from .patchify import PatchEmbed, Unpatchify
 from .schedule import PyramidSchedule
 
@@ -37,6 +38,7 @@ class ModelConfig:
     level_embedding: bool | None = None  # learned stage embedding; None = only with >1 stage
     level_init_std: float = 0.02  # official PPFlow init of the level embedding (adaptation uses 0)
     time_map: str = "identity"  # what the t-embedder sees: 'identity' (flow t) or 'dit' (999*(1-t))
+    coarse_output: str = "v"  # what coarse stages emit: 'v' (paper) | 'x' (clean sample) | 'noise_skip' (models/output.py)
     vae: str | None = None  # diffusers AutoencoderKL (hub name or folder) for latent models; None = pixel space
     name: str = ""  # display name, e.g. 'PPF-B-2'
 
@@ -47,6 +49,8 @@ class ModelConfig:
             self.schedule = self.schedule.to_string() if self.schedule.base_patch == self.schedule.stages[-1].patch else json.dumps(self.schedule.to_dict())
         if self.time_map not in TIME_MAPS:
             raise ValueError(f"time_map {self.time_map!r} is not one of {TIME_MAPS}")
+        if self.coarse_output not in OUTPUTS:
+            raise ValueError(f"coarse_output {self.coarse_output!r} is not one of {OUTPUTS}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; pass num_heads=..."
@@ -203,10 +207,13 @@ class PPFlowTransformer(nn.Module):
         if len(present) == 1:
             order = None
             parts = [(present[0], x)]
+            ts = [t]
         else:
             order = torch.argsort(stage, stable=True)  # samples grouped by stage
-            xs = x.index_select(0, order).split([counts[s] for s in present])
+            sizes = [counts[s] for s in present]
+            xs = x.index_select(0, order).split(sizes)
             parts = list(zip(present, xs))
+            ts = t.index_select(0, order).split(sizes)
             c = c.index_select(0, order)  # (N, D) in packed order
 
         tokens, groups = [], []
@@ -222,9 +229,13 @@ class PPFlowTransformer(nn.Module):
         h = self.final_layer(h, c, packing)  # (T, D)
 
         outs = []
-        for (s, _), (start, n, length) in zip(parts, packing.segments()):
+        for (s, xg), tg, (start, n, length) in zip(parts, ts, packing.segments()):
             tok = h[start : start + n * length].view(n, length, -1)  # (n, L, D)
-            outs.append(self.final_layer.unpatchify[s](tok, H, W))  # (n, O, H, W)
+            out = self.final_layer.unpatchify[s](tok, H, W)  # (n, O, H, W)
+            if self.config.coarse_output != "v":
+                v = to_velocity(out[:, :C], xg, tg, self.schedule.factors(s), self.config.coarse_output)  # (n, C, H, W)
+                out = torch.cat([v, out[:, C:]], 1) if self.config.learn_sigma else v  # (n, O, H, W)
+            outs.append(out)
         if order is None:
             out = outs[0]
         else:

@@ -4,6 +4,7 @@ from .grids import GRIDS, interval_stages, official_grid, shifted_grid, time_gri
 from .guidance import ForwardCounter, doubled_cfg_velocity, guided_velocity, stage_scales
 from .sampler import METHODS, SampleOutput, sample, sample_model
 from .solvers import DIFFUSION_FORMS, LAST_STEPS, SOLVERS
+from .swap import StageSwap
 
 __all__ = [
     "DIFFUSION_FORMS",
@@ -13,6 +14,7 @@ __all__ = [
     "SOLVERS",
     "ForwardCounter",
     "SampleOutput",
+    "StageSwap",
     "doubled_cfg_velocity",
     "guided_velocity",
     "interval_stages",

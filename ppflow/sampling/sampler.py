@@ -190,8 +190,16 @@ def sample_model(
     if not (full_output or return_trajectory):
         return out.x
     out.forwards = counter.rows
-    out.flops = _flops(model.config, counter.rows, noise.shape[-2:])
+    out.flops = model_flops(model, counter.rows, noise.shape[-2:])
     return out
+
+
+def model_flops(model, rows: list[int], hw) -> dict:
+    """FLOPs of `rows[s]` single-sample forwards per stage of a model (a StageSwap counts each member's stage)."""
+    if not hasattr(model, "stage_flops"):
+        return _flops(model.config, rows, hw)
+    fl = [model.stage_flops(s, int(hw[0]), int(hw[1])) for s in range(len(rows))]
+    return {"paper": sum(n * f.paper for n, f in zip(rows, fl)), "total": sum(n * f.total for n, f in zip(rows, fl))}
 
 
 def accepts_stage(fn: Callable) -> bool:

@@ -41,8 +41,9 @@ def line_plot(
     ylabel: str = "",
     size: tuple[int, int] = (720, 440),
     log_y: bool = False,
+    vlines: Sequence[float] = (),
 ) -> Path:
-    """Draw named (xs, ys) series on shared axes and save a PNG."""
+    """Draw named (xs, ys) series on shared axes and save a PNG; `vlines`: dashed vertical markers at these x."""
     W, H = size
     left, right, top, bottom = 70, 20, 36, 50
     img = Image.new("RGB", size, "white")
@@ -72,6 +73,11 @@ def line_plot(
         d.line([left - 4, Y, left, Y], fill="black")
         d.line([left, Y, W - right, Y], fill=(230, 230, 230))
         d.text((4, Y - 6), _fmt(ty), fill="black", font=font)
+    for vx in vlines:
+        if x0 <= vx <= x1:
+            X, _ = px(vx, 10 ** y0 if log_y else y0)
+            for y in range(top, H - bottom, 8):
+                d.line([X, y, X, min(y + 4, H - bottom)], fill=(120, 120, 120))
     for i, (name, p) in enumerate(pts.items()):
         color = COLORS[i % len(COLORS)]
         if len(p) > 1:
