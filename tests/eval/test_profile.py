@@ -56,7 +56,7 @@ def test_models_see_the_same_draws_and_all_stages_pins_each_patch():
 
 
 def test_profile_cli_json_and_files(tmp_path, capsys):
-    kw = dict(in_channels=1, num_classes=10, input_size=16, learn_sigma=False)
+    kw = {"in_channels": 1, "num_classes": 10, "input_size": 16, "learn_sigma": False}
     randomize(create_model("PPF-tiny-2", schedule="0.5:8x8,1:4x4", **kw)).save_pretrained(tmp_path / "ppf")
     randomize(create_model("SiT-tiny/4", schedule="1:4x4", **kw), seed=1).save_pretrained(tmp_path / "sit")
     swap = f"{tmp_path / 'ppf'}+{tmp_path / 'sit'}"

@@ -7,7 +7,7 @@ from ppflow.models import create_model
 from ppflow.models.output import MIN_ONE_MINUS_T, block_mean, to_velocity
 from tests.conftest import randomize
 
-KW = dict(in_channels=1, num_classes=10, input_size=16, learn_sigma=False)
+KW = {"in_channels": 1, "num_classes": 10, "input_size": 16, "learn_sigma": False}
 
 
 def ppf(mode: str, **kw):

@@ -6,7 +6,7 @@ from ppflow.models import create_model
 from ppflow.sampling import StageSwap, sample_model
 from tests.conftest import randomize
 
-KW = dict(in_channels=1, num_classes=10, input_size=16, learn_sigma=False)
+KW = {"in_channels": 1, "num_classes": 10, "input_size": 16, "learn_sigma": False}
 
 
 @pytest.fixture(scope="module")
