@@ -29,9 +29,32 @@ def add_arguments(p) -> None:
     p.add_argument("--coarse-output", choices=("v", "x", "noise_skip"), default="v",
                    help="what the coarse stages emit: v (the paper), x (clean sample), noise_skip (within-block noise "
                         "handled analytically; the adapted coarse stage then starts far closer to the source)")
+    p.add_argument("--init", choices=("pooled", "lstsq"), default="pooled",
+                   help="pooled: the paper's average/copy init; lstsq: then refit each coarse unpatchify by least "
+                        "squares on --calib-data images (seconds; the coarse stage starts far closer to its optimum)")
+    p.add_argument("--calib-data", default=None, help="--init lstsq: dataset name (fashion-mnist, digits, "
+                                                      "imagefolder, latents)")
+    p.add_argument("--calib-path", default=None, help="--init lstsq: folder of the calibration data")
+    p.add_argument("--calib-num", type=int, default=1024, help="--init lstsq: calibration images")
     p.add_argument("--seed", type=int, default=0, help="seed of the level embedding when --level-init-std > 0")
     add_load_arguments(p, "--format")
     p.add_argument("--force", action="store_true", help="overwrite an existing ppflow folder at --out")
+
+
+def _calibration(args, source):
+    """(images, labels) in the model's input space for the least-squares init."""
+    import torch
+
+    from ..data.registry import DataConfig, build_dataset
+
+    size = source.config.input_size[0] if args.calib_data == "fashion-mnist" else None
+    data = build_dataset(DataConfig(name=args.calib_data, path=args.calib_path, limit=args.calib_num, image_size=size))
+    x, y = data.get_batch(torch.arange(len(data)))
+    x = data.encode(x, torch.Generator().manual_seed(args.seed))
+    want = (source.config.in_channels, *source.config.input_size)
+    if tuple(x.shape[1:]) != want:
+        raise ValueError(f"--calib-data {args.calib_data} gives {tuple(x.shape[1:])} inputs but the model expects {want}")
+    return x, (y if source.config.num_classes else None)
 
 
 def main(args) -> int:
@@ -41,12 +64,16 @@ def main(args) -> int:
     if is_pretrained_dir(out) and not args.force:
         print(f"ppflow adapt: {out} already holds a ppflow model; pass --force to overwrite it", file=sys.stderr)
         return 2
+    if args.init == "lstsq" and not args.calib_data:
+        print("ppflow adapt: --init lstsq fits on data: give --calib-data NAME (and --calib-path DIR)", file=sys.stderr)
+        return 2
     try:
         source, fmt, notes = load_with_info(args.source, args)
+        calibration = _calibration(args, source) if args.init == "lstsq" else None
         model = adapt(source, args.schedule, level_init_std=args.level_init_std,
-                      coarse_output=args.coarse_output,
+                      coarse_output=args.coarse_output, init=args.init, calibration=calibration,
                       generator=torch.Generator().manual_seed(args.seed))
-    except (*LOAD_ERRORS, ScheduleError) as e:
+    except (*LOAD_ERRORS, ScheduleError, OSError) as e:
         print(f"ppflow adapt: {e}", file=sys.stderr)
         return 2
     save_pretrained(model, out)

@@ -26,6 +26,7 @@ from .keymap import CheckpointError, size_name
 from .native import load_state_strict
 
 Tensor = torch.Tensor
+INITS = ("pooled", "lstsq")
 
 
 def average_init(weight: Tensor, patch: tuple[int, int], factors: tuple[int, int], channels: int) -> Tensor:
@@ -50,6 +51,8 @@ def adapt(
     *,
     level_init_std: float = 0.0,
     coarse_output: str = "v",
+    init: str = "pooled",
+    calibration: tuple[Tensor, Tensor | None] | None = None,
     generator: torch.Generator | None = None,
     format: str | None = None,
     weights: str | None = None,
@@ -61,7 +64,9 @@ def adapt(
     the source's patch. `level_init_std`: 0 (default) starts the level embedding at zero so the
     finest stage equals the source; 0.02 is the official N(0, 0.02^2) start. `coarse_output`: what the coarse
     stages emit (`v` as the paper, or `noise_skip`, which makes the adapted coarse stage start as the source's
-    denoiser at the stage's resolution, exact in the noise; see models/output.py). `format`,
+    denoiser at the stage's resolution, exact in the noise; see models/output.py). `init`: `pooled` (the
+    official average/copy init) or `lstsq` (pooled, then each coarse unpatchify refitted by least squares on
+    `calibration` = (images (N, C, H, W), labels (N,) or None), see `fit_readout`). `format`,
     `weights`, `overrides` are passed to `load_model` when `source` is a path.
     """
     if isinstance(source, PPFlowTransformer):
@@ -73,6 +78,10 @@ def adapt(
 
         src = load_model(source, format=format, weights=weights, **overrides)
     label = src.config.name or "the source model"
+    if init not in INITS:
+        raise ValueError(f"adaptation init {init!r} is not one of {INITS}")
+    if init == "lstsq" and calibration is None:
+        raise ValueError("init='lstsq' fits the coarse readouts on data: pass calibration=(images, labels)")
     if src.schedule.num_stages != 1:
         raise CheckpointError(
             f"{label} already has {src.schedule.num_stages} stages ({src.schedule.to_string()}); adaptation starts "
@@ -112,4 +121,77 @@ def adapt(
     with torch.device("meta"):
         model = PPFlowTransformer(config)
     load_state_strict(model, state, source=f"adaptation of {label}", assign=True)
+    if init == "lstsq":
+        x, y = calibration
+        fit_readout(model, x.to(pw.device), None if y is None else y.to(pw.device), generator=generator)
     return model.train(src.training)
+
+
+def _to_tokens(x: Tensor, patch: tuple[int, int]) -> Tensor:
+    """(N, O, H, W) -> (N, L, ph*pw*O) in the unpatchify layout (r * pw + s) * O + o."""
+    N, O, H, W = x.shape
+    ph, pw = patch
+    x = x.reshape(N, O, H // ph, ph, W // pw, pw)  # (N, O, h, ph, w, pw)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(N, (H // ph) * (W // pw), ph * pw * O)
+
+
+@torch.no_grad()
+def fit_readout(
+    model: PPFlowTransformer,
+    x1: Tensor,
+    y: Tensor | None = None,
+    ridge: float = 1e-3,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> dict[int, float]:
+    """Least-squares init of every coarse stage's unpatchify on a calibration batch of data `x1` (N, C, H, W).
+
+    Each image gets a t uniform in its stage's range and fresh noise; the stage's final tokens are regressed
+    (ridge `ridge` x mean feature energy) onto the velocity target as that stage's `coarse_output` expresses it.
+    The finest stage (the source's own projections) is left alone. Returns the calibration loss per refitted
+    stage after the fit (MSE of the raw output; the velocity MSE for `v` and `noise_skip`). Works in place.
+    """
+    from ..flow.path import linear_path
+    from ..models.output import to_velocity
+
+    model.eval()
+    C = model.config.in_channels
+    O = model.config.out_channels
+    losses = {}
+    captured: list[Tensor] = []
+    hook = model.final_layer.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    try:
+        for s, stage in enumerate(model.schedule.stages):
+            factors = model.schedule.factors(s)
+            if factors == (1, 1):
+                continue
+            feats, targets = [], []
+            for i in range(0, len(x1), batch_size):
+                xb = x1[i:i + batch_size]
+                n = len(xb)
+                t = stage.t_start + (stage.t_end - stage.t_start) * torch.rand(n, generator=generator)  # (n,)
+                path = linear_path(xb, torch.randn(xb.shape, generator=generator), t)
+                captured.clear()
+                model(path.x_t, t, None if y is None else y[i:i + batch_size], stage=s)
+                h = captured[0].reshape(n, -1, captured[0].shape[-1])  # (n, L, D)
+                # the raw output that maps to the target velocity: invert the (affine) reparametrization
+                zero = torch.zeros_like(path.target)
+                offset = to_velocity(zero, path.x_t, t, factors, model.config.coarse_output)  # v = a * raw + offset
+                scale = to_velocity(torch.ones_like(zero), path.x_t, t, factors, model.config.coarse_output) - offset
+                raw = (path.target - offset) / scale  # (n, C, H, W)
+                feats.append(h.reshape(-1, h.shape[-1]).double())
+                targets.append(_to_tokens(raw, stage.patch).reshape(-1, stage.patch[0] * stage.patch[1] * C).double())
+            A = torch.cat(feats)  # (n*L, D)
+            A = torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], 1)  # (n*L, D+1) with the bias column
+            T = torch.cat(targets)  # (n*L, ph*pw*C)
+            gram = A.T @ A
+            lam = ridge * gram.diagonal().mean()
+            sol = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), A.T @ T)  # (D+1, K)
+            lin = model.final_layer.unpatchify[s].linear
+            rows = torch.arange(lin.weight.shape[0]).reshape(-1, O)[:, :C].reshape(-1)  # velocity rows
+            lin.weight.data[rows] = sol[:-1].T.to(lin.weight.dtype)
+            lin.bias.data[rows] = sol[-1].to(lin.bias.dtype)
+            losses[s] = float(((A @ sol - T) ** 2).mean())
+    finally:
+        hook.remove()
+    return losses

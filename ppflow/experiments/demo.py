@@ -51,6 +51,7 @@ class DemoModel:
     cfg_scales: list[float] | None = None
     lr: float | None = None  # learning rate instead of the config's (fine-tuning an adapted model wants less)
     model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"coarse_output": "noise_skip"}
+    swap: list[str] | None = None  # stage swap: stage s served by the trained contestant swap[s] (no training)
 
 
 @dataclass
@@ -81,6 +82,10 @@ class DemoConfig:
     inception: bool = False  # also Inception FID / sFID / precision / recall (slow on CPU: ~8 images/s)
     inception_ref: int = 2000  # reference: the first N test images (10,000 would take ~20 min on 2 cores)
     classifier_steps: int | None = None  # cap the in-domain classifier's training (quick runs)
+    pareto_steps: list[int] = field(default_factory=list)  # quality vs sampling cost: FID at these step counts
+    pareto_models: list[str] | None = None  # labels swept (default: every contestant)
+    profile_num: int = 512  # held-out images of the loss-per-t profile (0: no profile)
+    profile_bins: int = 20
     timing_batch: int = 32
     timing_repeats: int = 3
     seed: int = 0
@@ -126,11 +131,18 @@ class Demo:
             self.log(f"demo: writing to {self.out} (interrupt with Ctrl-C: checkpoints and a partial report stay)")
             models: dict[str, torch.nn.Module] = {}
             for m in self.cfg.models:
-                models[m.label] = models[m.same_as] if m.same_as else self.train(m, models)
+                if m.swap:
+                    from ..sampling.swap import StageSwap
+
+                    models[m.label] = StageSwap([models[k] for k in m.swap]).eval()
+                else:
+                    models[m.label] = models[m.same_as] if m.same_as else self.train(m, models)
             self.loss_plot()
+            self.profile(models)
             self.grids(models)
             self.speed(models)
             self.metrics(models)
+            self.pareto(models)
         except KeyboardInterrupt:
             self.notes.append("Interrupted (Ctrl-C) before the end: this report is partial. Run the same command "
                               "again to continue; finished training runs are reused and unfinished ones resume.")
@@ -153,6 +165,11 @@ class Demo:
         if self.cfg.protocol == "equal-steps" or m.adapt_from:
             return self.cfg.steps
         return round(self.cfg.steps / self.train_flops_fraction(m))
+
+    def schedule_of(self, label: str):
+        from ..models.schedule import PyramidSchedule
+
+        return PyramidSchedule.from_string(next(d for d in self.cfg.models if d.label == label).schedule)
 
     def model_config(self, m: DemoModel):
         from ..models.registry import create_config
@@ -231,20 +248,52 @@ class Demo:
         res["metrics_csv"] = str(run_dir / "metrics.csv")
         model = load_model(run_dir).eval()  # the run's EMA weights
         res["params"] = model.num_parameters()
+        res["train_compute"] = steps * self.train_flops_fraction(m) / self.cfg.steps  # in baseline trainings
+        if m.adapt_from:
+            res["train_compute"] += self.results[m.adapt_from].get("train_compute", 1.0)
         res["final_loss"] = _last(run_dir / "metrics.csv", "loss")
         res.setdefault("train_steps_per_sec", _last(run_dir / "metrics.csv", "steps_per_sec"))
         return model
 
+    def profile(self, models: dict[str, torch.nn.Module]) -> None:
+        """Held-out loss per t of every trained contestant (and stage swap) on the same test draws."""
+        from ..data.registry import DataConfig, build_dataset
+        from ..eval.profile import loss_profile
+
+        if not self.cfg.profile_num:
+            return
+        shown = {k: m for k, m in models.items() if not next(d for d in self.cfg.models if d.label == k).same_as}
+        data = build_dataset(DataConfig(name=self.cfg.data, path=self.cfg.data_path, split="test",
+                                        image_size=self.cfg.image_size, limit=self.cfg.profile_num))
+        x1, y = data.get_batch(torch.arange(len(data)))
+        prof = loss_profile(shown, x1, y, bins=self.cfg.profile_bins, seed=self.cfg.seed, progress=True)
+        prof.write(self.out)
+        base = self.cfg.models[0].label
+        for label in shown:
+            res = self.results[label]
+            res["profile_loss"] = prof.curves[label]
+            res["heldout_loss"] = prof.mean(label)
+            res["heldout_loss_ratio"] = prof.mean(label) / prof.mean(base)
+        self.profile_edges = prof.edges
+        self.images.append(("profile_ratio.png" if len(shown) > 1 else "profile.png",
+                            (f"Held-out loss per noise level relative to {base} ({len(x1)} test images per bin, the "
+                            "same noise, times and labels for every model; dashed: stage boundaries). Values and "
+                            "absolute losses in profile.csv / profile.json.")))
+
     def loss_plot(self) -> None:
         series = {}
-        for label, r in self.results.items():
+        for m in self.cfg.models:
+            r = self.results[m.label]
             if "metrics_csv" not in r:  # an evaluation-only variant of another contestant
                 continue
             steps, losses = _read_losses(Path(r["metrics_csv"]))
-            series[f"{label} ({r['model']})"] = (steps, losses)
-        line_plot(series, self.out / "loss.png", title="training loss (velocity MSE)", xlabel="step", ylabel="loss",
-                  log_y=True)
-        self.images.append(("loss.png", "Training loss of both models (same data, batch and steps)."))
+            scale = self.train_flops_fraction(m)  # x axis: training compute in baseline steps
+            offset = self.cfg.steps if m.adapt_from else 0
+            series[f"{m.label} ({r['model']})"] = ([offset + s * scale for s in steps], losses)
+        line_plot(series, self.out / "loss.png", title="training loss (velocity MSE) against training compute",
+                  xlabel="training compute (baseline steps)", ylabel="loss", log_y=True)
+        self.images.append(("loss.png", ("Training loss against training compute (one unit = one baseline step; an "
+                                        "adapted model starts where its source ended).")))
 
     def cfg_scales(self, label: str, model: torch.nn.Module) -> list[float]:
         """The contestant's own scales, else stage CFG: 1 in the coarsest stage, `cfg_scale` elsewhere."""
@@ -254,13 +303,18 @@ class Demo:
         k = model.schedule.num_stages
         return [self.cfg.cfg_scale] if k == 1 else [1.0] + [self.cfg.cfg_scale] * (k - 1)
 
-    def sample(self, label: str, model: torch.nn.Module, noise: torch.Tensor, y: torch.Tensor, desc: str
-               ) -> torch.Tensor:
-        outs = []
+    def sample(self, label: str, model: torch.nn.Module, noise: torch.Tensor, y: torch.Tensor, desc: str,
+               steps: int | None = None, stats: dict | None = None) -> torch.Tensor:
+        """Samples in eval batches; `stats` receives the paper FLOPs per sample and the wall time."""
+        outs, flops, t0 = [], 0.0, time.perf_counter()
         for i in tqdm(range(0, len(noise), self.cfg.eval_batch), desc=desc, leave=False):
-            outs.append(sample_model(model, noise[i:i + self.cfg.eval_batch], y[i:i + self.cfg.eval_batch],
-                                     cfg_scales=self.cfg_scales(label, model), method=self.cfg.method,
-                                     steps=self.cfg.sample_steps))
+            out = sample_model(model, noise[i:i + self.cfg.eval_batch], y[i:i + self.cfg.eval_batch],
+                               cfg_scales=self.cfg_scales(label, model), method=self.cfg.method,
+                               steps=steps or self.cfg.sample_steps, full_output=True)
+            outs.append(out.x)
+            flops += out.flops["paper"]
+        if stats is not None:
+            stats.update(flops_per_sample=flops / len(noise), seconds=time.perf_counter() - t0)
         return torch.cat(outs)
 
     def grids(self, models: dict[str, torch.nn.Module]) -> None:
@@ -308,6 +362,7 @@ class Demo:
             res["test_flops_percent"] = 100 * schedule_flops(model.config, cfg_scales=self.cfg_scales(label, model),
                                                              baseline_cfg_scale=self.cfg.cfg_scale)["paper_fraction"]
             res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
+            res["cfg_scales"] = self.cfg_scales(label, model)
 
     def metrics(self, models: dict[str, torch.nn.Module]) -> None:
         from ..eval import ClassifierTrainConfig, EvalOptions, evaluate, load_classifier
@@ -336,6 +391,51 @@ class Demo:
                             "recall": r["recall"]})
         self.commands.append(f"ppflow eval {self.out}/samples_<model>.npz fashion-mnist-test --json")
 
+    def pareto(self, models: dict[str, torch.nn.Module]) -> None:
+        """Classifier FID against sampling FLOPs and wall time, each swept model at each of `pareto_steps`."""
+        from ..eval import ClassifierTrainConfig, load_classifier
+        from ..eval.classifier import classifier_metrics
+
+        if not self.cfg.pareto_steps:
+            return
+        cache = self.out / "cache"
+        clf = load_classifier(cache, train_config=ClassifierTrainConfig(max_steps=self.cfg.classifier_steps))
+        n = self.cfg.num_eval
+        g = torch.Generator().manual_seed(self.cfg.seed + 3)  # the same noise as the main metrics
+        noise = torch.randn(n, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
+        y = torch.arange(n) % 10
+        labels = self.cfg.pareto_models or list(models)
+        base = self.cfg.models[0].label
+        rows, series_flops, series_time = [], {}, {}
+        ref = None
+        for label in labels:
+            pts = []
+            for steps in self.cfg.pareto_steps:
+                stats: dict = {}
+                images = to_uint8(self.sample(label, models[label], noise, y, f"pareto {label} {steps} steps",
+                                              steps=steps, stats=stats))
+                m = classifier_metrics(images, y.numpy(), ref="fashion-mnist-test", cache_dir=cache, model=clf)
+                pts.append({"steps": steps, "classifier_fid": m["fid"], "class_accuracy": m["accuracy"], **stats})
+            if label == base:
+                ref = next((p for p in pts if p["steps"] == self.cfg.sample_steps), pts[-1])
+            self.results[label]["pareto"] = pts
+        ref = ref or self.results[labels[0]]["pareto"][-1]
+        for label in labels:
+            pts = self.results[label]["pareto"]
+            for p in pts:
+                p["flops_percent"] = 100 * p["flops_per_sample"] / ref["flops_per_sample"]
+                rows.append([label, p["steps"], p["flops_percent"], p["seconds"], p["classifier_fid"],
+                             p["class_accuracy"]])
+            series_flops[label] = ([p["flops_percent"] for p in pts], [p["classifier_fid"] for p in pts])
+            series_time[label] = ([p["seconds"] for p in pts], [p["classifier_fid"] for p in pts])
+        line_plot(series_flops, self.out / "pareto.png", title="quality vs sampling cost (lower left is better)",
+                  xlabel=f"sampling FLOPs per image (% of {base} at {self.cfg.sample_steps} steps)",
+                  ylabel="classifier FID", log_y=True)
+        self.pareto_rows = rows
+        self.images.append(("pareto.png", (f"Classifier FID against sampling FLOPs, {self.cfg.method} at "
+                            f"{', '.join(map(str, self.cfg.pareto_steps))} steps, {n} samples each (the same noise "
+                            "for every point): is PPF a better trade than taking fewer steps of the baseline?")))
+
     def inception_reference(self):
         """The first `inception_ref` Fashion-MNIST test images, padded like the samples."""
         from ..eval import load_images
@@ -351,6 +451,10 @@ class Demo:
     # --------------------------------------------------------------------------- report
     def training_note(self, label: str) -> str:
         m = next(m for m in self.cfg.models if m.label == label)
+        if m.swap:
+            sched = next(iter(self.schedule_of(k) for k in m.swap if self.schedule_of(k).num_stages > 1))
+            return "stage swap: " + " + ".join(f"t in ({st.t_start:g}, {st.t_end:g}] from {k}"
+                                               for st, k in zip(sched.stages, m.swap))
         if m.same_as:
             return f"= {m.same_as}"
         if m.adapt_from:
@@ -360,25 +464,31 @@ class Demo:
     def report(self) -> Path:
         c = self.cfg
         rep = Report(c.title)
-        rep.text(f"Both models: same size and training budget ({c.steps} steps, batch {c.batch_size}, lr {c.lr}, "
-                 f"EMA {c.ema_decay}); pixels 32x32x1 (Fashion-MNIST padded), base patch 4x4. Sampler: {c.method}, "
-                 f"{c.sample_steps} steps with the stage boundaries on the grid; CFG {c.cfg_scale} (stage CFG "
-                 f"[1, {c.cfg_scale}] for PPFlow, as in the paper). Measured on this machine: "
+        protocol = ("equal training compute, the paper's protocol: each model from scratch trains for the baseline's "
+                    f"{c.steps} steps times the baseline's training FLOPs per step over its own (analytic, "
+                    "stage-stratified batch), so a PPF model, whose step is cheaper, takes more steps"
+                    if c.protocol == "equal-compute" else f"equal steps ({c.steps} per model from scratch)")
+        rep.text(f"Protocol: {protocol}. All models: same backbone size, batch {c.batch_size}, lr {c.lr}, "
+                 f"EMA {c.ema_decay}; pixels 32x32x1 (Fashion-MNIST padded), base patch 4x4. Sampler: {c.method}, "
+                 f"{c.sample_steps} steps with the stage boundaries on the grid; CFG scales per stage in the table (default "
+                 f"{c.cfg_scale} for the baseline, stage CFG [1, {c.cfg_scale}] for PPFlow as in the paper). Measured on this machine: "
                  f"{_hardware()}, torch {torch.__version__}, {self.threads} torch threads.")
         rep.heading("Results")
-        header = ["model", "name", "schedule", "training", "params (M)", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
+        header = ["model", "name", "schedule", "training", "training compute (x baseline)", "params (M)",
+                  "CFG", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
                   "sampling speed-up", "FLOPs bound", "efficiency", "classifier FID", "class accuracy"]
         if c.inception:
             header += ["Inception FID", "sFID", "precision", "recall"]
-        header += ["final loss", "train steps/s"]
+        header += ["held-out loss (x baseline)", "final loss", "train steps/s"]
         rows = []
         for label, r in self.results.items():
-            row = [label, r["model"], r["schedule"], self.training_note(label), _m(r.get("params")), r.get("test_flops_percent"),
+            row = [label, r["model"], r["schedule"], self.training_note(label), r.get("train_compute"),
+                   _m(r.get("params")), _scales(r.get("cfg_scales")), r.get("test_flops_percent"),
                    r.get("test_flops_percent_no_cfg"), r.get("speedup"), r.get("flops_bound"), r.get("efficiency"),
                    r.get("classifier_fid"), r.get("class_accuracy")]
             if c.inception:
                 row += [r.get("inception_fid"), r.get("sfid"), r.get("precision"), r.get("recall")]
-            row += [r.get("final_loss"), r.get("train_steps_per_sec")]
+            row += [r.get("heldout_loss_ratio"), r.get("final_loss"), r.get("train_steps_per_sec")]
             rows.append(row)
         rep.table(header, rows)
         rep.text("Test FLOPs: analytic, paper convention, relative to the baseline with CFG everywhere. Speed-up: "
@@ -389,6 +499,12 @@ class Demo:
                  + (f" Inception FID / sFID / precision / recall: TF Inception-v3 features as ADM computes them, the "
                     f"same {c.num_eval} samples against the first {c.inception_ref} test images (small-sample FIDs "
                     "are biased upwards; compare rows, not with ImageNet numbers)." if c.inception else ""))
+        if getattr(self, "pareto_rows", None):
+            rep.heading("Quality against sampling cost")
+            rep.table(["model", "sampling steps", "sampling FLOPs % (of the baseline's)", "wall time (s)",
+                       "classifier FID", "class accuracy"], self.pareto_rows)
+            rep.text(f"Wall time: sampling the {c.num_eval} evaluation images in batches of {c.eval_batch}, one run "
+                     "each on this machine (not alternated; the speed-up column above is the careful measurement).")
         for path, caption in self.images:
             rep.image(path, caption)
         if self.notes:
@@ -422,6 +538,10 @@ def _last(path: Path, column: str) -> float | None:
 
 def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in label).strip("_").lower()
+
+
+def _scales(v: list[float] | None) -> str | None:
+    return None if v is None else "[" + ", ".join(f"{x:g}" for x in v) + "]"
 
 
 def _m(n: int | None) -> float | None:

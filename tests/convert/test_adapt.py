@@ -96,3 +96,63 @@ def test_adapt_errors(sit_file):
         ppflow.adapt(path, "0.5:8x8,1:4x4")
     with pytest.raises(ValueError, match="already a model"):
         ppflow.adapt(ppf, "ppf2", num_heads=4)
+
+
+def _calibration_loss(model, x, y, stage, lo=0.0, hi=0.5, seed=5):
+    from ppflow.flow.loss import flow_matching_loss
+
+    g = torch.Generator().manual_seed(seed)
+    t = lo + (hi - lo) * torch.rand(len(x), generator=g)
+    with torch.no_grad():
+        return float(flow_matching_loss(model, x, t, stage=torch.full((len(x),), stage), y=y, generator=g).loss)
+
+
+@pytest.mark.parametrize("mode", ["v", "noise_skip"])
+def test_lstsq_init_refits_only_the_coarse_readout_and_lowers_its_loss(mode):
+    from ppflow.models import create_model
+
+    kw = {"in_channels": 1, "num_classes": 10, "input_size": 16, "learn_sigma": True}
+    sit = randomize(create_model("SiT-tiny/4", schedule="1:4x4", **kw)).eval()
+    x = torch.randn(512, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.5
+    y = torch.arange(512) % 10
+    pooled = ppflow.adapt(sit, "0.5:8x8,1:4x4", coarse_output=mode).eval()
+    fitted = ppflow.adapt(sit, "0.5:8x8,1:4x4", coarse_output=mode, init="lstsq", calibration=(x, y),
+                          generator=torch.Generator().manual_seed(0)).eval()
+    a, b = pooled.state_dict(), fitted.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {"final_layer.unpatchify.0.linear.weight", "final_layer.unpatchify.0.linear.bias"}
+    rows = b["final_layer.unpatchify.0.linear.weight"].shape[0]
+    sigma_rows = torch.arange(rows).reshape(-1, 2)[:, 1]  # learn_sigma rows keep their copy init
+    assert torch.equal(a["final_layer.unpatchify.0.linear.weight"][sigma_rows],
+                       b["final_layer.unpatchify.0.linear.weight"][sigma_rows])
+    held_out = torch.randn(256, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.5
+    assert _calibration_loss(fitted, held_out, y[:256], 0) < 0.9 * _calibration_loss(pooled, held_out, y[:256], 0)
+    fine = _calibration_loss(fitted, held_out, y[:256], 1, 0.5, 1.0)
+    assert fine == _calibration_loss(sit, held_out, y[:256], 0, 0.5, 1.0)  # the finest stage is the source's
+
+
+def test_lstsq_needs_calibration_data():
+    from ppflow.models import create_model
+
+    sit = create_model("SiT-tiny/4", schedule="1:4x4", in_channels=1, num_classes=10, input_size=16)
+    with pytest.raises(ValueError, match="calibration"):
+        ppflow.adapt(sit, "0.5:8x8,1:4x4", init="lstsq")
+    with pytest.raises(ValueError, match="not one of"):
+        ppflow.adapt(sit, "0.5:8x8,1:4x4", init="tiled")
+
+
+def test_adapt_cli_lstsq_and_coarse_output(tmp_path, capsys):
+    from ppflow.cli import main
+    from ppflow.models import create_model
+
+    src = tmp_path / "sit"
+    randomize(create_model("SiT-tiny/4", schedule="1:4x4", in_channels=1, num_classes=10, input_size=16,
+                           learn_sigma=False)).save_pretrained(src)
+    out = tmp_path / "ppf"
+    rc = main(["adapt", "--from", str(src), "--schedule", "0.5:8x8,1:4x4", "--out", str(out), "--init", "lstsq",
+               "--calib-data", "digits", "--calib-num", "64", "--coarse-output", "noise_skip"])
+    assert rc == 0
+    assert ppflow.load_model(out).config.coarse_output == "noise_skip"
+    rc = main(["adapt", "--from", str(src), "--schedule", "0.5:8x8,1:4x4", "--out", str(tmp_path / "x"),
+               "--init", "lstsq"])
+    assert rc == 2 and "--calib-data" in capsys.readouterr().err
