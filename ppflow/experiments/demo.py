@@ -51,6 +51,7 @@ class DemoModel:
     cfg_scales: list[float] | None = None
     lr: float | None = None  # learning rate instead of the config's (fine-tuning an adapted model wants less)
     model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"coarse_output": "noise_skip"}
+    init: str = "pooled"  # adaptation init: pooled (official average/copy) | lstsq (+ least-squares coarse readout)
     swap: list[str] | None = None  # stage swap: stage s served by the trained contestant swap[s] (no training)
 
 
@@ -84,6 +85,8 @@ class DemoConfig:
     classifier_steps: int | None = None  # cap the in-domain classifier's training (quick runs)
     pareto_steps: list[int] = field(default_factory=list)  # quality vs sampling cost: FID at these step counts
     pareto_models: list[str] | None = None  # labels swept (default: every contestant)
+    grid_models: list[str] | None = None  # contestants shown in the sample grid (default: all)
+    profile_models: list[str] | None = None  # contestants in the loss profile (default: all but same_as variants)
     profile_num: int = 512  # held-out images of the loss-per-t profile (0: no profile)
     profile_bins: int = 20
     timing_batch: int = 32
@@ -214,16 +217,22 @@ class Demo:
         from ..train.checkpoint import find_checkpoint, load_checkpoint
         from ..train.loop import train
 
+        c = self.cfg
         overrides = self.train_overrides(m)
         run_dir = Path(overrides["out"])
         steps = self.steps(m)
         if m.adapt_from:
             src = self.out / "adapted" / _slug(m.label)
             if not src.exists():
-                adapt(trained[m.adapt_from], m.schedule, coarse_output=m.model.get("coarse_output", "v")).save_pretrained(src)
+                adapt(trained[m.adapt_from], m.schedule, coarse_output=m.model.get("coarse_output", "v"), init=m.init,
+                      calibration=self.calibration() if m.init == "lstsq" else None,
+                      generator=torch.Generator().manual_seed(self.cfg.seed)).save_pretrained(src)
             overrides["model.init"] = str(src)
+            extra = "".join(f" --coarse-output {v}" for k, v in m.model.items() if k == "coarse_output")
+            if m.init == "lstsq":
+                extra += f" --init lstsq --calib-data {c.data}" + (f" --calib-path {c.data_path}" if c.data_path else "")
             self.commands.append(f"ppflow adapt --from {self.results[m.adapt_from]['run_dir']} "
-                                 f"--schedule {m.schedule} --out {src}")
+                                 f"--schedule {m.schedule} --out {src}{extra} --seed {c.seed}")
         self.commands.append("ppflow train " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in overrides.items()))
         last = run_dir / "checkpoints" / "last.pt"
         res = self.results[m.label]
@@ -255,6 +264,14 @@ class Demo:
         res.setdefault("train_steps_per_sec", _last(run_dir / "metrics.csv", "steps_per_sec"))
         return model
 
+    def calibration(self, num: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `num` training images and labels (least-squares adaptation init)."""
+        from ..data.registry import DataConfig, build_dataset
+
+        data = build_dataset(DataConfig(name=self.cfg.data, path=self.cfg.data_path, image_size=self.cfg.image_size,
+                                        limit=min(num, self.cfg.data_limit or num)))
+        return data.get_batch(torch.arange(len(data)))
+
     def profile(self, models: dict[str, torch.nn.Module]) -> None:
         """Held-out loss per t of every trained contestant (and stage swap) on the same test draws."""
         from ..data.registry import DataConfig, build_dataset
@@ -262,7 +279,8 @@ class Demo:
 
         if not self.cfg.profile_num:
             return
-        shown = {k: m for k, m in models.items() if not next(d for d in self.cfg.models if d.label == k).same_as}
+        shown = {k: m for k, m in models.items() if not next(d for d in self.cfg.models if d.label == k).same_as
+                 and (self.cfg.profile_models is None or k in self.cfg.profile_models)}
         data = build_dataset(DataConfig(name=self.cfg.data, path=self.cfg.data_path, split="test",
                                         image_size=self.cfg.image_size, limit=self.cfg.profile_num))
         x1, y = data.get_batch(torch.arange(len(data)))
@@ -323,6 +341,7 @@ class Demo:
         noise = torch.randn(shape, generator=g)
         y = torch.arange(80) // 8  # one row per class
         panels = []
+        models = {k: m for k, m in models.items() if self.cfg.grid_models is None or k in self.cfg.grid_models}
         for label, model in models.items():
             x = self.sample(label, model, noise, y, f"grid {label}")
             arr = grid(to_uint8(x), nrow=8)
@@ -340,6 +359,7 @@ class Demo:
         y = torch.arange(self.cfg.timing_batch) % 10
         times: dict[str, list[float]] = {k: [] for k in models}
         flops: dict[str, float] = {}
+        paper: dict[str, float] = {}
         with torch.no_grad():
             for r in tqdm(range(self.cfg.timing_repeats + 1), desc="timing sampling", leave=False):
                 order = list(models.items())
@@ -351,6 +371,7 @@ class Demo:
                     if r > 0:  # the first round warms up
                         times[label].append(time.perf_counter() - t0)
                     flops[label] = out.flops["total"]
+                    paper[label] = out.flops["paper"]
         base = self.cfg.models[0].label
         for label, model in models.items():
             res = self.results[label]
@@ -359,9 +380,13 @@ class Demo:
             res["speedup"] = float(np.median(times[base])) / sec
             res["flops_bound"] = flops[base] / flops[label]
             res["efficiency"] = res["speedup"] / res["flops_bound"]
-            res["test_flops_percent"] = 100 * schedule_flops(model.config, cfg_scales=self.cfg_scales(label, model),
-                                                             baseline_cfg_scale=self.cfg.cfg_scale)["paper_fraction"]
-            res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
+            if hasattr(model, "stage_flops"):  # a stage swap: from the sampler's exact per-member counts
+                res["test_flops_percent"] = 100 * paper[label] / paper[base]
+            else:
+                res["test_flops_percent"] = 100 * schedule_flops(
+                    model.config, cfg_scales=self.cfg_scales(label, model),
+                    baseline_cfg_scale=self.cfg.cfg_scale)["paper_fraction"]
+                res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
             res["cfg_scales"] = self.cfg_scales(label, model)
 
     def metrics(self, models: dict[str, torch.nn.Module]) -> None:

@@ -1,7 +1,13 @@
 """Small-scale reproduction of the paper's main table on Fashion-MNIST (`ppflow repro --preset fmnist`).
 
-Rows as in the paper: the SiT baseline; PPF-2 and PPF-3 trained from scratch for the same steps; PPF-2 and PPF-3
-adapted from the trained baseline with 10% extra steps; the stage-CFG ablation (PPF-2 with CFG everywhere).
+Rows, under the paper's protocol (equal training compute for models from scratch):
+- the SiT baseline; PPF-2 and PPF-3 from scratch (ppflow's default coarse output `noise_skip`), with stage CFG
+  and with CFG everywhere;
+- the remedy ablation: PPF-2 with the paper's plain `v` output; PPF-2 at equal steps (the second view);
+- the same-patch control `0.5:4x4,1:4x4` (two stages, both the base patch): the stage machinery alone;
+- adaptation from the trained baseline with +10% and +25% of its steps, pooled (official) and least-squares inits;
+- stage swaps (PPF's coarse stage + SiT's fine stage and the reverse), which attribute the gap to a stage;
+- the loss profile of every model, and FID against sampling cost for SiT, PPF-2 and PPF-3 at several step counts.
 """
 
 from __future__ import annotations
@@ -12,6 +18,34 @@ from pathlib import Path
 from .demo import Demo, DemoConfig, DemoModel
 
 PRESETS = ("fmnist", "smoke")
+SKIP = {"coarse_output": "noise_skip"}
+
+
+def repro_models(size: str, base: int, cfg_scale: float = 2.0) -> list[DemoModel]:
+    s2, s3, same = "0.5:8x8,1:4x4", "0.5:8x8,0.75:4x8,1:4x4", "0.5:4x4,1:4x4"
+    p10, p25 = max(1, base // 10), max(1, base // 4)
+    lr = 1e-4  # fine-tuning a trained model at the from-scratch rate (1e-3) undoes much of it, as DiT/SiT/PPFlow
+    return [
+        DemoModel("SiT", f"SiT-{size}/4", "1:4x4"),
+        DemoModel("PPF-2", f"PPF-{size}-2", s2, model=SKIP),
+        DemoModel("PPF-2, CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2", cfg_scales=[cfg_scale] * 2),
+        DemoModel("PPF-3", f"PPF-{size}-3", s3, model=SKIP),
+        DemoModel("PPF-3, CFG everywhere", f"PPF-{size}-3", s3, same_as="PPF-3", cfg_scales=[cfg_scale] * 3),
+        DemoModel("PPF-2, paper's v output", f"PPF-{size}-2", s2),
+        DemoModel("PPF-2, v output, CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2, paper's v output",
+                  cfg_scales=[cfg_scale] * 2),
+        DemoModel("PPF-2, equal steps", f"PPF-{size}-2", s2, model=SKIP, steps=base),
+        DemoModel("same-patch control", f"PPF-{size}-2", same, cfg_scales=[cfg_scale] * 2),
+        DemoModel("PPF-2 adapted +10%, pooled v", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr),
+        DemoModel("PPF-2 adapted +10%, lstsq skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
+                  model=SKIP, init="lstsq"),
+        DemoModel("PPF-2 adapted +25%, lstsq skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p25, lr=lr,
+                  model=SKIP, init="lstsq"),
+        DemoModel("PPF-3 adapted +10%, lstsq skip", f"PPF-{size}-3", s3, adapt_from="SiT", steps=p10, lr=lr,
+                  model=SKIP, init="lstsq"),
+        DemoModel("swap: PPF-2 coarse + SiT fine", "StageSwap", s2, swap=["PPF-2", "SiT"]),
+        DemoModel("swap: SiT coarse + PPF-2 fine", "StageSwap", s2, swap=["SiT", "PPF-2"]),
+    ]
 
 
 def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoConfig:
@@ -19,25 +53,18 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     size = "mini" if preset == "fmnist" else "tiny"
-    base = kw.get("steps") or (2000 if preset == "fmnist" else 4)
-    extra = max(1, base // 10)  # adaptation: <= 10% of the baseline's training steps
-    s2, s3 = "0.5:8x8,1:4x4", "0.5:8x8,0.75:4x8,1:4x4"
-    models = [
-        DemoModel("SiT", f"SiT-{size}/4", "1:4x4"),
-        DemoModel("PPF-2 (scratch)", f"PPF-{size}-2", s2),
-        DemoModel("PPF-3 (scratch)", f"PPF-{size}-3", s3),
-        # fine-tuning a trained model at the from-scratch rate (1e-3) undoes much of it; 1e-4 as DiT/SiT/PPFlow
-        DemoModel("PPF-2 (adapted)", f"PPF-{size}-2", s2, adapt_from="SiT", steps=extra, lr=1e-4),
-        DemoModel("PPF-3 (adapted)", f"PPF-{size}-3", s3, adapt_from="SiT", steps=extra, lr=1e-4),
-        DemoModel("PPF-2 (scratch), CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2 (scratch)",
-                  cfg_scales=[kw.get("cfg_scale", 2.0)] * 2),
-    ]
-    settings = {"models": models, "steps": base, "title": "ppflow: the PPFlow main table at Fashion-MNIST scale",
-                    "inception": True, "num_eval": 600, "inception_ref": 1000}
+    base = kw.get("steps") or (1400 if preset == "fmnist" else 4)
+    settings = {"models": repro_models(size, base, kw.get("cfg_scale", 2.0)), "steps": base,
+                "title": "ppflow: the PPFlow main table at Fashion-MNIST scale", "inception": True,
+                "num_eval": 600, "inception_ref": 1000, "pareto_steps": [4, 6, 8, 12, 16],
+                "pareto_models": ["SiT", "PPF-2", "PPF-2, CFG everywhere", "PPF-3"],
+                "grid_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "PPF-2 adapted +25%, lstsq skip"],
+                "profile_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "same-patch control",
+                                   "PPF-2 adapted +25%, lstsq skip", "swap: PPF-2 coarse + SiT fine"]}
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,
-                        threads=1)
+                        threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4])
     settings.update({k: v for k, v in kw.items() if k != "steps"})
     return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
 
@@ -53,5 +80,8 @@ def run_repro(cfg: DemoConfig, docs: str | None = None) -> Path:
         for png in report.parent.glob("*.png"):
             shutil.copy(png, assets / png.name)
             text = text.replace(f"]({png.name})", f"]({assets.name}/{png.name})")
+        for name in ("profile.csv", "results.json"):
+            if (report.parent / name).exists():
+                shutil.copy(report.parent / name, assets / name)
         target.write_text(text)
     return report

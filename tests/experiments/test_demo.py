@@ -31,15 +31,26 @@ def test_repro_smoke_runs_every_row(tmp_path):
 
     out = tmp_path / "repro"
     docs = tmp_path / "docs" / "results.md"
-    assert main(["repro", "--preset", "smoke", "--out", str(out), "--steps", "2", "--docs", str(docs)]) == 0
+    assert main(["repro", "--preset", "smoke", "--out", str(out), "--steps", "4", "--docs", str(docs)]) == 0
     res = json.loads((out / "results.json").read_text())["results"]
-    assert len(res) == 6
-    adapted = res["PPF-2 (adapted)"]
+    assert len(res) == 15
+    assert res["PPF-2"]["train_steps"] == 7 and res["PPF-2, equal steps"]["train_steps"] == 4  # equal compute
+    assert res["same-patch control"]["train_steps"] == 4  # two stages of the base patch: the baseline's cost
+    adapted = res["PPF-2 adapted +25%, lstsq skip"]
     assert adapted["train_steps"] == 1 and adapted["classifier_fid"] is not None
-    assert adapted["run_dir"] != res["PPF-2 (scratch)"]["run_dir"]  # its own run, started from the adapted SiT
-    ablation = res["PPF-2 (scratch), CFG everywhere"]
-    assert ablation["test_flops_percent"] > res["PPF-2 (scratch)"]["test_flops_percent"]
-    assert "(results/samples.png)" in docs.read_text() and (docs.parent / "results" / "samples.png").exists()
+    assert adapted["train_compute"] > 1  # the source's training plus the fine-tune
+    assert adapted["run_dir"] != res["PPF-2"]["run_dir"]  # its own run, started from the adapted SiT
+    swap = res["swap: PPF-2 coarse + SiT fine"]
+    assert swap["profile_loss"][:2] == res["PPF-2"]["profile_loss"][:2]  # coarse bins from the PPF model
+    assert swap["profile_loss"][2:] == pytest.approx(res["SiT"]["profile_loss"][2:], rel=1e-5)
+    assert swap["test_flops_percent"] == pytest.approx(res["PPF-2"]["test_flops_percent"], rel=0.05)
+    ablation = res["PPF-2, CFG everywhere"]
+    assert ablation["test_flops_percent"] > res["PPF-2"]["test_flops_percent"]
+    assert [p["steps"] for p in res["SiT"]["pareto"]] == [3, 4] and "pareto" not in res["PPF-2, equal steps"]
+    text = docs.read_text()
+    assert "(results/samples.png)" in text and (docs.parent / "results" / "samples.png").exists()
+    assert "(results/pareto.png)" in text and "Quality against sampling cost" in text
+    assert "Protocol: equal training compute" in text
 
 
 def test_demo_inception_metrics(tmp_path):
