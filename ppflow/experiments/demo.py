@@ -66,7 +66,8 @@ class DemoConfig:
     image_size: int = 32  # 28x28 padded to 32x32
     models: list[DemoModel] = field(default_factory=lambda: [
         DemoModel("SiT baseline", "SiT-mini/4", "1:4x4"),
-        DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4"),
+        DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip"}),
+        DemoModel("PPF-2, CFG everywhere", "PPF-mini-2", "0.5:8x8,1:4x4", same_as="PPF-2", cfg_scales=[2.0, 2.0]),
     ])
     steps: int = 1400  # training steps of the baseline (~4 min for SiT-mini/4 on 2 cores)
     protocol: str = "equal-compute"  # scratch contestants: equal training FLOPs (the paper's) or "equal-steps"
@@ -103,7 +104,10 @@ class DemoConfig:
             "sample_steps": 4, "num_eval": 40, "eval_batch": 40, "classifier_steps": 8, "timing_batch": 8,
             "timing_repeats": 1, "threads": 1,
             "models": [DemoModel("SiT baseline", "SiT-tiny/4", "1:4x4"),
-                       DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4")],
+                       DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip"}),
+                       DemoModel("PPF-2, CFG everywhere", "PPF-tiny-2", "0.5:8x8,1:4x4", same_as="PPF-2",
+                                 cfg_scales=[2.0, 2.0])],
+            "profile_num": 32, "profile_bins": 4,
         }
         base.update(kw)
         return cls(**base)

@@ -5,7 +5,8 @@ Rows, under the paper's protocol (equal training compute for models from scratch
   and with CFG everywhere;
 - the remedy ablation: PPF-2 with the paper's plain `v` output; PPF-2 at equal steps (the second view);
 - the same-patch control `0.5:4x4,1:4x4` (two stages, both the base patch): the stage machinery alone;
-- adaptation from the trained baseline with +10% and +25% of its steps, pooled (official) and least-squares inits;
+- adaptation from the trained baseline with +10% and +25% of its steps: pooled (official) and least-squares
+  inits, each coarse output;
 - stage swaps (PPF's coarse stage + SiT's fine stage and the reverse), which attribute the gap to a stage;
 - the loss profile of every model, and FID against sampling cost for SiT, PPF-2 and PPF-3 at several step counts.
 """
@@ -37,6 +38,12 @@ def repro_models(size: str, base: int, cfg_scale: float = 2.0) -> list[DemoModel
         DemoModel("PPF-2, equal steps", f"PPF-{size}-2", s2, model=SKIP, steps=base),
         DemoModel("same-patch control", f"PPF-{size}-2", same, cfg_scales=[cfg_scale] * 2),
         DemoModel("PPF-2 adapted +10%, pooled v", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr),
+        DemoModel("PPF-2 adapted +10%, pooled skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
+                  model=SKIP),
+        DemoModel("PPF-2 adapted +10%, lstsq v", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
+                  init="lstsq"),
+        DemoModel("PPF-2 adapted +10%, lstsq x", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
+                  model={"coarse_output": "x"}, init="lstsq"),
         DemoModel("PPF-2 adapted +10%, lstsq skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
                   model=SKIP, init="lstsq"),
         DemoModel("PPF-2 adapted +25%, lstsq skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p25, lr=lr,

@@ -13,13 +13,15 @@ def test_quick_demo_leaves_a_full_report(tmp_path):
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--steps", "4", "--num-eval", "20"]) == 0
-    for name in ("report.md", "report.html", "results.json", "samples.png", "loss.png"):
+    for name in ("report.md", "report.html", "results.json", "samples.png", "loss.png", "profile_ratio.png"):
         assert (out / name).exists(), name
     res = json.loads((out / "results.json").read_text())["results"]
-    assert set(res) == {"SiT baseline", "PPF-2"}
+    assert set(res) == {"SiT baseline", "PPF-2", "PPF-2, CFG everywhere"}
     ppf = res["PPF-2"]
     assert ppf["test_flops_percent_no_cfg"] == pytest.approx(61.2, abs=1.0)  # 8x8 over 4x4 at 32x32, tiny width
     assert ppf["flops_bound"] > 1.5 and ppf["classifier_fid"] > 0 and 0 <= ppf["class_accuracy"] <= 1
+    assert ppf["speedup"] > 0 and ppf["train_steps"] == 7 and ppf["train_compute"] == pytest.approx(1.0, abs=0.1)
+    assert len(ppf["profile_loss"]) == 4 and res["SiT baseline"]["heldout_loss_ratio"] == 1
     report = (out / "report.md").read_text()
     assert "ppflow train" in report and f"ppflow demo --quick --out {out}" in report
     # a second run reuses the finished training runs instead of training again
@@ -33,7 +35,7 @@ def test_repro_smoke_runs_every_row(tmp_path):
     docs = tmp_path / "docs" / "results.md"
     assert main(["repro", "--preset", "smoke", "--out", str(out), "--steps", "4", "--docs", str(docs)]) == 0
     res = json.loads((out / "results.json").read_text())["results"]
-    assert len(res) == 15
+    assert len(res) == 18
     assert res["PPF-2"]["train_steps"] == 7 and res["PPF-2, equal steps"]["train_steps"] == 4  # equal compute
     assert res["same-patch control"]["train_steps"] == 4  # two stages of the base patch: the baseline's cost
     adapted = res["PPF-2 adapted +25%, lstsq skip"]

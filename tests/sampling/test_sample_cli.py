@@ -100,3 +100,16 @@ def test_torchrun_shards_and_writes_exactly_num(pixel_model, tmp_path):
     assert dist["arr_0"].shape == (7, 16, 16, 1)
     assert dist["arr_1"].tolist() == one["arr_1"].tolist()
     assert np.abs(dist["arr_0"].astype(int) - one["arr_0"]).max() <= 1
+
+
+def test_stage_swap_checkpoint_spec(pixel_model, tmp_path):
+    """--ckpt A+B samples stage 0 with A and stage 1 with B; A+A equals A alone."""
+    sit = tmp_path / "sit"
+    randomize(create_model("SiT-tiny/2", schedule="1:2x2", in_channels=1, num_classes=10, input_size=16,
+                           learn_sigma=False), seed=3).save_pretrained(sit)
+    common = ["--num", 4, "--steps", 4, "--cfg", "1,2", "--labels", "1,2", "--no-progress"]
+    assert run("--ckpt", pixel_model, "--npz", tmp_path / "a.npz", *common) == 0
+    assert run("--ckpt", f"{pixel_model}+{pixel_model}", "--npz", tmp_path / "aa.npz", *common) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "aa.npz")["arr_0"])
+    assert run("--ckpt", f"{pixel_model}+{sit}", "--npz", tmp_path / "ab.npz", *common) == 0
+    assert not np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "ab.npz")["arr_0"])
