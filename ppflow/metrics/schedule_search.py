@@ -1,0 +1,139 @@
+"""Schedule search: the pyramid schedule with the least excess loss for a sampling-FLOPs budget.
+
+Input: per-patch held-out loss curves over t bins (`ppflow profile --all-stages` of a model trained with
+`flow.time_sampling all_t`). A schedule is a sequence of stages, coarse to fine (token count strictly increasing),
+whose boundaries lie on the bin edges and whose last stage is the finest patch. Its predicted excess is the
+sum over bins of weight x (loss of the stage's patch - loss of the finest patch); its cost is the analytic test-FLOPs
+fraction (paper convention, `metrics.flops.schedule_flops`). The search is an exact dynamic program over
+(bin edge, last patch, stages used) that keeps every Pareto-optimal (cost, excess) partial schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..models.backbone import ModelConfig
+from ..models.schedule import Patch, PyramidSchedule
+from .flops import forward_flops, schedule_flops
+
+GUIDANCE = ("none", "all", "stage")  # no CFG | CFG in every stage | stage CFG: none in the coarsest stage
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One schedule: its string, test-FLOPs fraction and predicted excess loss."""
+
+    schedule: str
+    flops_fraction: float
+    excess: float
+
+
+def _mult(stage: int, guidance: str) -> int:
+    return 1 if guidance == "none" or (guidance == "stage" and stage == 0) else 2
+
+
+def _tokens(patch: Patch) -> float:
+    return 1.0 / (patch[0] * patch[1])
+
+
+def schedule_string(edges: Sequence[float], stages: Sequence[tuple[int, Patch]]) -> str:
+    """'t_end:RxC,...' from (end bin index, patch) per stage."""
+    return ",".join(f"{edges[j]:g}:{p[0]}x{p[1]}" for j, p in stages)
+
+
+def search_schedules(
+    edges: Sequence[float],
+    curves: Mapping[Patch, Sequence[float]],
+    config: ModelConfig,
+    budget: float,
+    max_stages: int = 3,
+    guidance: str = "none",
+    weights: Sequence[float] | None = None,
+    top: int = 5,
+) -> list[Candidate]:
+    """Pareto-optimal schedules within `budget` (test-FLOPs fraction), least excess first, at most `top`.
+
+    `curves[patch][k]`: held-out loss of that patch in bin k; the finest patch (most tokens) is the base.
+    `weights[k]`: how much the sampler visits bin k (default: the bin width, a uniform grid). `config`: the model
+    whose FLOPs count (its schedule is replaced by each candidate's). `guidance`: see GUIDANCE.
+    """
+    if guidance not in GUIDANCE:
+        raise ValueError(f"guidance {guidance!r} is not one of {GUIDANCE}")
+    B = len(edges) - 1
+    if B < 1 or any(len(v) != B for v in curves.values()):
+        raise ValueError(f"every curve needs one value per bin ({B} bins from {len(edges)} edges)")
+    if max_stages < 1:
+        raise ValueError(f"max_stages must be >= 1, got {max_stages}")
+    weights = [b - a for a, b in zip(edges[:-1], edges[1:])] if weights is None else list(weights)
+    patches = sorted(curves, key=_tokens)  # coarsest first
+    base = patches[-1]
+    if sum(1 for p in patches if _tokens(p) == _tokens(base)) > 1:
+        raise ValueError(f"two finest patches with the same token count in {patches}; keep one")
+    one = dataclasses.replace(config, schedule=f"1:{base[0]}x{base[1]}", level_embedding=None)
+    H, W = config.input_size
+    base_flops = forward_flops(one, 0, H, W).paper
+    cost_per_t = {}
+    for p in patches:
+        probe = dataclasses.replace(config, schedule=f"1:{p[0]}x{p[1]}", level_embedding=None)
+        probe_sched = PyramidSchedule.from_string(f"1:{p[0]}x{p[1]}", base_patch=base)
+        probe_sched.check_latent(H, W)
+        cost_per_t[p] = forward_flops(probe, 0, H, W).paper / base_flops
+    excess = {p: [w * (a - b) for w, a, b in zip(weights, curves[p], curves[base])] for p in patches}
+    prefix = {p: [0.0] for p in patches}
+    for p in patches:
+        for v in excess[p]:
+            prefix[p].append(prefix[p][-1] + v)
+    base_mult = 1 if guidance == "none" else 2
+
+    # front[(j, p, n)]: Pareto set of (cost, excess, stages) covering bins [0, j), last stage patch p, n stages
+    front: dict[tuple[int, Patch, int], list[tuple[float, float, tuple]]] = {}
+    for j in range(1, B + 1):
+        for p in patches:
+            seg_cost = (edges[j] - edges[0]) * cost_per_t[p] * _mult(0, guidance) / base_mult
+            _add(front, (j, p, 1), (seg_cost, prefix[p][j], ((j, p),)))
+    for n in range(1, max_stages):
+        for i in range(1, B):
+            for p in patches:
+                for cost, ex, stages in front.get((i, p, n), []):
+                    for q in patches:
+                        if _tokens(q) <= _tokens(p):
+                            continue
+                        for j in range(i + 1, B + 1):
+                            c = cost + (edges[j] - edges[i]) * cost_per_t[q] * _mult(n, guidance) / base_mult
+                            _add(front, (j, q, n + 1), (c, ex + prefix[q][j] - prefix[q][i], stages + ((j, q),)))
+    final: dict = {}
+    for n in range(1, max_stages + 1):
+        for pt in front.get((B, base, n), []):
+            if pt[0] <= budget + 1e-12:
+                _add(final, "all", pt)  # Pareto-optimal over every stage count
+    done = final.get("all", [])
+    done.sort(key=lambda pt: (pt[1], pt[0]))
+    out = []
+    for _, ex, stages in done:
+        s = schedule_string(edges, stages)
+        exact = schedule_flops(dataclasses.replace(config, schedule=s, level_embedding=None),
+                               cfg_scales=_scales(len(stages), guidance),
+                               baseline_cfg_scale=None if guidance == "none" else 2.0)["paper_fraction"]
+        if exact <= budget + 1e-12:  # the printed boundaries (6 digits) decide, not the bin edges
+            out.append(Candidate(s, exact, ex))
+        if len(out) == top:
+            break
+    return out
+
+
+def _scales(n: int, guidance: str) -> list[float] | None:
+    if guidance == "none":
+        return None
+    return [float(_mult(s, guidance)) for s in range(n)]
+
+
+def _add(front: dict, key, point: tuple[float, float, tuple]) -> None:
+    """Insert `point` into the Pareto set at `key` unless another point is at least as cheap and as good."""
+    pts = front.setdefault(key, [])
+    cost, ex = point[0], point[1]
+    if any(c <= cost + 1e-12 and e <= ex + 1e-12 for c, e, _ in pts):
+        return
+    pts[:] = [pt for pt in pts if not (cost <= pt[0] + 1e-12 and ex <= pt[1] + 1e-12)]
+    pts.append(point)

@@ -1,0 +1,76 @@
+import dataclasses
+import itertools
+import random
+
+import pytest
+
+from ppflow.metrics.flops import schedule_flops
+from ppflow.metrics.schedule_search import search_schedules
+from ppflow.models import create_config
+
+CONFIG = create_config("PPF-mini-2", in_channels=1, num_classes=10, input_size=32, learn_sigma=False)
+PATCHES = [(8, 8), (4, 8), (4, 4)]
+
+
+def brute_force(edges, curves, budget, max_stages, guidance):
+    """Every coarse-to-fine schedule on the bin edges, scored directly."""
+    B = len(edges) - 1
+    base = (4, 4)
+    best = []
+    for n in range(1, max_stages + 1):
+        for cuts in itertools.combinations(range(1, B), n - 1):
+            for ps in itertools.product(PATCHES, repeat=n):
+                if ps[-1] != base or any(a[0] * a[1] <= b[0] * b[1] for a, b in zip(ps, ps[1:])):
+                    continue
+                ends = [*cuts, B]
+                s = ",".join(f"{edges[j]:g}:{p[0]}x{p[1]}" for j, p in zip(ends, ps))
+                scales = None if guidance == "none" else [1.0 if (guidance == "stage" and i == 0) else 2.0
+                                                          for i in range(n)]
+                f = schedule_flops(dataclasses.replace(CONFIG, schedule=s, level_embedding=None), cfg_scales=scales,
+                                   baseline_cfg_scale=None if guidance == "none" else 2.0)["paper_fraction"]
+                if f > budget + 1e-12:
+                    continue
+                starts = [0, *cuts]
+                ex = sum((edges[k + 1] - edges[k]) * (curves[p][k] - curves[base][k])
+                         for a, b, p in zip(starts, ends, ps) for k in range(a, b))
+                best.append((ex, f, s))
+    best.sort()
+    return [b for b in best if not any(o is not b and o[0] <= b[0] + 1e-12 and o[1] <= b[1] + 1e-12
+                                       for o in best)]  # Pareto-optimal only
+
+
+@pytest.mark.parametrize("seed, guidance", [(0, "none"), (1, "stage"), (2, "all"), (3, "none")])
+def test_dp_returns_the_brute_force_optimum(seed, guidance):
+    rng = random.Random(seed)
+    edges = [k / 6 for k in range(7)]
+    curves = {(4, 4): [1.0] * 6}
+    curves[(4, 8)] = [1.0 + rng.uniform(-0.05, 0.3) for _ in range(6)]
+    curves[(8, 8)] = [1.0 + rng.uniform(-0.05, 0.6) for _ in range(6)]
+    for budget in (0.45, 0.6, 0.8, 1.0):
+        got = search_schedules(edges, curves, CONFIG, budget, max_stages=3, guidance=guidance, top=3)
+        want = brute_force(edges, curves, budget, 3, guidance)
+        assert got[0].excess == pytest.approx(want[0][0], abs=1e-12)
+        assert got[0].flops_fraction <= budget + 1e-12
+        assert [c.excess for c in got] == pytest.approx([w[0] for w in want[:3]], abs=1e-12)
+
+
+def test_a_known_switch_point_is_recovered():
+    """Coarse patches are free up to t = 0.3 and costly after: at a budget that allows it, switch exactly there."""
+    edges = [k / 10 for k in range(11)]
+    curves = {(4, 4): [1.0] * 10, (8, 8): [1.0] * 3 + [2.0] * 7}
+    best = search_schedules(edges, curves, CONFIG, budget=0.9)[0]
+    assert best.schedule == "0.3:8x8,1:4x4" and best.excess == pytest.approx(0.0)
+    tight = search_schedules(edges, curves, CONFIG, budget=0.62)[0]  # must go coarse past 0.3: pays for it
+    assert tight.flops_fraction <= 0.62 and tight.excess > 0
+
+
+def test_budget_respected_exactly_and_bad_inputs():
+    edges = [0, 0.5, 1]
+    curves = {(4, 4): [1.0, 1.0], (8, 8): [1.0, 1.0]}
+    ppf2 = schedule_flops(dataclasses.replace(CONFIG, schedule="0.5:8x8,1:4x4"))["paper_fraction"]
+    assert search_schedules(edges, curves, CONFIG, budget=ppf2)[0].schedule == "0.5:8x8,1:4x4"
+    assert search_schedules(edges, curves, CONFIG, budget=ppf2 - 1e-6) == []  # nothing cheaper on this grid
+    with pytest.raises(ValueError, match="one value per bin"):
+        search_schedules(edges, {(4, 4): [1.0]}, CONFIG, 0.5)
+    with pytest.raises(ValueError, match="guidance"):
+        search_schedules(edges, curves, CONFIG, 0.5, guidance="some")
