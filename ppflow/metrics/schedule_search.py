@@ -11,6 +11,7 @@ fraction (paper convention, `metrics.flops.schedule_flops`). The search is an ex
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ def search_schedules(
         raise ValueError(f"every curve needs one value per bin ({B} bins from {len(edges)} edges)")
     if max_stages < 1:
         raise ValueError(f"max_stages must be >= 1, got {max_stages}")
-    weights = [b - a for a, b in zip(edges[:-1], edges[1:])] if weights is None else list(weights)
+    weights = [b - a for a, b in itertools.pairwise(edges)] if weights is None else list(weights)
     patches = sorted(curves, key=_tokens)  # coarsest first
     base = patches[-1]
     if sum(1 for p in patches if _tokens(p) == _tokens(base)) > 1:

@@ -20,7 +20,7 @@ def brute_force(edges, curves, budget, max_stages, guidance):
     for n in range(1, max_stages + 1):
         for cuts in itertools.combinations(range(1, B), n - 1):
             for ps in itertools.product(PATCHES, repeat=n):
-                if ps[-1] != base or any(a[0] * a[1] <= b[0] * b[1] for a, b in zip(ps, ps[1:])):
+                if ps[-1] != base or any(a[0] * a[1] <= b[0] * b[1] for a, b in itertools.pairwise(ps)):
                     continue
                 ends = [*cuts, B]
                 s = ",".join(f"{edges[j]:g}:{p[0]}x{p[1]}" for j, p in zip(ends, ps))
