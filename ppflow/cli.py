@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmark sampling speed of PPFlow against the one-stage baseline"),
     "eval": ("eval", "FID / sFID / IS / precision / recall of samples against a reference"),
     "profile": ("profile", "held-out loss per noise level t of one or more models (where a PPFlow model loses)"),
+    "schedule": ("schedule", "schedule search: the best pyramid schedule for a sampling-FLOPs budget, from data"),
     "flops": ("flops", "analytic FLOPs of a model and schedule, per stage and in total"),
     "info": ("info", "describe a checkpoint: format, size, schedule, parameters, FLOPs fraction"),
     "convert": ("convert", "convert a DiT / SiT / official PPFlow checkpoint to a ppflow folder"),

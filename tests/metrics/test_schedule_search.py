@@ -74,3 +74,28 @@ def test_budget_respected_exactly_and_bad_inputs():
         search_schedules(edges, {(4, 4): [1.0]}, CONFIG, 0.5)
     with pytest.raises(ValueError, match="guidance"):
         search_schedules(edges, curves, CONFIG, 0.5, guidance="some")
+
+
+def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
+    import json
+
+    from ppflow.cli import main
+    from ppflow.models import create_model
+    from ppflow.models.schedule import PyramidSchedule
+    from tests.conftest import randomize
+
+    src = tmp_path / "sit"
+    randomize(create_model("SiT-tiny/2", schedule="1:2x2", in_channels=1, num_classes=10, input_size=16,
+                           learn_sigma=False)).save_pretrained(src)
+    argv = ["schedule", "search", "--from", str(src), "--data", "digits", "--budget", "0.7", "--probe-steps", "2",
+            "--batch-size", "8", "--num", "16", "--bins", "4", "--out", str(tmp_path / "out"), "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res["curves"]) == {"4x4", "2x4", "4x2", "2x2"} and len(res["curves"]["2x2"]) == 4
+    best = res["schedules"][0]
+    assert best["flops_fraction"] <= 0.7 and PyramidSchedule.from_string(best["schedule"]).base_patch == (2, 2)
+    assert (tmp_path / "out" / "search.png").exists() and (tmp_path / "out" / "probe" / "checkpoints" / "last.pt").exists()
+    assert main([*argv[:6], "--budget", "0"]) == 2
+    assert "--budget 0.0 must be a fraction" in capsys.readouterr().err
+    assert main([*argv[:6], "--budget", "0.5", "--patches", "4x4"]) == 2
+    assert "base patch 2x2" in capsys.readouterr().err

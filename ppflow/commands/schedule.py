@@ -1,0 +1,161 @@
+"""`ppflow schedule search`: the pyramid schedule with the least predicted quality loss for a FLOPs budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .convert import LOAD_ERRORS
+
+
+def add_arguments(p) -> None:
+    p.description = (
+        "Find the pyramid schedule for a sampling-FLOPs budget from data instead of by hand. (1) A short probe "
+        "fine-tune of a one-stage SiT/DiT model adapted to every candidate patch size, trained with "
+        "flow.time_sampling all_t so each patch size has a loss at every t; (2) the held-out loss curve of every "
+        "patch size over t (as `ppflow profile --all-stages`); (3) an exact search over switch points (the bin "
+        "edges) and patch sizes, coarse to fine, minimizing the excess loss over the finest patch subject to the "
+        "analytic test-FLOPs fraction <= --budget. Prints the schedule string for `ppflow train --model.schedule` "
+        "or `ppflow adapt --schedule`, its FLOPs fraction, the runner-ups, and writes curves and a plot to --out.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("search", help="probe, profile and search (see ppflow schedule --help)",
+                       description=p.description)
+    s.add_argument("--from", dest="source", required=True,
+                   help="one-stage model (SiT/DiT file, ppflow folder or run), or a probe run whose stages are "
+                        "exactly the candidate patches (then use --probe-steps 0)")
+    s.add_argument("--data", required=True, help="training/held-out data: fashion-mnist | digits | imagefolder | latents")
+    s.add_argument("--data-path", default=None, help="folder of the data")
+    s.add_argument("--budget", type=float, required=True, help="test-FLOPs fraction of the one-stage baseline, e.g. 0.55")
+    s.add_argument("--patches", default=None,
+                   help="candidate patch sizes, e.g. '8x8,4x8,8x4,4x4' (default: the base patch p x q and "
+                        "2p x 2q, p x 2q, 2p x q)")
+    s.add_argument("--max-stages", type=int, default=3, help="at most this many stages")
+    s.add_argument("--guidance", choices=("none", "all", "stage"), default="none",
+                   help="how you sample: no CFG, CFG in every stage, or stage CFG (none in the coarsest stage)")
+    s.add_argument("--coarse-output", choices=("v", "x", "noise_skip"), default="noise_skip",
+                   help="coarse-stage output of the probe (and of the model you will train)")
+    s.add_argument("--probe-steps", type=int, default=200, help="probe fine-tune steps (0: profile the source as is)")
+    s.add_argument("--probe-lr", type=float, default=1e-4, help="probe learning rate")
+    s.add_argument("--batch-size", type=int, default=32, help="probe batch size")
+    s.add_argument("--num", type=int, default=512, help="held-out images of the profile")
+    s.add_argument("--bins", type=int, default=20, help="t bins: the candidate switch points are their edges")
+    s.add_argument("--top", type=int, default=5, help="schedules to list")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="device of the probe fine-tune (cpu, cuda, auto)")
+    s.add_argument("--out", default="runs/schedule-search", help="folder for the probe run, curves and plot")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _fail(msg: str) -> int:
+    print(f"ppflow schedule search: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def parse_patches(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        try:
+            a, b = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--patches item {item!r} is not ROWSxCOLS, e.g. '8x8,4x8,4x4'") from None
+        out.append((a, b))
+    return out
+
+
+def probe_schedule(patches: list[tuple[int, int]]) -> str:
+    """All candidate patches as stages, coarse to fine, equal spans (all_t training ignores the ranges)."""
+    order = sorted(set(patches), key=lambda p: 1.0 / (p[0] * p[1]))
+    n = len(order)
+    return ",".join(f"{(i + 1) / n:g}:{p[0]}x{p[1]}" for i, p in enumerate(order))
+
+
+def main(args) -> int:
+    import torch
+
+    from ..convert import load_model
+    from ..convert.adaptation import adapt
+    from ..data.registry import DataConfig, build_dataset
+    from ..eval.profile import loss_profile
+    from ..metrics.schedule_search import search_schedules
+    from ..models.schedule import PyramidSchedule, ScheduleError
+    from ..train.loop import train
+    from ..utils.plots import line_plot
+
+    if not 0 < args.budget <= 1:
+        return _fail(f"--budget {args.budget} must be a fraction in (0, 1]")
+    if args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1:
+        return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1")
+    out = Path(args.out)
+    try:
+        source = load_model(args.source)
+        base = min(source.schedule.patches, key=lambda p: p[0] * p[1])
+        p, q = base
+        patches = parse_patches(args.patches) if args.patches else [(2 * p, 2 * q), (p, 2 * q), (2 * p, q), (p, q)]
+        if base not in patches:
+            raise ValueError(f"--patches must include the model's base patch {p}x{q}")
+        spec = probe_schedule(patches)
+        PyramidSchedule.from_string(spec).check_latent(*source.config.input_size)
+        if source.schedule.num_stages == 1:
+            probe = adapt(source, spec, coarse_output=args.coarse_output)
+        elif set(source.schedule.patches) == set(patches):
+            probe = source
+        else:
+            raise ValueError(f"{args.source} has stages {source.schedule.to_string()}; give a one-stage model or a "
+                             f"probe whose stages are exactly the candidates ({spec})")
+    except (*LOAD_ERRORS, ScheduleError) as e:
+        return _fail(str(e))
+    if args.probe_steps:
+        init = out / "probe-init"
+        probe.save_pretrained(init)
+        run = out / "probe"
+        overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
+                     "max_steps": args.probe_steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
+                     "flow.time_sampling": "all_t", "model.learn_sigma": probe.config.learn_sigma,
+                     "save_every": args.probe_steps, "log_every": max(1, args.probe_steps // 20), "sample.every": 0,
+                     "seed": args.seed, "out": str(run), "device": args.device, "tensorboard": False}
+        if args.data_path:
+            overrides["data.path"] = args.data_path
+        if not (run / "checkpoints" / "last.pt").exists():
+            train(None, overrides=overrides)
+        probe = load_model(run, weights="model")  # the raw weights: a short run's EMA is mostly its start
+    probe = probe.eval()
+    try:
+        held = build_dataset(DataConfig(name=args.data, path=args.data_path, limit=args.num,
+                                        split="test" if args.data == "fashion-mnist" else "train",
+                                        image_size=probe.config.input_size[0] if args.data == "fashion-mnist"
+                                        else None))
+    except (ValueError, OSError) as e:
+        return _fail(f"cannot read --data {args.data}: {e}")
+    x1, y = held.get_batch(torch.arange(len(held)))
+    x1 = held.encode(x1, torch.Generator().manual_seed(args.seed))
+    prof = loss_profile({"probe": probe}, x1, y if probe.config.num_classes else None, bins=args.bins,
+                        seed=args.seed, all_stages=True, progress=not args.json)
+    curves = {patch: prof.curves[f"probe [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
+    found = search_schedules(prof.edges, curves, source.config, args.budget, max_stages=args.max_stages,
+                             guidance=args.guidance, top=args.top)
+    prof.write(out, title="held-out loss per patch size (probe, stage pinned)")
+    result = {"budget": args.budget, "guidance": args.guidance, "probe_steps": args.probe_steps,
+              "bin_edges": prof.edges, "curves": {f"{a}x{b}": v for (a, b), v in curves.items()},
+              "schedules": [{"schedule": c.schedule, "flops_fraction": c.flops_fraction, "excess": c.excess}
+                            for c in found]}
+    (out / "search.json").write_text(json.dumps(result, indent=2))
+    if found:
+        best = PyramidSchedule.from_string(found[0].schedule)
+        line_plot({f"{a}x{b}": (prof.centers, v) for (a, b), v in curves.items()}, out / "search.png",
+                  title=f"loss per patch size; dashed: chosen switch points of {found[0].schedule}",
+                  xlabel="t (0 = noise, 1 = data)", ylabel="velocity MSE", log_y=True, vlines=best.boundaries)
+    if args.json:
+        print(json.dumps(result))
+        return 0 if found else 1
+    if not found:
+        print(f"no schedule on this grid fits test FLOPs <= {args.budget:g}; raise --budget or add coarser --patches")
+        return 1
+    print(f"best schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {found[0].schedule}")
+    print(f"  test FLOPs {100 * found[0].flops_fraction:.1f}% of the baseline, predicted excess loss "
+          f"{found[0].excess:.5f} (weighted by how a uniform sampler visits t)")
+    for c in found[1:]:
+        print(f"  runner-up: {c.schedule:40s} FLOPs {100 * c.flops_fraction:5.1f}%  excess {c.excess:.5f}")
+    print(f"use it: ppflow train --model.schedule {found[0].schedule} ...  or  ppflow adapt --schedule "
+          f"{found[0].schedule} ...; curves and plot in {out}")
+    return 0
