@@ -29,6 +29,8 @@ def add_load_arguments(p, format_flag: str) -> None:
     p.add_argument("--input-size", type=int, default=None,
                    help="default latent size (default: read from the file's positional table)")
     p.add_argument("--vae", default=None, help="diffusers VAE (hub name or folder) to record in the config")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="load a ppflow file whose SHA-256 no longer matches its contents (a deliberate edit)")
 
 
 def load_overrides(args) -> dict:
@@ -41,11 +43,12 @@ def load_overrides(args) -> dict:
 def load_spec(spec: str, args):
     """A model, or `A+B[+...]` (one checkpoint per stage, noisiest first) as a StageSwap."""
     if "+" not in spec or Path(spec).exists():
-        return load_model(spec, format=args.format, weights=args.weights, **load_overrides(args))
+        return load_model(spec, format=args.format, weights=args.weights, verify=args.verify, **load_overrides(args))
     from ..sampling.swap import StageSwap
 
     parts = [p for p in spec.split("+") if p]
-    return StageSwap([load_model(p, format=args.format, weights=args.weights, **load_overrides(args)) for p in parts])
+    return StageSwap([load_model(p, format=args.format, weights=args.weights, verify=args.verify, **load_overrides(args))
+                      for p in parts])
 
 
 def load_with_info(path: str | Path, args) -> tuple[PPFlowTransformer, str, list[str]]:
@@ -54,8 +57,8 @@ def load_with_info(path: str | Path, args) -> tuple[PPFlowTransformer, str, list
     if is_pretrained_dir(path):
         if args.format not in (None, "ppflow"):
             raise CheckpointError(f"{path} is a ppflow folder, not {args.format!r}; drop the format option")
-        return load_model(path, weights=args.weights, **load_overrides(args)), "ppflow", []
-    conv = convert_file(path, format=args.format, weights=args.weights, **load_overrides(args))
+        return load_model(path, weights=args.weights, verify=args.verify, **load_overrides(args)), "ppflow", []
+    conv = convert_file(path, format=args.format, weights=args.weights, verify=args.verify, **load_overrides(args))
     return build(conv, str(path)), conv.format, conv.notes
 
 

@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a run (its folder or a checkpoint file) exactly where it stopped; options "
                         "given with it amend the run's saved config")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="resume from (or --model.init) a ppflow file whose SHA-256 no longer matches (a deliberate "
+                        "edit)")
     add_config_arguments(p)
 
 
@@ -40,7 +43,7 @@ def main(args) -> int:
                                   "amend it with --key value options")
             if args.print_config:
                 raise ConfigError("--print-config shows a new run's config; see RUN_DIR/config.yaml for a saved run")
-            train(resume=args.resume, overrides=cli_overrides(args))
+            train(resume=args.resume, overrides=cli_overrides(args), verify=args.verify)
             return 0
         cfg = config_from_args(args)
         if args.print_config:
@@ -48,7 +51,7 @@ def main(args) -> int:
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
             return 0
-        train(cfg)
+        train(cfg, verify=args.verify)
         return 0
     except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
         print(f"ppflow train: error: {e}", file=sys.stderr)

@@ -4,7 +4,9 @@ Formats: `ppflow-train` (ppflow's trainer), `dit`, `sit`, `ppflow-official`; eac
 one is an adapter module with an explicit key map (`dit.py`, `sit.py`, `official.py`).
 Files are read with `torch.load(weights_only=True)`; the only class allowed beyond
 tensors and containers is argparse.Namespace (the "args" of DiT/SiT/PPFlow training
-checkpoints). Nothing else is ever unpickled.
+checkpoints). Nothing else is ever unpickled. Files ppflow wrote (a "sha256" in the
+safetensors metadata or in the training checkpoint) are checked against that hash unless
+`verify=False`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from ..models.backbone import PPFlowTransformer
 from . import dit, official, sit, training
 from .keymap import CheckpointError, Converted
-from .native import CONFIG, WEIGHTS, load_state_strict
+from .native import CONFIG, WEIGHTS, load_state_strict, read_weights, verify_state
 
 FOREIGN: dict[str, ModuleType] = {dit.NAME: dit, sit.NAME: sit, official.NAME: official}
 FORMATS = ("ppflow", training.FORMAT_TAG, *FOREIGN)  # names accepted by `format=` / `--from`
@@ -29,13 +31,11 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 
 # ------------------------------------------------------------------ reading
-def read_file(path: Path) -> object:
-    """Load a torch or safetensors file without running pickled code."""
+def read_file(path: Path, verify: bool = True) -> object:
+    """Load a torch or safetensors file without running pickled code (a ppflow safetensors file: hash-checked)."""
+    if path.suffix == ".safetensors":
+        return read_weights(path, verify=verify)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
@@ -92,9 +92,12 @@ def detect_format(state: dict, path: Path, hint: str | None = None) -> str:
     )
 
 
-def convert_file(path: str | Path, format: str | None = None, weights: str | None = None,
-                 **overrides) -> Converted:
-    """Read a single-file checkpoint and re-index it into ppflow's layout (no model is built)."""
+def convert_file(path: str | Path, format: str | None = None, weights: str | None = None, *,
+                 verify: bool = True, **overrides) -> Converted:
+    """Read a single-file checkpoint and re-index it into ppflow's layout (no model is built).
+
+    `verify=False` skips the SHA-256 check of files ppflow wrote (for deliberate edits).
+    """
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; choose one of {FORMATS} (or leave it to detection)")
@@ -105,11 +108,13 @@ def convert_file(path: str | Path, format: str | None = None, weights: str | Non
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, but not a ppflow model folder ({WEIGHTS} + {CONFIG}) "
                               "or run folder (checkpoints/last.pt)")
-    obj = read_file(path)
+    obj = read_file(path, verify=verify)
     source = str(path)
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or training checkpoint")
     if training.is_ppflow_training(obj):
+        if verify:
+            verify_state(obj, path)
         if format not in (None, training.FORMAT_TAG):
             raise CheckpointError(f"{path} is a {training.FORMAT_TAG} checkpoint, not {format!r}; drop format=")
         return training.from_ppflow_training(obj, weights, overrides, source)
@@ -185,10 +190,10 @@ def build(conv: Converted, source: str, materialize: bool = True) -> PPFlowTrans
     return model
 
 
-def load_file_checkpoint(path: Path, format: str | None = None, weights: str | None = None,
-                         **overrides) -> PPFlowTransformer:
-    """Load a single-file checkpoint of any supported format as a ppflow model."""
-    conv = convert_file(path, format=format, weights=weights, **overrides)
+def load_file_checkpoint(path: Path, format: str | None = None, weights: str | None = None, *,
+                         verify: bool = True, **overrides) -> PPFlowTransformer:
+    """Load a single-file checkpoint of any supported format as a ppflow model (`verify`: see convert_file)."""
+    conv = convert_file(path, format=format, weights=weights, verify=verify, **overrides)
     return build(conv, str(path))
 
 

@@ -8,8 +8,11 @@ Layout of `RUN_DIR/checkpoints/last.pt` (and `step-NNNNNNN.pt` copies):
      "step": optimizer steps done,
      "data": {"epoch": int, "offset": int}  (position in the epoch's permutation, in samples),
      "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]},
-     "log": running sums of the current logging window, "world_size": int, "elapsed": seconds}
+     "log": running sums of the current logging window, "world_size": int, "elapsed": seconds,
+     "sha256": content hash of every other entry (ppflow.convert.native.content_sha256)}
 Written atomically (temporary file + os.replace): a crash mid-write keeps the previous file.
+Loading recomputes the hash and refuses a damaged file (DamagedFileError) unless verify=False;
+checkpoints without "sha256" (older ppflow) load unchecked.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from pathlib import Path
 
 import torch
 
+from ..convert.native import HASH_KEY, DamagedFileError, verify_state, with_sha256
+
+__all__ = ["DIR", "FORMAT", "LAST", "VERSION", "DamagedFileError", "find_checkpoint", "load_checkpoint", "rng_state",
+           "save_checkpoint", "set_rng_state"]
+
 FORMAT = "ppflow-train"
 VERSION = 1
 LAST = "last.pt"
@@ -26,11 +34,11 @@ DIR = "checkpoints"
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save `state` to `path` atomically."""
+    """torch.save `state` plus its "sha256" to `path` atomically (an old "sha256" in `state` is recomputed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
+    torch.save(with_sha256(state), tmp)
     os.replace(tmp, path)
     return path
 
@@ -51,8 +59,12 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a ppflow training checkpoint (weights_only=True), checking its format tag."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    verify: bool = True) -> dict:
+    """Read a ppflow training checkpoint (weights_only=True), checking its format tag and its SHA-256.
+
+    `verify=False` skips the hash check (for a deliberately edited file). The returned dict has no "sha256".
+    """
     p = find_checkpoint(path)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
@@ -62,6 +74,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{p} is not a ppflow training checkpoint (no 'format': {FORMAT!r}); to start from "
                          "other weights use --model.init PATH instead of --resume")
+    if verify:
+        verify_state(state, p)
+    state.pop(HASH_KEY, None)
     return state
 
 

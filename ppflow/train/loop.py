@@ -1,6 +1,7 @@
 """The training loop: `train(config) -> TrainResult`, single process or under torchrun.
 
 Run folder layout (RUN_DIR = config.out):
+    .lock                       "pid host" of the run writing the folder (flock held by rank 0 while it runs)
     config.yaml                 resolved config (+ model_config)
     metrics.csv                 step, loss, loss_stage<k>..., grad_norm, lr, steps_per_sec, samples_per_sec, elapsed_s
     checkpoints/last.pt         latest training checkpoint (see ppflow.train.checkpoint for its keys)
@@ -37,6 +38,7 @@ from . import checkpoint as ckpt_io
 from .batches import BatchPlan, DataPosition, Layout, derive_seed, generator, micro_batches
 from .config import ConfigError, TrainConfig, apply_overrides, config_from_dict, config_to_dict, save_config, validate
 from .ema import EMA
+from .lock import RunLock, RunLockedError, lock_run
 from .parallel import (
     DistInfo,
     all_reduce,
@@ -143,8 +145,9 @@ def _config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
     return out
 
 
-def build_model(cfg: TrainConfig, data: TrainData, ckpt: dict | None) -> PPFlowTransformer:
-    """The (unwrapped, CPU) model: from the checkpoint's config on resume, `model.init`, or from scratch."""
+def build_model(cfg: TrainConfig, data: TrainData, ckpt: dict | None, verify: bool = True) -> PPFlowTransformer:
+    """The (unwrapped, CPU) model: from the checkpoint's config on resume, `model.init` (hash-checked unless
+    `verify=False`), or from scratch."""
     if ckpt is not None:
         mc = ModelConfig.from_dict(ckpt["config"]["model_config"])
         _check_against_data(mc, data, "the checkpoint's model")
@@ -157,7 +160,7 @@ def build_model(cfg: TrainConfig, data: TrainData, ckpt: dict | None) -> PPFlowT
     elif cfg.model.init:
         from ..convert import load_model
 
-        model = load_model(cfg.model.init, format=cfg.model.init_format, **cfg.model.overrides)
+        model = load_model(cfg.model.init, format=cfg.model.init_format, verify=verify, **cfg.model.overrides)
         model.config.vae = model.config.vae or data.vae
         _check_against_data(model.config, data, f"the model in {cfg.model.init}")
     else:
@@ -238,12 +241,13 @@ class Trainer:
     """Holds one run's state; `run()` trains until max_steps, a stop signal, or an error."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, ckpt: dict | None, run_dir: Path,
-                 callbacks: Sequence[Callable[[StepEvent], None]] = (), copy_metrics: Path | None = None) -> None:
+                 callbacks: Sequence[Callable[[StepEvent], None]] = (), copy_metrics: Path | None = None,
+                 verify: bool = True) -> None:
         self.cfg, self.info, self.run_dir, self.callbacks = cfg, info, run_dir, list(callbacks)
         dev = info.device
         self.data = build_dataset(cfg.data).to(dev)
         self.flip = cfg.data.random_flip if cfg.data.random_flip is not None else self.data.default_flip
-        raw = build_model(cfg, self.data, ckpt)
+        raw = build_model(cfg, self.data, ckpt, verify)
         self.mc = raw.config
         self.schedule = raw.schedule
         self.ema = EMA(raw, cfg.ema.decay, cfg.ema.warmup)
@@ -600,18 +604,22 @@ def train(
     resume: str | os.PathLike | None = None,
     overrides: dict | None = None,
     callbacks: Sequence[Callable[[StepEvent], None]] = (),
+    verify: bool = True,
 ) -> TrainResult:
     """Train from `config` (a TrainConfig or plain dict), or continue the run in `resume` (a run folder or
     checkpoint file) with `overrides` ({'max_steps': 20}) amending its saved config.
 
-    Works the same under torchrun (DDP / FSDP); only rank 0 writes files.
+    Works the same under torchrun (DDP / FSDP); only rank 0 writes files, holding RUN_DIR/.lock for the
+    whole run (a second writer gets RunLockedError). `verify=False` loads a resumed checkpoint or
+    `model.init` weights whose SHA-256 does not match (a deliberate edit).
     """
-    ckpt, copy_metrics = None, None
+    ckpt, copy_metrics, loaded = None, None, None
     if resume is not None:
         if config is not None:
             raise ConfigError("pass either a config or resume=RUN_DIR (whose saved config is used), not both")
         path = ckpt_io.find_checkpoint(resume)
-        ckpt = ckpt_io.load_checkpoint(path)
+        loaded = _file_id(path)
+        ckpt = ckpt_io.load_checkpoint(path, verify=verify)
         cfg = config_from_dict(ckpt["config"])
         run_dir = path.parent.parent if path.parent.name == ckpt_io.DIR else Path(cfg.out)
         given_out = (overrides or {}).get("out")
@@ -629,28 +637,54 @@ def train(
     info = init_distributed(cfg.device)
     old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     old_threads = torch.get_num_threads()
+    lock: RunLock | None = None
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.out is None:
             cfg.out = broadcast_object(_default_out(cfg), info)
         run_dir = Path(cfg.out)
-        if ckpt is None and (run_dir / ckpt_io.DIR / ckpt_io.LAST).exists():
-            raise ConfigError(f"{run_dir} already holds a run ({ckpt_io.DIR}/{ckpt_io.LAST}); continue it with "
-                              f"--resume {run_dir} or choose another --out")
+        if ckpt is None:
+            _check_unused(run_dir)
         if info.device.type == "cuda" and cfg.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        if info.is_main:
+        refused = None
+        if info.is_main:  # the only writer: lock the folder, then re-check it (a run may have just finished)
             run_dir.mkdir(parents=True, exist_ok=True)
-        barrier(info)
-        trainer = Trainer(cfg, info, ckpt, run_dir, callbacks, copy_metrics)
+            try:
+                lock = lock_run(run_dir)
+                if ckpt is None:
+                    _check_unused(run_dir)
+                elif path.resolve().is_relative_to(run_dir.resolve()) and _file_id(path) != loaded:
+                    raise RunLockedError(f"{path} was rewritten by another ppflow train on {run_dir} while this one "
+                                         "started; run the command again to continue from the new checkpoint")
+            except (RunLockedError, ConfigError) as e:
+                refused = e
+        refused = broadcast_object(refused, info)  # every rank stops on rank 0's refusal
+        if refused is not None:
+            raise refused
+        trainer = Trainer(cfg, info, ckpt, run_dir, callbacks, copy_metrics, verify)
         if ckpt is not None:
             trainer.last_checkpoint = path
         if info.is_main:
             save_config(cfg, run_dir / "config.yaml", {"model_config": trainer.mc.to_dict()})
         return trainer.run()
     finally:
+        if lock is not None:
+            lock.release()
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
         torch.set_num_threads(old_threads)
         cleanup(info)
+
+
+def _file_id(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_unused(run_dir: Path) -> None:
+    """A fresh run must not overwrite a folder that holds one."""
+    if (run_dir / ckpt_io.DIR / ckpt_io.LAST).exists():
+        raise ConfigError(f"{run_dir} already holds a run ({ckpt_io.DIR}/{ckpt_io.LAST}); continue it with "
+                          f"--resume {run_dir} or choose another --out")
