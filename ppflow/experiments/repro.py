@@ -90,5 +90,18 @@ def run_repro(cfg: DemoConfig, docs: str | None = None) -> Path:
         for name in ("profile.csv", "results.json"):
             if (report.parent / name).exists():
                 shutil.copy(report.parent / name, assets / name)
-        target.write_text(text)
+        target.write_text(keep_findings(text, target.read_text() if target.exists() else ""))
     return report
+
+
+FINDINGS = ("<!-- findings: written by hand, kept by regeneration -->", "<!-- /findings -->")
+
+
+def keep_findings(new: str, old: str) -> str:
+    """`new` with the hand-written findings block of `old` (between the FINDINGS markers) before its first table."""
+    start, end = old.find(FINDINGS[0]), old.find(FINDINGS[1])
+    if start < 0 or end < start:
+        return new
+    block = old[start:end + len(FINDINGS[1])]
+    at = new.find("\n## ")
+    return new + "\n" + block + "\n" if at < 0 else new[:at] + "\n" + block + "\n" + new[at:]

@@ -89,3 +89,13 @@ def test_interrupted_demo_leaves_checkpoints_and_a_partial_report(tmp_path, monk
     monkeypatch.undo()
     Demo(cfg).run()  # the same command again reuses the finished runs and completes the report
     assert "partial" not in (tmp_path / "d" / "report.md").read_text()
+
+
+def test_regeneration_keeps_the_hand_written_findings():
+    from ppflow.experiments.repro import FINDINGS, keep_findings
+
+    old = f"# T\n\nold text\n\n{FINDINGS[0]}\n## Findings\n- PPF wins\n{FINDINGS[1]}\n\n## Results\nold table\n"
+    new = "# T\n\nnew text\n\n## Results\nnew table\n"
+    out = keep_findings(new, old)
+    assert out.index("new text") < out.index("- PPF wins") < out.index("new table") and "old table" not in out
+    assert keep_findings(new, "no markers") == new
