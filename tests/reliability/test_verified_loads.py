@@ -10,26 +10,9 @@ from safetensors.torch import save_file
 import ppflow
 from ppflow.cli import main as cli
 from ppflow.convert.native import DamagedFileError, content_sha256
-from ppflow.train import TrainConfig, load_checkpoint, train
+from ppflow.train import load_checkpoint, train
 from tests.conftest import randomize
-
-
-def flip_middle(path, n: int = 4) -> None:
-    """Invert `n` bytes in the middle of the file, in place (a disk or copy error)."""
-    data = bytearray(path.read_bytes())
-    i = len(data) // 2
-    data[i:i + n] = bytes(b ^ 0xFF for b in data[i:i + n])
-    path.write_bytes(bytes(data))
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 2-step training run (checkpoints/last.pt + ema/)."""
-    cfg = TrainConfig(out=str(tmp_path_factory.mktemp("rel") / "run"), batch_size=8, max_steps=2, log_every=1,
-                      save_every=100, progress=False, tensorboard=False)
-    cfg.sample.every = 0
-    torch.set_num_threads(1)
-    return train(cfg).run_dir
+from tests.reliability.conftest import flip_middle
 
 
 @pytest.fixture
