@@ -14,103 +14,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from ..metrics.flops import schedule_flops
 from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
-from .report import Report
-
-
-@dataclass
-class DemoModel:
-    """One contestant: a label, a model name and its schedule.
-
-    `adapt_from`: start from that contestant's trained weights, adapted to this schedule (average/copy init), and
-    train `steps` more (default: the config's steps). `same_as`: reuse that contestant's trained model (an
-    evaluation-only variant, e.g. other CFG scales). `cfg_scales`: per-stage scales instead of the default.
-    """
-
-    label: str
-    name: str
-    schedule: str
-    adapt_from: str | None = None
-    steps: int | None = None
-    same_as: str | None = None
-    cfg_scales: list[float] | None = None
-    lr: float | None = None  # learning rate instead of the config's (fine-tuning an adapted model wants less)
-    model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"coarse_output": "noise_skip"}
-    init: str = "pooled"  # adaptation init: pooled (official average/copy) | lstsq (+ least-squares coarse readout)
-    swap: list[str] | None = None  # stage swap: stage s served by the trained contestant swap[s] (no training)
-
-
-@dataclass
-class DemoConfig:
-    """Settings of the demo; `DemoConfig.quick()` is the under-a-minute variant used by the tests."""
-
-    out: str = "runs/demo"
-    data: str = "fashion-mnist"
-    data_path: str | None = None  # folder with the Fashion-MNIST *-ubyte.gz files (default: Debian's)
-    data_limit: int | None = None  # train on the first N images only (quick runs)
-    image_size: int = 32  # 28x28 padded to 32x32
-    models: list[DemoModel] = field(default_factory=lambda: [
-        DemoModel("SiT baseline", "SiT-mini/4", "1:4x4"),
-        DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip"}),
-        DemoModel("PPF-2, CFG everywhere", "PPF-mini-2", "0.5:8x8,1:4x4", same_as="PPF-2", cfg_scales=[2.0, 2.0]),
-    ])
-    steps: int = 1400  # training steps of the baseline (~4 min for SiT-mini/4 on 2 cores)
-    protocol: str = "equal-compute"  # scratch contestants: equal training FLOPs (the paper's) or "equal-steps"
-    batch_size: int = 32  # with a fixed time budget, more small steps beat fewer large ones
-    lr: float = 1e-3  # short runs of small models like a larger rate than DiT's 1e-4
-    warmup: int = 100
-    ema_decay: float = 0.995  # short run: 0.9999 (or even 0.999) would still hold much of the random init
-    label_dropout: float = 0.1
-    method: str = "heun"  # sampler for grids, metrics and timing
-    sample_steps: int = 16
-    cfg_scale: float = 2.0  # baseline: CFG everywhere; PPF: stage CFG [1, cfg_scale] as in the paper
-    num_eval: int = 1000  # samples per model for FID / accuracy
-    eval_batch: int = 100
-    inception: bool = False  # also Inception FID / sFID / precision / recall (slow on CPU: ~8 images/s)
-    inception_ref: int = 2000  # reference: the first N test images (10,000 would take ~20 min on 2 cores)
-    classifier_steps: int | None = None  # cap the in-domain classifier's training (quick runs)
-    pareto_steps: list[int] = field(default_factory=list)  # quality vs sampling cost: FID at these step counts
-    pareto_models: list[str] | None = None  # labels swept (default: every contestant)
-    grid_models: list[str] | None = None  # contestants shown in the sample grid (default: all)
-    profile_models: list[str] | None = None  # contestants in the loss profile (default: all but same_as variants)
-    profile_num: int = 512  # held-out images of the loss-per-t profile (0: no profile)
-    profile_bins: int = 20
-    timing_batch: int = 32
-    timing_repeats: int = 3
-    seed: int = 0
-    threads: int | None = None
-    title: str = "ppflow demo: Pyramidal Patchification Flow vs SiT on Fashion-MNIST"
-    command: str = "ppflow demo"  # the one command that reproduces the whole report (shown first)
-
-    @classmethod
-    def quick(cls, out: str = "runs/demo-quick", **kw) -> DemoConfig:
-        base = {
-            "out": out, "data_limit": 512, "steps": 12, "batch_size": 16, "warmup": 0, "ema_decay": 0.9,
-            "sample_steps": 4, "num_eval": 40, "eval_batch": 40, "classifier_steps": 8, "timing_batch": 8,
-            "timing_repeats": 1, "threads": 1,
-            "models": [DemoModel("SiT baseline", "SiT-tiny/4", "1:4x4"),
-                       DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip"}),
-                       DemoModel("PPF-2, CFG everywhere", "PPF-tiny-2", "0.5:8x8,1:4x4", same_as="PPF-2",
-                                 cfg_scales=[2.0, 2.0])],
-            "profile_num": 32, "profile_bins": 4,
-        }
-        base.update(kw)
-        return cls(**base)
+from .config import DemoConfig, DemoModel
+from .report import Report, format_scales, hardware, millions, plain_json, side_by_side
 
 
 class Demo:
@@ -278,29 +196,9 @@ class Demo:
 
     def profile(self, models: dict[str, torch.nn.Module]) -> None:
         """Held-out loss per t of every trained contestant (and stage swap) on the same test draws."""
-        from ..data.registry import DataConfig, build_dataset
-        from ..eval.profile import loss_profile
+        from .analysis import loss_profile_stage
 
-        if not self.cfg.profile_num:
-            return
-        shown = {k: m for k, m in models.items() if not next(d for d in self.cfg.models if d.label == k).same_as
-                 and (self.cfg.profile_models is None or k in self.cfg.profile_models)}
-        data = build_dataset(DataConfig(name=self.cfg.data, path=self.cfg.data_path, split="test",
-                                        image_size=self.cfg.image_size, limit=self.cfg.profile_num))
-        x1, y = data.get_batch(torch.arange(len(data)))
-        prof = loss_profile(shown, x1, y, bins=self.cfg.profile_bins, seed=self.cfg.seed, progress=True)
-        prof.write(self.out)
-        base = self.cfg.models[0].label
-        for label in shown:
-            res = self.results[label]
-            res["profile_loss"] = prof.curves[label]
-            res["heldout_loss"] = prof.mean(label)
-            res["heldout_loss_ratio"] = prof.mean(label) / prof.mean(base)
-        self.profile_edges = prof.edges
-        self.images.append(("profile_ratio.png" if len(shown) > 1 else "profile.png",
-                            (f"Held-out loss per noise level relative to {base} ({len(x1)} test images per bin, the "
-                            "same noise, times and labels for every model; dashed: stage boundaries). Values and "
-                            "absolute losses in profile.csv / profile.json.")))
+        loss_profile_stage(self, models)
 
     def loss_plot(self) -> None:
         series = {}
@@ -351,7 +249,7 @@ class Demo:
             arr = grid(to_uint8(x), nrow=8)
             save_image(arr, self.out / f"samples_{_slug(label)}.png", scale=2)
             panels.append((f"{label}: {self.results[label]['model']}", arr))
-        save_image(_side_by_side(panels, scale=2), self.out / "samples.png")
+        save_image(side_by_side(panels, scale=2), self.out / "samples.png")
         self.images.insert(0, ("samples.png", "Samples from the same noise, same labels (one row per class), "
                                f"{self.cfg.method} {self.cfg.sample_steps} steps, CFG "
                                + ", ".join(f"{k}: {self.cfg_scales(k, m)}" for k, m in models.items())))
@@ -421,49 +319,10 @@ class Demo:
         self.commands.append(f"ppflow eval {self.out}/samples_<model>.npz fashion-mnist-test --json")
 
     def pareto(self, models: dict[str, torch.nn.Module]) -> None:
-        """Classifier FID against sampling FLOPs and wall time, each swept model at each of `pareto_steps`."""
-        from ..eval import ClassifierTrainConfig, load_classifier
-        from ..eval.classifier import classifier_metrics
+        """Classifier FID against sampling FLOPs and wall time at each of `pareto_steps`."""
+        from .analysis import pareto_stage
 
-        if not self.cfg.pareto_steps:
-            return
-        cache = self.out / "cache"
-        clf = load_classifier(cache, train_config=ClassifierTrainConfig(max_steps=self.cfg.classifier_steps))
-        n = self.cfg.num_eval
-        g = torch.Generator().manual_seed(self.cfg.seed + 3)  # the same noise as the main metrics
-        noise = torch.randn(n, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
-        y = torch.arange(n) % 10
-        labels = self.cfg.pareto_models or list(models)
-        base = self.cfg.models[0].label
-        rows, series_flops, series_time = [], {}, {}
-        ref = None
-        for label in labels:
-            pts = []
-            for steps in self.cfg.pareto_steps:
-                stats: dict = {}
-                images = to_uint8(self.sample(label, models[label], noise, y, f"pareto {label} {steps} steps",
-                                              steps=steps, stats=stats))
-                m = classifier_metrics(images, y.numpy(), ref="fashion-mnist-test", cache_dir=cache, model=clf)
-                pts.append({"steps": steps, "classifier_fid": m["fid"], "class_accuracy": m["accuracy"], **stats})
-            if label == base:
-                ref = next((p for p in pts if p["steps"] == self.cfg.sample_steps), pts[-1])
-            self.results[label]["pareto"] = pts
-        ref = ref or self.results[labels[0]]["pareto"][-1]
-        for label in labels:
-            pts = self.results[label]["pareto"]
-            for p in pts:
-                p["flops_percent"] = 100 * p["flops_per_sample"] / ref["flops_per_sample"]
-                rows.append([label, p["steps"], p["flops_percent"], p["seconds"], p["classifier_fid"],
-                             p["class_accuracy"]])
-            series_flops[label] = ([p["flops_percent"] for p in pts], [p["classifier_fid"] for p in pts])
-            series_time[label] = ([p["seconds"] for p in pts], [p["classifier_fid"] for p in pts])
-        line_plot(series_flops, self.out / "pareto.png", title="quality vs sampling cost (lower left is better)",
-                  xlabel=f"sampling FLOPs per image (% of {base} at {self.cfg.sample_steps} steps)",
-                  ylabel="classifier FID", log_y=True)
-        self.pareto_rows = rows
-        self.images.append(("pareto.png", (f"Classifier FID against sampling FLOPs, {self.cfg.method} at "
-                            f"{', '.join(map(str, self.cfg.pareto_steps))} steps, {n} samples each (the same noise "
-                            "for every point): is PPF a better trade than taking fewer steps of the baseline?")))
+        pareto_stage(self, models)
 
     def inception_reference(self):
         """The first `inception_ref` Fashion-MNIST test images, padded like the samples."""
@@ -501,7 +360,7 @@ class Demo:
                  f"EMA {c.ema_decay}; pixels 32x32x1 (Fashion-MNIST padded), base patch 4x4. Sampler: {c.method}, "
                  f"{c.sample_steps} steps with the stage boundaries on the grid; CFG scales per stage in the table (default "
                  f"{c.cfg_scale} for the baseline, stage CFG [1, {c.cfg_scale}] for PPFlow as in the paper). Measured on this machine: "
-                 f"{_hardware()}, torch {torch.__version__}, {self.threads} torch threads.")
+                 f"{hardware()}, torch {torch.__version__}, {self.threads} torch threads.")
         rep.heading("Results")
         header = ["model", "name", "schedule", "training", "training compute (x baseline)", "params (M)",
                   "CFG", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
@@ -512,7 +371,7 @@ class Demo:
         rows = []
         for label, r in self.results.items():
             row = [label, r["model"], r["schedule"], self.training_note(label), r.get("train_compute"),
-                   _m(r.get("params")), _scales(r.get("cfg_scales")), r.get("test_flops_percent"),
+                   millions(r.get("params")), format_scales(r.get("cfg_scales")), r.get("test_flops_percent"),
                    r.get("test_flops_percent_no_cfg"), r.get("speedup"), r.get("flops_bound"), r.get("efficiency"),
                    r.get("classifier_fid"), r.get("class_accuracy")]
             if c.inception:
@@ -542,7 +401,7 @@ class Demo:
                 rep.text(n)
         rep.heading("Reproduce")
         rep.code(f"# everything above, in one command:\n{c.command}\n# the steps it runs:\n" + "\n".join(self.commands))
-        (self.out / "results.json").write_text(json.dumps({"config": _plain(dataclasses.asdict(c)),
+        (self.out / "results.json").write_text(json.dumps({"config": plain_json(dataclasses.asdict(c)),
                                                            "results": self.results, "notes": self.notes}, indent=2))
         return rep.write(self.out)
 
@@ -567,48 +426,6 @@ def _last(path: Path, column: str) -> float | None:
 
 def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in label).strip("_").lower()
-
-
-def _scales(v: list[float] | None) -> str | None:
-    return None if v is None else "[" + ", ".join(f"{x:g}" for x in v) + "]"
-
-
-def _m(n: int | None) -> float | None:
-    return None if n is None else n / 1e6
-
-
-def _plain(v):
-    return json.loads(json.dumps(v, default=str))
-
-
-def _hardware() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def _side_by_side(panels: list[tuple[str, np.ndarray]], scale: int = 1, gap: int = 16) -> np.ndarray:
-    """Place captioned uint8 (H, W, C) panels next to each other on a white canvas."""
-    imgs = [np.kron(a, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else a for _, a in panels]
-    h = max(a.shape[0] for a in imgs)
-    w = sum(a.shape[1] for a in imgs) + gap * (len(imgs) + 1)
-    top = 20
-    canvas = Image.new("RGB", (w, h + top + gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    x = gap
-    for (caption, _), a in zip(panels, imgs):
-        rgb = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
-        canvas.paste(Image.fromarray(rgb), (x, top))
-        draw.text((x, 4), caption, fill="black", font=font)
-        x += a.shape[1] + gap
-    return np.asarray(canvas)
 
 
 def run_demo(cfg: DemoConfig) -> Path:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 
 @dataclass
@@ -93,3 +97,45 @@ def _cell(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
+
+
+def format_scales(v: list[float] | None) -> str | None:
+    return None if v is None else "[" + ", ".join(f"{x:g}" for x in v) + "]"
+
+
+def millions(n: int | None) -> float | None:
+    return None if n is None else n / 1e6
+
+
+def plain_json(v):
+    return json.loads(json.dumps(v, default=str))
+
+
+def hardware() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], scale: int = 1, gap: int = 16) -> np.ndarray:
+    """Place captioned uint8 (H, W, C) panels next to each other on a white canvas."""
+    imgs = [np.kron(a, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else a for _, a in panels]
+    h = max(a.shape[0] for a in imgs)
+    w = sum(a.shape[1] for a in imgs) + gap * (len(imgs) + 1)
+    top = 20
+    canvas = Image.new("RGB", (w, h + top + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    x = gap
+    for (caption, _), a in zip(panels, imgs):
+        rgb = np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+        canvas.paste(Image.fromarray(rgb), (x, top))
+        draw.text((x, 4), caption, fill="black", font=font)
+        x += a.shape[1] + gap
+    return np.asarray(canvas)

@@ -1,0 +1,81 @@
+"""Quality analyses of the demo/repro contestants: the held-out loss profile and quality against sampling cost."""
+
+from __future__ import annotations
+
+import torch
+
+from ..utils.images import to_uint8
+from ..utils.plots import line_plot
+
+
+def loss_profile_stage(demo, models: dict[str, torch.nn.Module]) -> None:
+    """Held-out loss per t of every trained contestant (and stage swap) on the same test draws."""
+    from ..data.registry import DataConfig, build_dataset
+    from ..eval.profile import loss_profile
+
+    if not demo.cfg.profile_num:
+        return
+    shown = {k: m for k, m in models.items() if not next(d for d in demo.cfg.models if d.label == k).same_as
+             and (demo.cfg.profile_models is None or k in demo.cfg.profile_models)}
+    data = build_dataset(DataConfig(name=demo.cfg.data, path=demo.cfg.data_path, split="test",
+                                    image_size=demo.cfg.image_size, limit=demo.cfg.profile_num))
+    x1, y = data.get_batch(torch.arange(len(data)))
+    prof = loss_profile(shown, x1, y, bins=demo.cfg.profile_bins, seed=demo.cfg.seed, progress=True)
+    prof.write(demo.out)
+    base = demo.cfg.models[0].label
+    for label in shown:
+        res = demo.results[label]
+        res["profile_loss"] = prof.curves[label]
+        res["heldout_loss"] = prof.mean(label)
+        res["heldout_loss_ratio"] = prof.mean(label) / prof.mean(base)
+    demo.profile_edges = prof.edges
+    demo.images.append(("profile_ratio.png" if len(shown) > 1 else "profile.png",
+                        (f"Held-out loss per noise level relative to {base} ({len(x1)} test images per bin, the "
+                        "same noise, times and labels for every model; dashed: stage boundaries). Values and "
+                        "absolute losses in profile.csv / profile.json.")))
+
+
+def pareto_stage(demo, models: dict[str, torch.nn.Module]) -> None:
+    """Classifier FID against sampling FLOPs and wall time, each swept model at each of `pareto_steps`."""
+    from ..eval import ClassifierTrainConfig, load_classifier
+    from ..eval.classifier import classifier_metrics
+
+    if not demo.cfg.pareto_steps:
+        return
+    cache = demo.out / "cache"
+    clf = load_classifier(cache, train_config=ClassifierTrainConfig(max_steps=demo.cfg.classifier_steps))
+    n = demo.cfg.num_eval
+    g = torch.Generator().manual_seed(demo.cfg.seed + 3)  # the same noise as the main metrics
+    noise = torch.randn(n, 1, demo.cfg.image_size, demo.cfg.image_size, generator=g)
+    y = torch.arange(n) % 10
+    labels = demo.cfg.pareto_models or list(models)
+    base = demo.cfg.models[0].label
+    rows, series_flops, series_time = [], {}, {}
+    ref = None
+    for label in labels:
+        pts = []
+        for steps in demo.cfg.pareto_steps:
+            stats: dict = {}
+            images = to_uint8(demo.sample(label, models[label], noise, y, f"pareto {label} {steps} steps",
+                                          steps=steps, stats=stats))
+            m = classifier_metrics(images, y.numpy(), ref="fashion-mnist-test", cache_dir=cache, model=clf)
+            pts.append({"steps": steps, "classifier_fid": m["fid"], "class_accuracy": m["accuracy"], **stats})
+        if label == base:
+            ref = next((p for p in pts if p["steps"] == demo.cfg.sample_steps), pts[-1])
+        demo.results[label]["pareto"] = pts
+    ref = ref or demo.results[labels[0]]["pareto"][-1]
+    for label in labels:
+        pts = demo.results[label]["pareto"]
+        for p in pts:
+            p["flops_percent"] = 100 * p["flops_per_sample"] / ref["flops_per_sample"]
+            rows.append([label, p["steps"], p["flops_percent"], p["seconds"], p["classifier_fid"],
+                         p["class_accuracy"]])
+        series_flops[label] = ([p["flops_percent"] for p in pts], [p["classifier_fid"] for p in pts])
+        series_time[label] = ([p["seconds"] for p in pts], [p["classifier_fid"] for p in pts])
+    line_plot(series_flops, demo.out / "pareto.png", title="quality vs sampling cost (lower left is better)",
+              xlabel=f"sampling FLOPs per image (% of {base} at {demo.cfg.sample_steps} steps)",
+              ylabel="classifier FID", log_y=True)
+    demo.pareto_rows = rows
+    demo.images.append(("pareto.png", (f"Classifier FID against sampling FLOPs, {demo.cfg.method} at "
+                        f"{', '.join(map(str, demo.cfg.pareto_steps))} steps, {n} samples each (the same noise "
+                        "for every point): is PPF a better trade than taking fewer steps of the baseline?")))
