@@ -54,6 +54,7 @@ class DemoConfig:
     num_eval: int = 1000  # samples per model for FID / accuracy
     eval_batch: int = 100
     inception: bool = False  # also Inception FID / sFID / precision / recall (slow on CPU: ~8 images/s)
+    inception_models: list[str] | None = None  # contestants with Inception metrics (default: all; ~8 images/s)
     inception_ref: int = 2000  # reference: the first N test images (10,000 would take ~20 min on 2 cores)
     classifier_steps: int | None = None  # cap the in-domain classifier's training (quick runs)
     pareto_steps: list[int] = field(default_factory=list)  # quality vs sampling cost: FID at these step counts

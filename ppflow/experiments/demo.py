@@ -311,7 +311,7 @@ class Demo:
             res["classifier_fid"] = m["fid"]
             res["class_accuracy"] = m["accuracy"]
             res["classifier_test_accuracy"] = m.get("classifier_test_accuracy")
-            if self.cfg.inception:
+            if self.cfg.inception and (self.cfg.inception_models is None or label in self.cfg.inception_models):
                 r = evaluate(array_source(images, y.numpy(), name=_slug(label)), self.inception_reference(),
                              EvalOptions(cache_dir=str(cache), classifier=False))
                 res.update({"inception_fid": r["fid"], "sfid": r["sfid"], "precision": r["precision"],

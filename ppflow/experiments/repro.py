@@ -63,8 +63,10 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
     base = kw.get("steps") or (1400 if preset == "fmnist" else 4)
     settings = {"models": repro_models(size, base, kw.get("cfg_scale", 2.0)), "steps": base,
                 "title": "ppflow: the PPFlow main table at Fashion-MNIST scale", "inception": True,
-                "num_eval": 600, "inception_ref": 1000, "pareto_steps": [4, 6, 8, 12, 16],
-                "pareto_models": ["SiT", "PPF-2", "PPF-2, CFG everywhere", "PPF-3"],
+                "num_eval": 600, "inception_ref": 1000, "pareto_steps": [6, 8, 12, 16],
+                "pareto_models": ["SiT", "PPF-2", "PPF-3"],
+                "inception_models": ["SiT", "PPF-2", "PPF-2, CFG everywhere", "PPF-3", "PPF-3, CFG everywhere",
+                                     "same-patch control", "PPF-2 adapted +25%, lstsq skip"],
                 "grid_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "PPF-2 adapted +25%, lstsq skip"],
                 "profile_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "same-patch control",
                                    "PPF-2 adapted +25%, lstsq skip", "swap: PPF-2 coarse + SiT fine"]}
