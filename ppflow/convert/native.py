@@ -72,8 +72,8 @@ def check_sha256(obj: object, expected: str, path: str | os.PathLike, what: str 
         raise DamagedFileError(
             f"{path} is damaged: its contents do not match the SHA-256 ppflow stored when it wrote the {what}, so "
             "it changed after saving (disk or copy error, or an edit). Restore it from a backup or an earlier "
-            "kept copy (checkpoints/step-*.pt, ema-*/); if you changed it on purpose, load it with verify=False "
-            "(CLI: --no-verify)"
+            "copy (a run keeps checkpoints/step-*.pt and ema-*/ with --keep-every); if you changed it on purpose, "
+            "load it with verify=False (CLI: --no-verify)"
         )
 
 
