@@ -167,6 +167,8 @@ class Demo:
                 self.log(f"[{m.label}] resuming {run_dir} at step {step}")
                 result = train(resume=run_dir, overrides={"max_steps": steps})
                 res["train_steps_per_sec"] = result.steps_per_sec
+                if result.interrupted:  # SIGTERM/SIGINT: stop the whole demo, not just this run
+                    raise KeyboardInterrupt
         else:
             self.log(f"[{m.label}] training {m.name} ({m.schedule}) for {steps} steps")
             result = train(None, overrides=overrides)
