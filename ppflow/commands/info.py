@@ -41,8 +41,12 @@ def describe(path: Path, args) -> dict:
         with torch.device("meta"):
             model = PPFlowTransformer(config)
         fmt = "ppflow"
+        from ..convert.native import WEIGHTS, read_weights
+
+        read_weights(path / WEIGHTS, verify=getattr(args, "verify", True))  # a damaged weights file is an error
     else:
-        conv = convert_file(path, format=args.format, weights=args.weights, **overrides)
+        conv = convert_file(path, format=args.format, weights=args.weights, verify=getattr(args, "verify", True),
+                            **overrides)
         model, fmt, notes = build(conv, str(path), materialize=False), conv.format, conv.notes
         config = model.config
     note = semantics_note(model, fmt)

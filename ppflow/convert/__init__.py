@@ -16,7 +16,9 @@ def load_model(path: str | os.PathLike, format: str | None = None, *, weights: s
     DiT / SiT / official PPFlow file (.pt / .pth / .safetensors). `format` forces an adapter
     ('ppflow', 'ppflow-train', 'dit', 'sit', 'ppflow-official'; default: detected from the keys). `weights` picks 'ema' (default) or
     'model' from a training checkpoint. `overrides` set config fields the weights cannot
-    tell, e.g. `num_heads=4`, `time_map='identity'`, `input_size=64`, `vae=...`.
+    tell, e.g. `num_heads=4`, `time_map='identity'`, `input_size=64`, `vae=...`. Files ppflow wrote carry a
+    SHA-256 that is checked on load (a damaged file raises DamagedFileError); `verify=False` loads a deliberate
+    edit.
     """
     p = resolve_path(path, format)
     if format in (None, "ppflow") and is_pretrained_dir(p):

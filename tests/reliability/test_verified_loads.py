@@ -90,3 +90,13 @@ def test_content_hash_covers_values_dtypes_and_shapes_not_order():
     for other in ({**a, "w": a["w"].reshape(3, 2)}, {**a, "w": a["w"].double()}, {**a, "step": 4},
                   {**a, "cfg": {"lr": 1e-4, "betas": [0.9, 0.99]}}, {**a, "w": a["w"] + 1e-7}):
         assert content_sha256(other) != h
+
+
+def test_info_checks_the_weights_it_describes(copy, capsys):
+    """`ppflow info` on a model folder reads the weights too: a damaged file is refused, --no-verify describes it."""
+    flip_middle(copy / "ema" / "model.safetensors")
+    assert cli(["info", str(copy / "ema")]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    assert cli(["info", str(copy / "ema"), "--no-verify"]) == 0
+    flip_middle(copy / "checkpoints" / "last.pt")
+    assert cli(["info", str(copy / "checkpoints" / "last.pt"), "--no-verify"]) == 0
