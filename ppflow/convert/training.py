@@ -26,7 +26,12 @@ def is_ppflow_training(obj) -> bool:
 
 
 def is_foreign_training(obj) -> bool:
-    return isinstance(obj, dict) and bool(FOREIGN_KEYS & set(obj)) and ("args" in obj or "opt" in obj)
+    """A DiT/SiT/official training checkpoint: 'model' and/or 'ema' state dicts (with or without 'args'/'opt')."""
+    if not isinstance(obj, dict) or not FOREIGN_KEYS & set(obj):
+        return False
+    if "args" in obj or "opt" in obj:
+        return True
+    return all(isinstance(obj[k], dict) and obj[k] for k in FOREIGN_KEYS & set(obj))
 
 
 def pick_weights(obj: dict, weights: str | None, source: str) -> tuple[dict, str]:

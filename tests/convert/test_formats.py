@@ -130,6 +130,18 @@ def test_training_checkpoints_load_ema_by_default(tmp_path):
         ppflow.load_model(save(tmp_path, ema, "SiT-x.pt"), weights="model")
 
 
+def test_training_checkpoint_without_args_or_optimizer(tmp_path):
+    """{'model', 'ema'} (or 'ema' alone) without 'args': the layout DiT/SiT/official find_model accept."""
+    ema, raw = ref.random_state(1, seed=1), ref.random_state(1, seed=2)
+    path = save(tmp_path, {"model": raw, "ema": ema}, "SiT-tiny-2-train.pt")
+    assert_same_state(export_state(ppflow.load_model(path), "sit"), ema)
+    assert_same_state(export_state(ppflow.load_model(path, weights="model"), "sit"), raw)
+    only = save(tmp_path, {"ema": ema}, "SiT-tiny-2-ema.pt")
+    assert_same_state(export_state(ppflow.load_model(only), "sit"), ema)
+    with pytest.raises(CheckpointError, match="model"):
+        ppflow.load_model(only, weights="model")
+
+
 def test_ppflow_training_checkpoint(tmp_path):
     model = ppflow.create_model("PPF-tiny-2", num_classes=10, input_size=16)
     ema = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
