@@ -63,6 +63,7 @@ class DemoConfig:
     profile_models: list[str] | None = None  # contestants in the loss profile (default: all but same_as variants)
     profile_num: int = 512  # held-out images of the loss-per-t profile (0: no profile)
     profile_bins: int = 20
+    timing_models: list[str] | None = None  # contestants timed against the baseline (default: all)
     timing_batch: int = 32
     timing_repeats: int = 3
     seed: int = 0

@@ -261,12 +261,15 @@ class Demo:
         g = torch.Generator().manual_seed(self.cfg.seed + 2)
         noise = torch.randn(self.cfg.timing_batch, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
         y = torch.arange(self.cfg.timing_batch) % 10
-        times: dict[str, list[float]] = {k: [] for k in models}
+        base = self.cfg.models[0].label
+        timed = {k: m for k, m in models.items()
+                 if self.cfg.timing_models is None or k in self.cfg.timing_models or k == base}
+        times: dict[str, list[float]] = {k: [] for k in timed}
         flops: dict[str, float] = {}
-        paper: dict[str, float] = {}
+        paper: dict[str, float] = {}  # per sample
         with torch.no_grad():
             for r in tqdm(range(self.cfg.timing_repeats + 1), desc="timing sampling", leave=False):
-                order = list(models.items())
+                order = list(timed.items())
                 order = order[r % len(order):] + order[: r % len(order)]
                 for label, model in order:
                     t0 = time.perf_counter()
@@ -274,16 +277,21 @@ class Demo:
                                        steps=self.cfg.sample_steps, full_output=True)
                     if r > 0:  # the first round warms up
                         times[label].append(time.perf_counter() - t0)
-                    flops[label] = out.flops["total"]
-                    paper[label] = out.flops["paper"]
-        base = self.cfg.models[0].label
+                    flops[label] = out.flops["total"] / len(noise)
+                    paper[label] = out.flops["paper"] / len(noise)
+            for label, model in models.items():  # untimed: count the forwards of a two-sample run
+                if label not in flops:
+                    out = sample_model(model, noise[:2], y[:2], cfg_scales=self.cfg_scales(label, model),
+                                       method=self.cfg.method, steps=self.cfg.sample_steps, full_output=True)
+                    flops[label], paper[label] = out.flops["total"] / 2, out.flops["paper"] / 2
         for label, model in models.items():
             res = self.results[label]
-            sec = float(np.median(times[label]))
-            res["sample_seconds"] = sec
-            res["speedup"] = float(np.median(times[base])) / sec
             res["flops_bound"] = flops[base] / flops[label]
-            res["efficiency"] = res["speedup"] / res["flops_bound"]
+            if label in times:
+                sec = float(np.median(times[label]))
+                res["sample_seconds"] = sec
+                res["speedup"] = float(np.median(times[base])) / sec
+                res["efficiency"] = res["speedup"] / res["flops_bound"]
             if hasattr(model, "stage_flops"):  # a stage swap: from the sampler's exact per-member counts
                 res["test_flops_percent"] = 100 * paper[label] / paper[base]
             else:
@@ -306,12 +314,14 @@ class Demo:
         noise = torch.randn(n, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
         y = torch.arange(n) % 10
         for label, model in models.items():
-            images = to_uint8(self.sample(label, model, noise, y, f"eval samples {label}"))  # (n, H, W, 1)
+            stats: dict = {}
+            images = to_uint8(self.sample(label, model, noise, y, f"eval samples {label}", stats=stats))  # (n, H, W, 1)
             np.savez(self.out / f"samples_{_slug(label)}.npz", arr_0=images, arr_1=y.numpy())
             m = classifier_metrics(images, y.numpy(), ref="fashion-mnist-test", cache_dir=cache, model=clf)
             res = self.results[label]
             res["classifier_fid"] = m["fid"]
             res["class_accuracy"] = m["accuracy"]
+            res["eval_sampling"] = {"steps": self.cfg.sample_steps, **stats}  # reused by the quality-vs-cost sweep
             res["classifier_test_accuracy"] = m.get("classifier_test_accuracy")
             if self.cfg.inception and (self.cfg.inception_models is None or label in self.cfg.inception_models):
                 r = evaluate(array_source(images, y.numpy(), name=_slug(label)), self.inception_reference(),

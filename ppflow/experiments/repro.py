@@ -3,7 +3,7 @@
 Rows, under the paper's protocol (equal training compute for models from scratch):
 - the SiT baseline; PPF-2 and PPF-3 from scratch (ppflow's default coarse output `noise_skip`), with stage CFG
   and with CFG everywhere;
-- the remedy ablation: PPF-2 with the paper's plain `v` output; PPF-2 at equal steps (the second view);
+- the remedy ablation: PPF-2 with the paper's plain `v` output;
 - the same-patch control `0.5:4x4,1:4x4` (two stages, both the base patch): the stage machinery alone;
 - adaptation from the trained baseline with +10% and +25% of its steps: pooled (official) and least-squares
   inits, each coarse output;
@@ -33,22 +33,15 @@ def repro_models(size: str, base: int, cfg_scale: float = 2.0) -> list[DemoModel
         DemoModel("PPF-3", f"PPF-{size}-3", s3, model=SKIP),
         DemoModel("PPF-3, CFG everywhere", f"PPF-{size}-3", s3, same_as="PPF-3", cfg_scales=[cfg_scale] * 3),
         DemoModel("PPF-2, paper's v output", f"PPF-{size}-2", s2),
-        DemoModel("PPF-2, v output, CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2, paper's v output",
-                  cfg_scales=[cfg_scale] * 2),
-        DemoModel("PPF-2, equal steps", f"PPF-{size}-2", s2, model=SKIP, steps=base),
         DemoModel("same-patch control", f"PPF-{size}-2", same, cfg_scales=[cfg_scale] * 2),
         DemoModel("PPF-2 adapted +10%, pooled v", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr),
         DemoModel("PPF-2 adapted +10%, pooled skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
                   model=SKIP),
         DemoModel("PPF-2 adapted +10%, lstsq v", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
                   init="lstsq"),
-        DemoModel("PPF-2 adapted +10%, lstsq x", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
-                  model={"coarse_output": "x"}, init="lstsq"),
         DemoModel("PPF-2 adapted +10%, lstsq skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p10, lr=lr,
                   model=SKIP, init="lstsq"),
         DemoModel("PPF-2 adapted +25%, lstsq skip", f"PPF-{size}-2", s2, adapt_from="SiT", steps=p25, lr=lr,
-                  model=SKIP, init="lstsq"),
-        DemoModel("PPF-3 adapted +10%, lstsq skip", f"PPF-{size}-3", s3, adapt_from="SiT", steps=p10, lr=lr,
                   model=SKIP, init="lstsq"),
         DemoModel("swap: PPF-2 coarse + SiT fine", "StageSwap", s2, swap=["PPF-2", "SiT"]),
         DemoModel("swap: SiT coarse + PPF-2 fine", "StageSwap", s2, swap=["SiT", "PPF-2"]),
@@ -63,17 +56,19 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
     base = kw.get("steps") or (1400 if preset == "fmnist" else 4)
     settings = {"models": repro_models(size, base, kw.get("cfg_scale", 2.0)), "steps": base,
                 "title": "ppflow: the PPFlow main table at Fashion-MNIST scale", "inception": True,
-                "num_eval": 600, "inception_ref": 1000, "pareto_steps": [6, 8, 12, 16],
+                "num_eval": 300, "inception_ref": 500, "pareto_steps": [8, 12, 16],
                 "pareto_models": ["SiT", "PPF-2", "PPF-3"],
-                "inception_models": ["SiT", "PPF-2", "PPF-2, CFG everywhere", "PPF-3", "PPF-3, CFG everywhere",
-                                     "same-patch control", "PPF-2 adapted +25%, lstsq skip"],
+                "inception_models": ["SiT", "PPF-2", "PPF-3", "same-patch control"],
+                "timing_models": ["SiT", "PPF-2", "PPF-2, CFG everywhere", "PPF-3", "PPF-3, CFG everywhere",
+                                  "swap: PPF-2 coarse + SiT fine"], "timing_repeats": 2, "profile_num": 256,
                 "grid_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "PPF-2 adapted +25%, lstsq skip"],
                 "profile_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "same-patch control",
                                    "PPF-2 adapted +25%, lstsq skip", "swap: PPF-2 coarse + SiT fine"]}
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,
-                        threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4])
+                        threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4],
+                        timing_models=["SiT", "PPF-2", "PPF-3"])
     settings.update({k: v for k, v in kw.items() if k != "steps"})
     return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
 
