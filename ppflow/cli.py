@@ -1,9 +1,18 @@
-"""`ppflow` command line: one subcommand per module in `ppflow.commands`."""
+"""`ppflow` command line: one subcommand per module in `ppflow.commands`.
+
+Every bad input ends in one line on stderr and a non-zero exit, never a traceback: argparse checks the
+option types (`at_least`, `positive`, `finite` below name the option), commands report the problems they
+find as `ppflow CMD: ...`, and `main` turns what is left of a user's making (ValueError, OSError such as a
+missing file or a full disk, Ctrl-C) into `ppflow CMD: error: ...` (exit 2) or `ppflow CMD: interrupted`
+(exit 130). Set PPFLOW_TRACEBACK=1 to see the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
 
 # name -> (module under ppflow.commands, one-line help). Modules are imported lazily so
@@ -44,15 +53,77 @@ def _module(name: str):
     return importlib.import_module(f"ppflow.commands.{name}")
 
 
+# ---------------------------------------------------------------- option types (argparse names the option)
+def at_least(lo: int):
+    """argparse type: an integer >= lo."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def finite(text: str) -> float:
+    """argparse type: a finite number."""
+    return _number(text)
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    v = _number(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(load_all=False, only=command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return int(_module(COMMANDS[args.command][0]).main(args) or 0)
+    name = f"ppflow {command}" if command in COMMANDS else "ppflow"
+    try:
+        parser = build_parser(load_all=False, only=command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return int(_module(COMMANDS[args.command][0]).main(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C while starting (imports) or in a command that does not handle it
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # bad input a command did not report itself: one line, no traceback
+        if os.environ.get("PPFLOW_TRACEBACK"):
+            raise
+        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..cli import at_least, non_negative
 from ..convert.adaptation import adapt
 from ..convert.native import is_pretrained_dir, save_pretrained
 from ..metrics.flops import schedule_flops
@@ -23,7 +24,7 @@ def add_arguments(p) -> None:
                    help=f"target pyramid: a preset ({', '.join(PRESETS)}) or 't_end:ROWSxCOLS,...' whose finest "
                         "patch is the source patch")
     p.add_argument("--out", required=True, help="folder to write (model.safetensors + config.json)")
-    p.add_argument("--level-init-std", type=float, default=0.0,
+    p.add_argument("--level-init-std", type=non_negative, default=0.0,
                    help="start of the level embedding: 0 keeps the finest stage equal to the source; 0.02 is the "
                         "official code's N(0, 0.02^2)")
     p.add_argument("--coarse-output", choices=("v", "x", "noise_skip"), default="v",
@@ -35,7 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument("--calib-data", default=None, help="--init lstsq: dataset name (fashion-mnist, digits, "
                                                       "imagefolder, latents)")
     p.add_argument("--calib-path", default=None, help="--init lstsq: folder of the calibration data")
-    p.add_argument("--calib-num", type=int, default=1024, help="--init lstsq: calibration images")
+    p.add_argument("--calib-num", type=at_least(1), default=1024, help="--init lstsq: calibration images")
     p.add_argument("--seed", type=int, default=0, help="seed of the level embedding when --level-init-std > 0")
     add_load_arguments(p, "--format")
     p.add_argument("--force", action="store_true", help="overwrite an existing ppflow folder at --out")
@@ -76,7 +77,11 @@ def main(args) -> int:
     except (*LOAD_ERRORS, ScheduleError, OSError) as e:
         print(f"ppflow adapt: {e}", file=sys.stderr)
         return 2
-    save_pretrained(model, out)
+    try:
+        save_pretrained(model, out)
+    except OSError as e:  # a full disk, a read-only folder: no temporary file is left, an old folder stays
+        print(f"ppflow adapt: {e}", file=sys.stderr)
+        return 2
     r = schedule_flops(model.config)
     print(f"{args.source} [{fmt}{': ' + '; '.join(notes) if notes else ''}]: {source.config.name or 'custom size'}")
     print(f"-> {out}: {model.config.name or 'PPFlow model'}, schedule {model.schedule.to_string()}, "

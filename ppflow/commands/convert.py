@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..cli import at_least
 from ..convert import load_model
 from ..convert.formats import FORMATS, build, convert_file
 from ..convert.keymap import CheckpointError
@@ -21,12 +22,12 @@ def add_load_arguments(p, format_flag: str) -> None:
                         "file whose name says neither needs 'dit' or 'sit')")
     p.add_argument("--weights", choices=("ema", "model"), default=None,
                    help="which weights of a training checkpoint (default: ema)")
-    p.add_argument("--num-heads", type=int, default=None,
+    p.add_argument("--num-heads", type=at_least(1), default=None,
                    help="attention heads; needed when the width is not a registry size (S/B/L/XL...)")
     p.add_argument("--time-map", choices=TIME_MAPS, default=None,
                    help="what the time embedder sees: DiT files default to 'dit' (999*(1-t), DiT's discrete "
                         "step), every other format to 'identity' (flow t)")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--input-size", type=at_least(1), default=None,
                    help="default latent size (default: read from the file's positional table)")
     p.add_argument("--vae", default=None, help="diffusers VAE (hub name or folder) to record in the config")
     p.add_argument("--no-verify", dest="verify", action="store_false",
@@ -89,7 +90,11 @@ def main(args) -> int:
     except LOAD_ERRORS as e:
         print(f"ppflow convert: {e}", file=sys.stderr)
         return 2
-    save_pretrained(model, out)
+    try:
+        save_pretrained(model, out)
+    except OSError as e:  # a full disk, a read-only folder: no temporary file is left, an old folder stays
+        print(f"ppflow convert: {e}", file=sys.stderr)
+        return 2
     c = model.config
     print(f"{args.input} [{fmt}{': ' + '; '.join(notes) if notes else ''}]")
     print(f"-> {out}: {c.name or 'custom size'}, schedule {model.schedule.to_string()}, "

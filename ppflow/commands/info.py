@@ -10,9 +10,18 @@ import torch
 
 from ..convert.formats import build, convert_file
 from ..convert.keymap import CheckpointError, size_name
-from ..convert.native import CONFIG, is_pretrained_dir, resolve_path
+from ..convert.native import (
+    CONFIG,
+    WEIGHTS,
+    check_state_shapes,
+    is_pretrained_dir,
+    model_config_from_dict,
+    read_config,
+    read_weights,
+    resolve_path,
+)
 from ..metrics.flops import schedule_flops
-from ..models.backbone import ModelConfig, PPFlowTransformer
+from ..models.backbone import PPFlowTransformer
 from .convert import LOAD_ERRORS, add_load_arguments, load_overrides, semantics_note
 from .flops import parse_scales
 
@@ -35,19 +44,19 @@ def describe(path: Path, args) -> dict:
     if is_pretrained_dir(path):
         if args.weights is not None or args.format not in (None, "ppflow"):
             raise CheckpointError(f"{path} is a ppflow folder: drop --from/--weights")
-        cfg = json.loads((path / CONFIG).read_text())
+        cfg = read_config(path / CONFIG)
         cfg.pop("format", None)
-        config = ModelConfig.from_dict({**cfg, **overrides})
+        config = model_config_from_dict({**cfg, **overrides}, path / CONFIG)
         with torch.device("meta"):
             model = PPFlowTransformer(config)
         fmt = "ppflow"
-        from ..convert.native import WEIGHTS, read_weights
-
-        read_weights(path / WEIGHTS, verify=getattr(args, "verify", True))  # a damaged weights file is an error
+        state = read_weights(path / WEIGHTS, verify=getattr(args, "verify", True))  # a damaged file is an error
+        check_state_shapes(model, state, f"{path / WEIGHTS} (with {path / CONFIG})")  # the config fits the tensors
     else:
         conv = convert_file(path, format=args.format, weights=args.weights, verify=getattr(args, "verify", True),
                             **overrides)
         model, fmt, notes = build(conv, str(path), materialize=False), conv.format, conv.notes
+        check_state_shapes(model, conv.state, str(path))
         config = model.config
     note = semantics_note(model, fmt)
     if note:

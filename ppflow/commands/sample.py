@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli import at_least, non_negative, positive
 from ..sampling import DIFFUSION_FORMS, GRIDS, METHODS, sample_model, stage_scales
 from .convert import LOAD_ERRORS, add_load_arguments, load_spec
 
@@ -33,18 +34,18 @@ def add_arguments(p) -> None:
                                                  "DiT / SiT / official PPFlow file; 'A+B' = stage swap: A serves "
                                                  "the first (noisiest) stage of the pyramid, B the next, ...")
     add_load_arguments(p, "--format")
-    p.add_argument("--num", "--num-samples", dest="num", type=int, default=64,
+    p.add_argument("--num", "--num-samples", dest="num", type=at_least(1), default=64,
                    help="number of samples (under torchrun write --num-samples, or put -- before `sample`: "
                         "torchrun reads --num as its own --numa-binding)")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per forward batch (per process)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="samples per forward batch (per process)")
     p.add_argument("--method", choices=METHODS, default="heun",
                    help="euler, heun (2 forwards/step), dopri5 (adaptive), sde (Euler-Maruyama + last step)")
-    p.add_argument("--steps", type=int, default=50,
+    p.add_argument("--steps", type=at_least(1), default=50,
                    help="grid steps (SiT's --num-sampling-steps N is N-1 here; SDE: plus one last step)")
     p.add_argument("--cfg", default="1.0",
                    help="CFG scale, or one per stage noisiest first (e.g. '1,3'); a stage at 1 skips its "
                         "unconditional pass")
-    p.add_argument("--guidance-channels", type=int, default=None,
+    p.add_argument("--guidance-channels", type=at_least(1), default=None,
                    help="guide only the first K latent channels (3 = DiT/SiT/official quirk); default: all")
     p.add_argument("--labels", default=None,
                    help="class labels, comma-separated, repeated over the samples (default: uniform random "
@@ -52,25 +53,25 @@ def add_arguments(p) -> None:
     p.add_argument("--grid", choices=GRIDS, default="stages",
                    help="'stages': grid points on every stage boundary, one patch size per step; 'official': "
                         "SiT/official linspace, each evaluation in the stage of its own t")
-    p.add_argument("--shift", type=float, default=1.0, help="time shift of the grid (>1: more steps at high noise)")
+    p.add_argument("--shift", type=positive, default=1.0, help="time shift of the grid (>1: more steps at high noise)")
     p.add_argument("--doubled-batch", action="store_true",
                    help="official CFG batch (cond, uncond) whose uncond half follows its own trajectory; with "
                         "--grid official --guidance-channels 3 this reproduces the official sampler")
-    p.add_argument("--atol", type=float, default=None, help="dopri5 absolute tolerance (default 1e-6)")
-    p.add_argument("--rtol", type=float, default=None, help="dopri5 relative tolerance (default 1e-3)")
+    p.add_argument("--atol", type=positive, default=None, help="dopri5 absolute tolerance (default 1e-6)")
+    p.add_argument("--rtol", type=positive, default=None, help="dopri5 relative tolerance (default 1e-3)")
     p.add_argument("--diffusion-form", choices=DIFFUSION_FORMS, default=None, help="SDE diffusion form "
                                                                                    "(default sigma)")
-    p.add_argument("--diffusion-norm", type=float, default=None, help="SDE diffusion scale (default 1)")
+    p.add_argument("--diffusion-norm", type=non_negative, default=None, help="SDE diffusion scale (default 1)")
     p.add_argument("--last-step", choices=LAST_STEP_CHOICES, default=None, help="SDE last step (default mean)")
-    p.add_argument("--last-step-size", type=float, default=None, help="SDE last step size (default 0.04)")
+    p.add_argument("--last-step-size", type=positive, default=None, help="SDE last step size (default 0.04)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise, the random labels and SDE noise")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available; under "
                                                     "torchrun each rank uses cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="autocast dtype of the model")
     p.add_argument("--out", default=None, help="PNG grid to write (the first --grid-max samples)")
-    p.add_argument("--grid-max", type=int, default=256, help="at most this many samples in the PNG grid")
-    p.add_argument("--nrow", type=int, default=None, help="images per row of the grid (default: square)")
-    p.add_argument("--png-scale", type=int, default=1, help="integer upscaling of the PNG grid")
+    p.add_argument("--grid-max", type=at_least(1), default=256, help="at most this many samples in the PNG grid")
+    p.add_argument("--nrow", type=at_least(1), default=None, help="images per row of the grid (default: square)")
+    p.add_argument("--png-scale", type=at_least(1), default=1, help="integer upscaling of the PNG grid")
     p.add_argument("--npz", default=None, help="ADM-style npz to write (arr_0 uint8 NHWC, arr_1 labels)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -94,6 +95,9 @@ def solver_options(args) -> dict:
         raise ValueError(f"{flags} do(es) not apply to --method {args.method}")
     if args.shift != 1.0 and args.grid == "official":
         raise ValueError("--shift needs --grid stages (the official grid is a plain linspace)")
+    if args.last_step_size is not None and args.last_step_size >= 1:
+        raise ValueError(f"--last-step-size must be below 1 (the SDE grid ends at t = 1 - size), got "
+                         f"{args.last_step_size}")
     return opts
 
 
@@ -102,7 +106,24 @@ def parse_scales(text: str) -> float | list[float]:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"--cfg {text!r} is not a number or a comma-separated list of numbers, e.g. '1,3'") from None
+    if not all(math.isfinite(v) for v in vals):  # nan / inf guidance gives all-zero or garbage images
+        raise ValueError(f"--cfg {text!r}: CFG scales must be finite numbers, e.g. 1 (no guidance) or 4")
     return vals[0] if len(vals) == 1 else vals
+
+
+def check_outputs(*paths: tuple[str, str | None]) -> None:
+    """Each (option, path) to write must have a folder we can create, before any sampling is done."""
+    for option, path in paths:
+        if path is None:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise ValueError(f"{option} {path} is a folder; give a file name such as {target / 'samples.png'}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{option} {path}: cannot create its folder {target.parent} ({e.strerror or e})") \
+                from None
 
 
 def make_labels(args, model) -> torch.Tensor | None:
@@ -153,23 +174,24 @@ def main(args) -> int:
     try:
         opts = solver_options(args)
         scales = parse_scales(args.cfg)
+        check_outputs(("--out", args.out), ("--npz", args.npz))
+        rank, world, device = setup_distributed(args.device)
     except ValueError as e:
         return _fail(str(e))
-    rank, world, device = setup_distributed(args.device)
     try:
         model = load_spec(args.ckpt, args)
         stage_scales(scales, model.schedule.num_stages)
         labels = make_labels(args, model)
         if args.guidance_channels is not None and not 1 <= args.guidance_channels <= model.config.in_channels:
             raise ValueError(f"--guidance-channels must be in 1..{model.config.in_channels}")
-    except (*LOAD_ERRORS, OSError) as e:
+        vae = None
+        if model.config.vae:
+            from ..data.vae import load_vae
+
+            vae = load_vae(model.config.vae, device)
+    except (*LOAD_ERRORS, OSError, ImportError) as e:
         return _fail(str(e))
     model = model.to(device).eval()
-    vae = None
-    if model.config.vae:
-        from ..data.vae import load_vae
-
-        vae = load_vae(model.config.vae, device)
     C, (H, W) = model.config.in_channels, model.config.input_size
     B = args.batch_size
     batches = [(s, min(s + B, args.num)) for s in range(0, args.num, B)][rank::world]
@@ -202,7 +224,10 @@ def main(args) -> int:
         bar.close()
     images = _gather(parts, args, rank, world)
     if rank == 0:
-        _write(images, labels, args)
+        try:
+            _write(images, labels, args)
+        except OSError as e:  # a full disk: no partial file is left
+            return _fail(str(e))
     if world > 1:
         import torch.distributed as dist
 
@@ -258,18 +283,27 @@ def _gather(parts: list[np.ndarray], args, rank: int, world: int) -> np.ndarray 
 
 
 def _write(images: np.ndarray, labels: torch.Tensor | None, args) -> None:
+    from ..convert.native import remove_quietly, save_error
     from ..utils.images import grid, save_image
 
     if args.npz:
         path = Path(args.npz)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            arrays = [images] if labels is None else [images, labels.numpy().astype(np.int64)]
-            np.savez(f, *arrays)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                arrays = [images] if labels is None else [images, labels.numpy().astype(np.int64)]
+                np.savez(f, *arrays)
+            os.replace(tmp, path)
+        except OSError as e:
+            remove_quietly(tmp)
+            raise save_error(e, path, images.nbytes, "npz file") from e
         print(f"wrote {len(images)} samples {images.shape[1:]} to {path}")
     if args.out:
         shown = images[: args.grid_max]
-        save_image(grid(shown, args.nrow), args.out, scale=args.png_scale)
+        try:
+            save_image(grid(shown, args.nrow), args.out, scale=args.png_scale)
+        except OSError as e:
+            remove_quietly(args.out)
+            raise save_error(e, args.out, shown.nbytes * args.png_scale**2, "PNG grid") from e
         print(f"wrote a grid of {len(shown)} samples to {args.out}")

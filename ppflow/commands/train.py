@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..train.config import ConfigError, cli_overrides, config_from_args, config_to_dict
-    from ..train.loop import NonFiniteLossError, train
+    from ..train.loop import NonFiniteLossError, TrainingInterrupted, train
 
     try:
         if args.resume:
@@ -43,19 +43,26 @@ def main(args) -> int:
                                   "amend it with --key value options")
             if args.print_config:
                 raise ConfigError("--print-config shows a new run's config; see RUN_DIR/config.yaml for a saved run")
-            train(resume=args.resume, overrides=cli_overrides(args), verify=args.verify)
-            return 0
-        cfg = config_from_args(args)
-        if args.print_config:
-            import yaml
+            result = train(resume=args.resume, overrides=cli_overrides(args), verify=args.verify)
+        else:
+            cfg = config_from_args(args)
+            if args.print_config:
+                import yaml
 
-            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-            return 0
-        train(cfg, verify=args.verify)
-        return 0
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+                return 0
+            result = train(cfg, verify=args.verify)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError, OSError) as e:  # OSError: a full disk
         print(f"ppflow train: error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"ppflow train: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("ppflow train: aborted; the last checkpoint written is intact", file=sys.stderr)
         return 130
+    if result.interrupted:  # stopped by a signal after saving: say so, and do not report success
+        print(f"ppflow train: stopped at step {result.step}; its checkpoint is saved: continue with ppflow train "
+              f"--resume {result.run_dir}", file=sys.stderr)
+        return 128 + (result.stop_signal or 2)
+    return 0

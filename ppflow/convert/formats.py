@@ -23,7 +23,7 @@ import torch
 from ..models.backbone import PPFlowTransformer
 from . import dit, official, sit, training
 from .keymap import CheckpointError, Converted
-from .native import CONFIG, WEIGHTS, load_state_strict, read_weights, verify_state
+from .native import CONFIG, WEIGHTS, load_state_strict, read_weights, refused_pickle, verify_state
 
 FOREIGN: dict[str, ModuleType] = {dit.NAME: dit, sit.NAME: sit, official.NAME: official}
 FORMATS = ("ppflow", training.FORMAT_TAG, *FOREIGN)  # names accepted by `format=` / `--from`
@@ -39,14 +39,7 @@ def read_file(path: Path, verify: bool = True) -> object:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        m = re.search(r"GLOBAL (\S+)", str(e))
-        if m is None:
-            raise _unreadable(path, e) from e
-        raise CheckpointError(
-            f"{path} stores a Python object of type {m.group(1)}, which ppflow does not unpickle (loading "
-            "never runs pickled code). If you trust the file, extract its weights once, e.g. "
-            f"`torch.save(torch.load(path, weights_only=False)['ema'], 'weights.pt')`, and load that."
-        ) from e
+        raise (refused_pickle(path, e) or _unreadable(path, e)) from e
     except Exception as e:  # truncated zip, garbage, I/O errors, bad safetensors header
         raise _unreadable(path, e) from e
 

@@ -5,17 +5,25 @@ safetensors metadata of `model.safetensors` (key "sha256") and as the "sha256" e
 training checkpoint. Loaders recompute it and refuse a file that changed after it was written
 (`DamagedFileError`) unless called with `verify=False`; files without a hash (other projects,
 older ppflow) load unchecked.
+
+Writes go through a temporary file; when one fails (a full disk above all) the temporary file is removed,
+the previous file stays, and the error is one line (`save_error`: DiskFullError names the folder, the free
+space and what the file needs). `config.json` is read through `read_config`, whose errors name the file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import re
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..models.backbone import ModelConfig, PPFlowTransformer
@@ -29,6 +37,184 @@ HASH_KEY = "sha256"  # safetensors metadata key / training checkpoint entry
 
 class DamagedFileError(CheckpointError):
     """A file's contents no longer match the hash ppflow stored when it wrote the file."""
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system is full (or over quota); the previous file is untouched."""
+
+
+# ---------------------------------------------------------------- failed writes
+def _mb(n: float | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system holding `path` (its nearest existing parent), or None if unknown."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def state_nbytes(obj: object) -> int:
+    """Bytes of all tensors in a nest of dicts / lists (what a file holding `obj` needs, give or take headers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    text = str(err)
+    # torch.save reports a full disk as "basic_ios::clear" / "file write failed", safetensors as "code: 28"
+    return bool(re.search(r"No space left|StorageFull|[Dd]isk quota|code: 28\b", text))
+
+
+def one_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (at most 200 characters), or its type name."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def save_error(err: BaseException, target: str | os.PathLike, need: int, what: str = "file") -> OSError:
+    """A one-line OSError for a failed write of `target` (about `need` bytes): DiskFullError when the disk is full
+    (by errno, by the message, or because less than `need` is free), else an OSError quoting the cause."""
+    target = Path(target)
+    free = free_bytes(target.parent)
+    if _is_disk_full(err) or (free is not None and free < need):
+        e = DiskFullError(f"disk full: cannot write {target}: the {what} needs about {_mb(need)} and the file system "
+                          f"of {target.parent} has {_mb(free)} free")
+        e.errno = errno.ENOSPC
+        return e
+    return OSError(f"cannot write {target} ({type(err).__name__}: {one_line(err)})")
+
+
+def remove_quietly(path: str | os.PathLike) -> None:
+    """Delete a (temporary) file or folder if it exists; errors are ignored (we are already failing)."""
+    p = Path(path)
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, what: str = "file") -> Path:
+    """Write `text` through `path`.tmp + os.replace; a failure removes the temporary file (see save_error)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        remove_quietly(tmp)
+        raise save_error(e, path, len(text.encode()), what) from e
+    return path
+
+
+def refused_pickle(path: str | os.PathLike, err: BaseException) -> CheckpointError | None:
+    """The one-line refusal for a `torch.load(weights_only=True)` failure on a stored Python object (None for other
+    failures). Never suggests weights_only=False: ppflow does not run pickled code."""
+    import pickle
+
+    m = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    if m is None:
+        return None
+    return CheckpointError(
+        f"{path} stores a Python object of type {m.group(1)}, which ppflow does not unpickle (loading never runs "
+        "pickled code). If the file comes from a source you trust, save its tensors as a plain state dict or a "
+        "safetensors file with the code that wrote it, and load that"
+    )
+
+
+# ---------------------------------------------------------------- config.json
+def read_config(path: str | os.PathLike) -> dict:
+    """The JSON object in `path` (a model folder's config.json); unreadable bytes, invalid JSON or anything but an
+    object raise CheckpointError naming the file."""
+    path = Path(path)
+    fix = "restore it from a backup, or write it again (ppflow convert / save_pretrained)"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged: {fix}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({one_line(e)})") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {fix}") \
+            from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of model settings "
+                              f"({{\"depth\": ..., \"hidden_size\": ...}}); {fix}")
+    return cfg
+
+
+def _is_int(v, lo: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ModelConfig field -> (check of a value, what a valid value is)
+_FIELD_CHECKS = {
+    "depth": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "hidden_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "num_heads": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "in_channels": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "num_classes": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "input_size": (lambda v: _is_int(v, 1) or (isinstance(v, (list, tuple)) and len(v) == 2
+                                               and all(_is_int(x, 1) for x in v)), "a size >= 1 or [height, width]"),
+    "mlp_ratio": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "level_init_std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
+    "level_embedding": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "time_map": (lambda v: isinstance(v, str), "a string"),
+    "coarse_output": (lambda v: isinstance(v, str), "a string"),
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "vae": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "schedule": (lambda v: isinstance(v, (str, dict)), "a string such as 'ppf2' or '0.5:4x4,1:2x2'"),
+}
+
+
+def model_field_problem(key: str, value: object) -> str | None:
+    """What is wrong with one ModelConfig field value (wrong type or out of range), or None."""
+    check = _FIELD_CHECKS.get(key)
+    if check is None or check[0](value):
+        return None
+    return f"{key} must be {check[1]}, got {value!r}"
+
+
+def model_config_from_dict(cfg: object, source: str | os.PathLike) -> ModelConfig:
+    """A ModelConfig from plain data read from `source`; every problem is a CheckpointError naming `source`."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: the model config is a {type(cfg).__name__}, not a mapping of settings")
+    cfg = {k: v for k, v in cfg.items() if k != "format"}
+    for k, v in cfg.items():
+        problem = model_field_problem(k, v)
+        if problem:
+            raise CheckpointError(f"{source}: {problem}")
+    if isinstance(cfg.get("schedule"), dict):
+        cfg["schedule"] = json.dumps(cfg["schedule"])
+    try:
+        return ModelConfig.from_dict(cfg)
+    except (ValueError, TypeError, KeyError) as e:  # ScheduleError, unknown keys, heads not dividing the width
+        raise CheckpointError(f"{source}: {one_line(e)}") from None
 
 
 # ---------------------------------------------------------------- content hashes
@@ -109,14 +295,20 @@ def read_weights(path: str | os.PathLike, verify: bool = True) -> dict[str, torc
 def save_pretrained(model: PPFlowTransformer, directory: str | os.PathLike) -> Path:
     """Write weights (with their SHA-256 in the metadata) and config atomically into `directory`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise save_error(e, directory, 0, "model folder") from e
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT_TAG, HASH_KEY: content_sha256(state)})
-    os.replace(tmp, directory / WEIGHTS)
-    tmp = directory / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT_TAG, **model.config.to_dict()}, indent=2))
-    os.replace(tmp, directory / CONFIG)
+    try:
+        save_file(state, str(tmp), metadata={"format": FORMAT_TAG, HASH_KEY: content_sha256(state)})
+        os.replace(tmp, directory / WEIGHTS)
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+        remove_quietly(tmp)
+        raise save_error(e, directory / WEIGHTS, state_nbytes(state), "weights file") from e
+    write_text_atomic(directory / CONFIG, json.dumps({"format": FORMAT_TAG, **model.config.to_dict()}, indent=2),
+                      "model config")
     return directory
 
 
@@ -144,10 +336,10 @@ def load_pretrained(directory: str | os.PathLike, *, verify: bool = True, **over
     `verify=False` skips the check of the weights against their stored SHA-256 (for deliberate edits).
     """
     directory = Path(directory)
-    cfg = json.loads((directory / CONFIG).read_text())
+    cfg = read_config(directory / CONFIG)
     cfg.pop("format", None)
     cfg.update(overrides)
-    model = PPFlowTransformer(ModelConfig.from_dict(cfg))
+    model = PPFlowTransformer(model_config_from_dict(cfg, directory / CONFIG))
     state = read_weights(directory / WEIGHTS, verify=verify)
     load_state_strict(model, state, source=str(directory))
     return model
@@ -158,15 +350,21 @@ def load_state_strict(model: torch.nn.Module, state: dict, source: str, assign: 
 
     `assign=True` adopts the given tensors as parameters (for a model built on the meta device).
     """
+    check_state_shapes(model, state, source)
+    model.load_state_dict(state, assign=assign)
+
+
+def check_state_shapes(model: torch.nn.Module, state: dict, source: str) -> None:
+    """ValueError naming `source` and the first mismatches when `state`'s keys or shapes differ from the model's
+    (works on a model built on the meta device: only shapes are compared)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise CheckpointError(
             f"{source} does not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatches {wrong[:5]}. Check that the config (size, schedule, channels, classes) "
             "is the one the weights were saved with."
         )
-    model.load_state_dict(state, assign=assign)

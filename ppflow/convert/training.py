@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
-from ..models.backbone import ModelConfig
 from .keymap import CheckpointError, Converted
+from .native import model_config_from_dict
 
 FORMAT_TAG = "ppflow-train"
 WEIGHTS = ("ema", "model")
@@ -82,10 +82,7 @@ def from_ppflow_training(obj: dict, weights: str | None, overrides: dict, source
     cfg = dict(config["model_config"])
     cfg.pop("format", None)
     cfg.update(overrides)
-    try:
-        model_config = ModelConfig.from_dict(cfg)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
+    model_config = model_config_from_dict(cfg, source)
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     notes = [f"{choice} weights of step {obj.get('step', '?')}"]
     return Converted(FORMAT_TAG, model_config, state, {}, model_config.input_size, notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +51,31 @@ def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+class UnreadableImageError(ValueError):
+    """An image file that PIL cannot decode (truncated, damaged, not an image)."""
+
+
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """An image file -> (3, size, size) float32 in [-1, 1] after the ADM center crop."""
-    with Image.open(path) as im:
-        arr = np.asarray(center_crop_adm(im.convert("RGB"), size), dtype=np.float32)  # (size, size, 3)
+    """An image file -> (3, size, size) float32 in [-1, 1] after the ADM center crop.
+
+    A file PIL cannot decode raises UnreadableImageError naming it.
+    """
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(center_crop_adm(im.convert("RGB"), size), dtype=np.float32)  # (size, size, 3)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: "image file is truncated", "cannot identify image file"
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UnreadableImageError(f"cannot read image {path} ({reason})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
 class ImageFolderData(TrainData):
-    """Images of a class-per-folder tree; the training loop encodes them with the VAE (posterior sample)."""
+    """Images of a class-per-folder tree; the training loop encodes them with the VAE (posterior sample).
+
+    An image that cannot be decoded (a truncated JPEG) is skipped: its place in the batch goes to the next
+    readable file of the folder (with that file's label), and a warning names it once. The substitute is
+    fixed, so runs and resumed runs stay reproducible.
+    """
 
     default_flip = True
 
@@ -69,6 +86,7 @@ class ImageFolderData(TrainData):
         files, labels, classes = scan_image_folder(root)
         self.files, self.labels = files[:limit], torch.tensor(labels[:limit])
         self.classes = classes
+        self._warned: set[int] = set()  # unreadable files already named
         self.name, self.num_classes, self.image_size, self.vae = "imagefolder", len(classes), image_size, vae
         self.encoder = load_vae(vae, local_files_only=local_files_only)
         f = self.encoder.downsample
@@ -88,8 +106,26 @@ class ImageFolderData(TrainData):
         return (self.encoder.latent_channels, s, s)
 
     def get_batch(self, indices: torch.Tensor, flips: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([load_image(self.files[i], self.image_size) for i in indices.tolist()])  # (n, 3, S, S)
-        return apply_flips(x, flips), self.labels[indices]
+        images, used = [], []
+        for i in indices.tolist():
+            x, j = self._load(i)
+            images.append(x)
+            used.append(j)
+        return apply_flips(torch.stack(images), flips), self.labels[torch.tensor(used, dtype=torch.long)]
+
+    def _load(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image i, or the next readable one (skipping unreadable files, each named once on stderr)."""
+        n = len(self.files)
+        for k in range(n):
+            j = (i + k) % n
+            try:
+                return load_image(self.files[j], self.image_size), j
+            except UnreadableImageError as e:
+                if j not in self._warned:
+                    self._warned.add(j)
+                    print(f"ppflow: warning: {e}; skipped: its place in the batch goes to the next readable image "
+                          "of the folder. Replace or delete the file", file=sys.stderr, flush=True)
+        raise UnreadableImageError(f"none of the {n} images under {self.files[0].parents[1]} can be read")
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.encoder.encode(x, sample=True, generator=generator)  # (n, c, S/f, S/f)

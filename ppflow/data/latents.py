@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .base import TrainData
-from .imagefolder import load_image, scan_image_folder
+from .imagefolder import UnreadableImageError, load_image, scan_image_folder
 
 FORMAT = "ppflow-latents"
 META = "meta.json"
@@ -91,8 +91,12 @@ class _Files(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return load_image(self.files[i], self.size)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        """(image, "") or (zeros, the error): an exception would cross the worker boundary as a traceback."""
+        try:
+            return load_image(self.files[i], self.size), ""
+        except UnreadableImageError as e:
+            return torch.zeros(3, self.size, self.size), str(e)
 
 
 def extract_latents(
@@ -146,7 +150,12 @@ def extract_latents(
         loader = torch.utils.data.DataLoader(_Files(files[lo:hi], image_size), batch_size=batch_size,
                                              num_workers=num_workers)
         parts = []
-        for x in loader:
+        for x, errors in loader:
+            bad = [e for e in errors if e]
+            if bad:  # the cache maps every image to its latents: a missing one cannot be skipped
+                raise UnreadableImageError(f"{bad[0]}; extract-latents does not skip images (the cache keeps one "
+                                           "entry per file): replace or delete the file and run again (finished "
+                                           "shards are kept)")
             x = x.to(device)
             both = torch.stack([x, x.flip(-1)], 1).flatten(0, 1)  # (2n, 3, S, S): image, mirror, ...
             z = enc.encode(both, sample=posterior == "sample", generator=g)  # (2n, c, h, w)

@@ -41,11 +41,20 @@ def load_vae(name_or_path: str, device: torch.device | str = "cpu", local_files_
         from diffusers import AutoencoderKL
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the VAE needs diffusers: pip install 'ppflow[vae]'") from e
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(50)  # CRITICAL: its fallback messages would precede our one-line error
     try:
         vae = AutoencoderKL.from_pretrained(name_or_path, local_files_only=local_files_only)
-    except OSError as e:
+    except Exception as e:  # OSError (missing files, no network), ValueError / JSON errors (a damaged config), ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = f" ({type(e).__name__}: {lines[0][:200]})" if lines else f" ({type(e).__name__})"
         raise OSError(
-            f"could not load the VAE {name_or_path!r}: give a diffusers AutoencoderKL folder or a hub name "
-            "(e.g. stabilityai/sd-vae-ft-ema) reachable from this machine"
+            f"could not load the VAE {name_or_path!r}{reason}: give a diffusers AutoencoderKL folder (config.json "
+            "+ diffusion_pytorch_model.safetensors) or a hub name (e.g. stabilityai/sd-vae-ft-ema) reachable from "
+            "this machine"
         ) from e
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return LatentVAE(vae).to(device).eval()

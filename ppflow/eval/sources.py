@@ -160,9 +160,14 @@ class ImageFolder:
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
-        with Image.open(path) as im:
-            gray = im.mode in ("1", "L", "I", "I;16", "F")
-            arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+        try:
+            with Image.open(path) as im:
+                gray = im.mode in ("1", "L", "I", "I;16", "F")
+                arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged file (PIL raises all three)
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"cannot read image {path} ({reason}); it is not skipped, since the metrics would then "
+                             "describe another set of images: replace or delete the file and run again") from None
         return arr[..., None] if arr.ndim == 2 else arr  # (H, W, C)
 
     def __len__(self) -> int:

@@ -10,7 +10,8 @@ Layout of `RUN_DIR/checkpoints/last.pt` (and `step-NNNNNNN.pt` copies):
      "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]},
      "log": running sums of the current logging window, "world_size": int, "elapsed": seconds,
      "sha256": content hash of every other entry (ppflow.convert.native.content_sha256)}
-Written atomically (temporary file + os.replace): a crash mid-write keeps the previous file.
+Written atomically (temporary file + os.replace): a crash mid-write keeps the previous file, and a failed
+write (a full disk: DiskFullError, an OSError) removes the temporary file and leaves the previous one.
 Loading recomputes the hash and refuses a damaged file (DamagedFileError) unless verify=False;
 checkpoints without "sha256" (older ppflow) load unchecked.
 """
@@ -22,10 +23,21 @@ from pathlib import Path
 
 import torch
 
-from ..convert.native import HASH_KEY, DamagedFileError, verify_state, with_sha256
+from ..convert.native import (
+    HASH_KEY,
+    DamagedFileError,
+    DiskFullError,
+    one_line,
+    refused_pickle,
+    remove_quietly,
+    save_error,
+    state_nbytes,
+    verify_state,
+    with_sha256,
+)
 
-__all__ = ["DIR", "FORMAT", "LAST", "VERSION", "DamagedFileError", "find_checkpoint", "load_checkpoint", "rng_state",
-           "save_checkpoint", "set_rng_state"]
+__all__ = ["DIR", "FORMAT", "LAST", "VERSION", "DamagedFileError", "DiskFullError", "find_checkpoint",
+           "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 FORMAT = "ppflow-train"
 VERSION = 1
@@ -34,12 +46,21 @@ DIR = "checkpoints"
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save `state` plus its "sha256" to `path` atomically (an old "sha256" in `state` is recomputed)."""
+    """torch.save `state` plus its "sha256" to `path` atomically (an old "sha256" in `state` is recomputed).
+
+    A failed write removes the temporary file, keeps the previous `path` and raises a one-line OSError
+    (DiskFullError when the file system is full, with the free space and what the checkpoint needs).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(with_sha256(state), tmp)
-    os.replace(tmp, path)
+    body = with_sha256(state)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(body, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("basic_ios::clear" ...)
+        remove_quietly(tmp)
+        raise save_error(e, path, state_nbytes(body), "checkpoint") from e
     return path
 
 
@@ -69,8 +90,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"could not read checkpoint {p} ({type(e).__name__}: {e}); it may be truncated or not "
-                         "a ppflow training checkpoint") from e
+        refusal = refused_pickle(p, e)
+        if refusal is not None:
+            raise ValueError(f"could not read checkpoint: {refusal}") from e
+        raise ValueError(f"could not read checkpoint {p} ({type(e).__name__}: {one_line(e)}): it is truncated, "
+                         "damaged or not a ppflow training checkpoint; pass a run folder or its checkpoints/last.pt "
+                         "(other weights start a new run with --model.init PATH)") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{p} is not a ppflow training checkpoint (no 'format': {FORMAT!r}); to start from "
                          "other weights use --model.init PATH instead of --resume")

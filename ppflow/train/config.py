@@ -9,6 +9,7 @@ and are stored in `model.overrides`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -249,6 +250,11 @@ def check_model_overrides(overrides: dict) -> None:
             overrides[k] = str(v) if not isinstance(v, dict) else v
         else:
             overrides[k] = coerce(v, hints[k], f"model.{k}")
+        from ..convert.native import model_field_problem
+
+        problem = model_field_problem(k, overrides[k])
+        if problem and k != "schedule":
+            raise ConfigError(f"model.{problem}")
 
 
 def config_to_dict(cfg) -> dict:
@@ -269,18 +275,37 @@ def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML ({where}{what}); fix it, or compare with "
+                          "'ppflow train --print-config'") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a YAML {type(data).__name__}, not a mapping of options "
+                          "(e.g. 'batch_size: 256'); compare with 'ppflow train --print-config'")
+    try:
+        return config_from_dict(data or {})
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def save_config(cfg: TrainConfig, path: str | Path, extra: dict | None = None) -> Path:
-    import os
+    """Write the resolved config as YAML, atomically (a failed write leaves the old file and no temporary file)."""
+    from ..convert.native import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump({**config_to_dict(cfg), **(extra or {})}, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump({**config_to_dict(cfg), **(extra or {})}, sort_keys=False),
+                             "run config")
 
 
 # ------------------------------------------------------------------ dotted keys
@@ -356,6 +381,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
         (cfg.sample.every is None or cfg.sample.every >= 0, f"sample.every must be >= 0, got {cfg.sample.every}"),
         (cfg.sample.count >= 1 and cfg.sample.steps >= 1, "sample.count and sample.steps must be >= 1"),
+        (math.isfinite(cfg.sample.cfg_scale), f"sample.cfg_scale must be a finite number, got {cfg.sample.cfg_scale}"),
+        (cfg.data.image_size is None or cfg.data.image_size >= 1,
+         f"data.image_size must be >= 1 pixels, got {cfg.data.image_size}"),
+        (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
+        (all(math.isfinite(v) for v in (cfg.optim.lr, cfg.optim.eps, cfg.optim.weight_decay, cfg.ema.decay)),
+         "optim.lr, optim.eps, optim.weight_decay and ema.decay must be finite numbers"),
     ]
     try:
         from ..sampling import METHODS
@@ -366,6 +397,12 @@ def validate(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    from .parallel import resolve_device
+
+    try:
+        resolve_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("--device", "device", 1)) from None
 
 
 # ------------------------------------------------------------------ command line

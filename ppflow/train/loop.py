@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..convert.native import remove_quietly, save_error
 from ..data import TrainData, build_dataset
 from ..flow import drop_labels, flow_matching_loss, sample_times
 from ..models.backbone import ModelConfig, PPFlowTransformer
@@ -56,6 +57,80 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf; training stopped before applying that step."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM arrived while `train()` was starting up: it stopped before its first step.
+
+    A KeyboardInterrupt, so callers that stop on Ctrl-C stop on it too; `signum` is the signal.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopSignals:
+    """SIGINT and SIGTERM turned into a stop request for the duration of one `train()` call.
+
+    `install()` saves the current handlers and `restore()` puts them back (train() calls it on every exit
+    path, so a later signal reaches whatever handled it before: a SIGTERM after train() returned still
+    terminates the process). The first signal is recorded; the handler of that signal then reverts to
+    the default, so sending it again aborts at once. Outside the main thread nothing is installed.
+    """
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.signum: int | None = None
+        self.phase = "start-up"  # or "training"
+        self.log = log
+        self._old: dict[int, object] = {}
+
+    def install(self) -> bool:
+        """Take over SIGINT/SIGTERM (False when already installed or not in the main thread)."""
+        if self._old:
+            return False
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals keep their handlers
+            self.restore()
+            return False
+        return True
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"
+        if self.phase == "training":
+            self.log(f"received {_signal_name(signum)}: saving a checkpoint after this step ({again} to abort)")
+        else:
+            self.log(f"received {_signal_name(signum)} during start-up: stopping before the first step ({again} "
+                     "to abort)")
+
+    def check(self, run_dir: Path | str | None = None) -> None:
+        """Raise TrainingInterrupted if a signal arrived during start-up."""
+        if self.signum is not None:
+            where = f" on {run_dir}" if run_dir is not None else ""
+            raise TrainingInterrupted(f"stopped by {_signal_name(self.signum)} during start-up{where}, before the "
+                                      "first step: nothing was trained and no checkpoint was written by this call",
+                                      self.signum)
+
+
 @dataclass
 class TrainResult:
     """What a finished (or interrupted) run left behind."""
@@ -66,9 +141,10 @@ class TrainResult:
     checkpoint: Path | None  # RUN_DIR/checkpoints/last.pt
     ema_dir: Path | None  # RUN_DIR/ema
     steps_per_sec: float  # training steps per second in this session (saving/sampling excluded)
-    interrupted: bool  # stopped by Ctrl-C / SIGTERM (a checkpoint of the current step was written)
+    interrupted: bool  # stopped by Ctrl-C / SIGTERM (a checkpoint and a metrics row of the current step were written)
     metrics: Path  # RUN_DIR/metrics.csv
     model_config: ModelConfig
+    stop_signal: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if one did
 
 
 @dataclass
@@ -201,9 +277,15 @@ class Window:
 
 
 class MetricsFile:
-    """metrics.csv: one row per logged step; rows after a resumed step are dropped first."""
+    """metrics.csv: one row per logged step; rows after a resumed step are dropped first.
 
-    def __init__(self, path: Path, num_stages: int, start_step: int, copy_from: Path | None = None) -> None:
+    A stop (Ctrl-C, SIGTERM) writes a row for the steps since the last one even off the --log-every grid, and
+    keeps that window in the checkpoint; a run resumed from it drops that row (`drop_last_partial`) and logs
+    the full window at the next grid step, so its rows equal those of a run that was never stopped.
+    """
+
+    def __init__(self, path: Path, num_stages: int, start_step: int, copy_from: Path | None = None,
+                 drop_last_partial: bool = False) -> None:
         self.path = path
         self.fields = ["step", "loss", *[f"loss_stage{k}" for k in range(num_stages)], "grad_norm", "lr",
                        "steps_per_sec", "samples_per_sec", "elapsed_s"]
@@ -211,17 +293,37 @@ class MetricsFile:
         src = copy_from if copy_from is not None and copy_from.exists() else path
         if src.exists():
             with open(src, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+                rows = [r for r in csv.DictReader(f) if _row_step(r) is not None and _row_step(r) <= start_step]
+        if drop_last_partial and rows and _row_step(rows[-1]) == start_step:
+            rows.pop()
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, path)
+        except OSError as e:
+            remove_quietly(tmp)
+            raise save_error(e, path, 200 * (len(rows) + 1), "metrics file") from e
 
     def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+        """Append one row; a failed write (a full disk) truncates the file back to its previous rows."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise save_error(e, self.path, 200, "metrics row") from e
+
+
+def _row_step(row: dict) -> int | None:
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):  # a row cut short (e.g. by a crash mid-write)
+        return None
 
 
 def _tensorboard(run_dir: Path, start_step: int):
@@ -242,8 +344,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, ckpt: dict | None, run_dir: Path,
                  callbacks: Sequence[Callable[[StepEvent], None]] = (), copy_metrics: Path | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, stops: StopSignals | None = None) -> None:
         self.cfg, self.info, self.run_dir, self.callbacks = cfg, info, run_dir, list(callbacks)
+        self.stops = stops if stops is not None else StopSignals(self.log)
         dev = info.device
         self.data = build_dataset(cfg.data).to(dev)
         self.flip = cfg.data.random_flip if cfg.data.random_flip is not None else self.data.default_flip
@@ -296,13 +399,17 @@ class Trainer:
         self.metrics = None
         self.tb = None
         if info.is_main:
-            self.metrics = MetricsFile(run_dir / "metrics.csv", self.schedule.num_stages, self.step, copy_metrics)
+            partial = ckpt is not None and bool(ckpt.get("log", {}).get("steps"))
+            self.metrics = MetricsFile(run_dir / "metrics.csv", self.schedule.num_stages, self.step, copy_metrics,
+                                       drop_last_partial=partial)
             if cfg.tensorboard:
                 self.tb = _tensorboard(run_dir, self.step)
-        self.stop_requested = False
+        if ckpt is not None:
+            self._note_layout_change(ckpt)
         self.last_checkpoint: Path | None = None
         self._saved_step = self.step
         self._updating = False
+        self._stop = False
         self.last_loss: float | None = None
         self.decoder = None
         self.grid_failed = False
@@ -321,10 +428,29 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-        self.log(f"received signal {signum}: saving a checkpoint after this step (press Ctrl-C again to abort)")
+    @property
+    def stop_requested(self) -> bool:
+        return self.stops.requested or self._stop
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self._stop = bool(value)
+
+    def _note_layout_change(self, ckpt: dict) -> None:
+        """One line when the resumed run cuts its batches into another number of shards than the checkpoint's run
+        (world size x accumulation): the weights, optimizer and data position carry over exactly, the trajectory
+        does not (batches.py: every shard draws its own noise and times)."""
+        old_world = int(ckpt.get("world_size", 1))
+        old_accum = int(ckpt.get("config", {}).get("grad_accum", self.cfg.grad_accum))
+        old, new = old_world * old_accum, self.info.world_size * self.cfg.grad_accum
+        if old == new:
+            return
+        same = f"--grad-accum {old // self.info.world_size}" if old % self.info.world_size == 0 else None
+        self.log(f"note: this run was written by {old_world} process(es) x {old_accum} accumulation step(s) and "
+                 f"resumes on {self.info.world_size} x {self.cfg.grad_accum}: each step's batch is now cut into {new} "
+                 f"micro-batches instead of {old}, with other noise and times, so the losses will differ from the "
+                 f"original run's from step {self.step + 1} on (weights, optimizer and data position carry over)"
+                 + (f"; to follow the original trajectory resume with {same}" if same else ""))
 
     # ------------------------------------------------------------------ one step
     def train_step(self, stream) -> float:
@@ -382,7 +508,9 @@ class Trainer:
         return local_loss
 
     # ------------------------------------------------------------------ logging / saving
-    def write_log(self, steps_per_sec: float) -> None:
+    def write_log(self, steps_per_sec: float, keep_window: bool = False) -> None:
+        """One metrics.csv / TensorBoard row for the open window; `keep_window` (a stop off the log grid) keeps
+        the window open, so it goes into the checkpoint and a resumed run logs it whole at the next grid step."""
         vals = all_reduce(self.window.pack(), self.info)
         k = self.schedule.num_stages
         sums, ns = vals[:k], vals[k:]
@@ -395,14 +523,18 @@ class Trainer:
                    "samples_per_sec": f"{steps_per_sec * self.cfg.batch_size:.2f}", "elapsed_s": f"{self.elapsed:.2f}"}
             for s in range(k):
                 row[f"loss_stage{s}"] = repr(sums[s] / ns[s]) if ns[s] else ""
-            self.metrics.write(row)
+            try:
+                self.metrics.write(row)
+            except OSError as e:  # a full disk: the file keeps its earlier rows
+                raise self._save_failure(e, self.metrics.path, []) from e
             if self.tb is not None:
                 for key in ("loss", "grad_norm", "lr", "steps_per_sec"):
                     self.tb.add_scalar(f"train/{key}", float(row[key]), self.step)
                 for s in range(k):
                     if ns[s]:
                         self.tb.add_scalar(f"train/loss_stage{s}", sums[s] / ns[s], self.step)
-        self.window = Window(k)
+        if not keep_window:
+            self.window = Window(k)
 
     def _full_state(self, module: torch.nn.Module) -> dict:
         if self.mode == "fsdp":
@@ -423,6 +555,7 @@ class Trainer:
         if not self.info.is_main:
             self.window.unpack([0.0] * len(self.window.pack()))
         path = self.run_dir / ckpt_io.DIR / ckpt_io.LAST
+        failure = None
         if self.info.is_main:
             state = {
                 "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
@@ -432,17 +565,41 @@ class Trainer:
                 "rng": ckpt_io.rng_state(), "log": self.window.state(), "world_size": self.info.world_size,
                 "elapsed": self.elapsed,
             }
-            ckpt_io.save_checkpoint(state, path)
-            keep = self.cfg.keep_every and self.step % self.cfg.keep_every == 0
-            if keep:
-                ckpt_io.save_checkpoint(state, path.with_name(f"step-{self.step:07d}.pt"))
-            ema_model = self.ema.model if self.mode != "fsdp" else self._cpu_model(ema_sd)
-            _export(ema_model, self.run_dir / "ema")
-            if keep:
-                _export(ema_model, self.run_dir / f"ema-{self.step:07d}")
+            written = []
+            try:
+                ckpt_io.save_checkpoint(state, path)
+                written.append(path)
+                keep = self.cfg.keep_every and self.step % self.cfg.keep_every == 0
+                if keep:
+                    ckpt_io.save_checkpoint(state, path.with_name(f"step-{self.step:07d}.pt"))
+                ema_model = self.ema.model if self.mode != "fsdp" else self._cpu_model(ema_sd)
+                _export(ema_model, self.run_dir / "ema")
+                if keep:
+                    _export(ema_model, self.run_dir / f"ema-{self.step:07d}")
+            except OSError as e:  # a full disk above all: the temporary files are gone, the old files stay
+                failure = self._save_failure(e, path, written)
+        failure = broadcast_object(failure, self.info) if self.info.distributed else failure
+        if failure is not None:
+            raise failure
         barrier(self.info)
         self.last_checkpoint, self._saved_step = path, self.step
         return path
+
+    def _save_failure(self, err: OSError, path: Path, written: list[Path], kept: str | None = None) -> OSError:
+        """`err` (one line from save_error) plus what the run folder holds now and how to go on."""
+        resumable = bool(written) or kept is not None or self.last_checkpoint is not None
+        if kept is None and written:
+            kept = (f"{path} holds step {self.step} (written before the failure); {self.run_dir / 'ema'} may hold "
+                    "an older step until the run is resumed")
+        elif kept is None and self.last_checkpoint is not None:
+            kept = f"nothing was replaced: the last good checkpoint is {self.last_checkpoint} (step {self._saved_step})"
+        elif kept is None:
+            kept = "no checkpoint of this run exists yet"
+        fix = (f"free space (or move {self.run_dir} to a larger disk) and continue with ppflow train --resume "
+               f"{self.run_dir}") if resumable else "free space and start again"
+        e = type(err)(f"{err}; training stopped at step {self.step}: {kept}. {fix}")
+        e.errno = err.errno
+        return e
 
     def _cpu_model(self, state: dict) -> PPFlowTransformer:
         m = PPFlowTransformer(self.mc)
@@ -475,8 +632,13 @@ class Trainer:
             if x is None:
                 return
         if self.info.is_main:
-            path = save_grid(x, self.run_dir / "samples" / f"step-{self.step:07d}.png",
-                             scale=max(1, 128 // x.shape[-1]))
+            target = self.run_dir / "samples" / f"step-{self.step:07d}.png"
+            try:
+                path = save_grid(x, target, scale=max(1, 128 // x.shape[-1]))
+            except OSError as e:
+                remove_quietly(target)  # no truncated PNG
+                err = save_error(e, target, x.numel() * 4, "sample grid")
+                raise self._save_failure(err, target, [], kept=f"the checkpoint of step {self.step} is saved") from e
             if self.tb is not None:
                 import numpy as np
                 from PIL import Image
@@ -510,22 +672,20 @@ class Trainer:
                  f"process(es) x {cfg.grad_accum} x {self.layout.micro} ({dev}, {self.mode}); run dir {self.run_dir}")
         if self.step >= cfg.max_steps:
             self.log(f"already at step {self.step} >= max_steps {cfg.max_steps}; nothing to do (raise --max-steps)")
-        handlers = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._request_stop)
-        except ValueError:  # not the main thread: keep default handling
-            handlers = {}
+        own_signals = self.stops.install()  # train() installed them already; a Trainer run on its own does it here
+        self.stops.check(self.run_dir)
+        self.stops.phase = "training"
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (info.is_main and cfg.progress), file=sys.stdout)
-        stream = micro_batches(self.data, self.plan, self.layout, cfg.seed, self.flip, self.step, self.pos,
-                               cfg.data.num_workers)
+        bar = None
         start_step, session_time, window_time = self.step, 0.0, 0.0
         interrupted = False
         self._updating = False
         try:
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                       disable=not (info.is_main and cfg.progress), file=sys.stdout)
+            stream = micro_batches(self.data, self.plan, self.layout, cfg.seed, self.flip, self.step, self.pos,
+                                   cfg.data.num_workers)
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 try:
@@ -549,9 +709,12 @@ class Trainer:
                 if info.distributed:
                     stop = bool(all_reduce([float(stop)], info, op="max")[0])
                 done = self.step >= cfg.max_steps
-                # on a stop the open logging window goes into the checkpoint, so a resumed run logs the same rows
-                if self.window.steps and (self.step % cfg.log_every == 0 or done) and not stop:
-                    self.write_log(self.window.steps / window_time if window_time > 0 else 0.0)
+                on_grid = self.step % cfg.log_every == 0 or done
+                # a stop off the log grid writes its row too, and keeps the window open in the checkpoint so a
+                # resumed run logs the same rows as one never stopped (MetricsFile drops this row on resume)
+                if self.window.steps and (on_grid or stop):
+                    self.write_log(self.window.steps / window_time if window_time > 0 else 0.0,
+                                   keep_window=not on_grid)
                     window_time = 0.0
                 if self.step % cfg.save_every == 0 or done or stop:
                     self.save()
@@ -560,10 +723,13 @@ class Trainer:
                 if stop:
                     interrupted = True
                     break
+            # a signal during the last save or grid: the run is complete, but the caller must hear of the stop
+            interrupted = interrupted or self.stop_requested
         finally:
-            bar.close()
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
+            if bar is not None:
+                bar.close()
+            if own_signals:
+                self.stops.restore()
             if self.tb is not None:
                 self.tb.flush()
                 self.tb.close()
@@ -571,11 +737,14 @@ class Trainer:
         ckpt = self.last_checkpoint
         ema_dir = self.run_dir / "ema" if ckpt is not None else None
         loss_txt = f"{self.last_loss:.4f}" if self.last_loss is not None else "n/a"
-        self.log(f"{'interrupted' if interrupted else 'done'}: step {self.step}/{cfg.max_steps}, loss {loss_txt}, "
+        how = "done"
+        if interrupted:
+            how = f"stopped by {_signal_name(self.stops.signum)}" if self.stops.signum is not None else "interrupted"
+        self.log(f"{how}: step {self.step}/{cfg.max_steps}, loss {loss_txt}, "
                  f"{sps:.2f} steps/s ({sps * cfg.batch_size:.1f} samples/s), {session_time:.1f} s training; "
                  f"checkpoint {ckpt}, EMA model {ema_dir}")
         return TrainResult(self.run_dir, self.step, self.last_loss, ckpt, ema_dir, sps, interrupted,
-                           self.run_dir / "metrics.csv", self.mc)
+                           self.run_dir / "metrics.csv", self.mc, self.stops.signum)
 
 
 def _export(model: PPFlowTransformer, target: Path) -> None:
@@ -584,7 +753,11 @@ def _export(model: PPFlowTransformer, target: Path) -> None:
     for p in (tmp, old):
         if p.exists():
             shutil.rmtree(p)
-    model.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+    except OSError:
+        remove_quietly(tmp)  # no half-written .NAME.tmp folder stays behind
+        raise
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
@@ -612,7 +785,22 @@ def train(
     Works the same under torchrun (DDP / FSDP); only rank 0 writes files, holding RUN_DIR/.lock for the
     whole run (a second writer gets RunLockedError). `verify=False` loads a resumed checkpoint or
     `model.init` weights whose SHA-256 does not match (a deliberate edit).
+
+    SIGINT / SIGTERM: during training, the current step finishes, its metrics row and a checkpoint are
+    written and the result says `interrupted`; during start-up, TrainingInterrupted (a KeyboardInterrupt)
+    is raised before the first step. The previous signal handlers are back when train() returns or raises.
+    A failed save (a full disk: DiskFullError) stops the run with a one-line OSError; the previous
+    checkpoint stays and no temporary file is left.
     """
+    stops = StopSignals()  # SIGINT/SIGTERM from here on: a stop request (start-up: stop before the first step)
+    stops.install()
+    try:
+        return _train(config, resume, overrides, callbacks, verify, stops)
+    finally:
+        stops.restore()  # on every exit path: a later signal reaches the handler it reached before
+
+
+def _train(config, resume, overrides, callbacks, verify, stops: StopSignals) -> TrainResult:
     ckpt, copy_metrics, loaded = None, None, None
     if resume is not None:
         if config is not None:
@@ -633,6 +821,10 @@ def train(
         if overrides:
             cfg = apply_overrides(cfg, overrides)
     validate(cfg)
+    if ckpt is None and cfg.max_steps == 0:
+        raise ConfigError("max_steps 0 on a new run trains nothing and writes no checkpoint; give --max-steps N "
+                          "with N >= 1 (to write an untrained model, use ppflow.create_model(...).save_pretrained)")
+    stops.check(cfg.out)
 
     info = init_distributed(cfg.device)
     old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -651,7 +843,10 @@ def train(
             torch.backends.cudnn.allow_tf32 = True
         refused = None
         if info.is_main:  # the only writer: lock the folder, then re-check it (a run may have just finished)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise save_error(e, run_dir, 0, "run folder") from e
             try:
                 lock = lock_run(run_dir)
                 if ckpt is None:
@@ -664,11 +859,16 @@ def train(
         refused = broadcast_object(refused, info)  # every rank stops on rank 0's refusal
         if refused is not None:
             raise refused
-        trainer = Trainer(cfg, info, ckpt, run_dir, callbacks, copy_metrics, verify)
+        stops.check(run_dir)
+        trainer = Trainer(cfg, info, ckpt, run_dir, callbacks, copy_metrics, verify, stops)
+        stops.log = trainer.log
         if ckpt is not None:
             trainer.last_checkpoint = path
         if info.is_main:
-            save_config(cfg, run_dir / "config.yaml", {"model_config": trainer.mc.to_dict()})
+            try:
+                save_config(cfg, run_dir / "config.yaml", {"model_config": trainer.mc.to_dict()})
+            except OSError as e:
+                raise trainer._save_failure(e, run_dir / "config.yaml", []) from e
         return trainer.run()
     finally:
         if lock is not None:

@@ -35,15 +35,33 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceError(ValueError):
+    """A --device that does not name a device this machine has."""
+
+
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """The torch device of a --device value (auto | cpu | cuda | cuda:N | mps ...); DeviceError names the option."""
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+            raise DeviceError(f"--device {device}: CUDA is not available on this machine (no GPU visible, or torch "
+                              "built without CUDA); use --device cpu or auto")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
+        elif dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type in ("mps", "xpu"):
+        backend = getattr(torch, dev.type, None) if dev.type == "xpu" else getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise DeviceError(f"--device {device}: {dev.type} is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {device}: ppflow runs on cpu, cuda, mps or xpu, not {dev.type}")
     return dev
 
 
