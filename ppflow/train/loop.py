@@ -595,8 +595,8 @@ class Trainer:
             kept = f"nothing was replaced: the last good checkpoint is {self.last_checkpoint} (step {self._saved_step})"
         elif kept is None:
             kept = "no checkpoint of this run exists yet"
-        fix = (f"free space (or move {self.run_dir} to a larger disk) and continue with ppflow train --resume "
-               f"{self.run_dir}") if resumable else "free space and start again"
+        fix = (f"Free space (or move {self.run_dir} to a larger disk) and continue with ppflow train --resume "
+               f"{self.run_dir}") if resumable else "Free space and start again"
         e = type(err)(f"{err}; training stopped at step {self.step}: {kept}. {fix}")
         e.errno = err.errno
         return e
@@ -672,16 +672,16 @@ class Trainer:
                  f"process(es) x {cfg.grad_accum} x {self.layout.micro} ({dev}, {self.mode}); run dir {self.run_dir}")
         if self.step >= cfg.max_steps:
             self.log(f"already at step {self.step} >= max_steps {cfg.max_steps}; nothing to do (raise --max-steps)")
-        own_signals = self.stops.install()  # train() installed them already; a Trainer run on its own does it here
-        self.stops.check(self.run_dir)
-        self.stops.phase = "training"
         from tqdm import tqdm
 
+        own_signals = self.stops.install()  # train() installed them already; a Trainer run on its own does it here
         bar = None
         start_step, session_time, window_time = self.step, 0.0, 0.0
         interrupted = False
         self._updating = False
         try:
+            self.stops.check(self.run_dir)  # a signal while the trainer was built: stop before the first step
+            self.stops.phase = "training"
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                        disable=not (info.is_main and cfg.progress), file=sys.stdout)
             stream = micro_batches(self.data, self.plan, self.layout, cfg.seed, self.flip, self.step, self.pos,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,3 +27,59 @@ def run(tmp_path_factory):
     """A finished 2-step training run (checkpoints/last.pt + ema/); copy it before changing it."""
     torch.set_num_threads(1)
     return train(tiny_cfg(tmp_path_factory.mktemp("rel") / "run", max_steps=2, log_every=1)).run_dir
+
+
+def write_images(folder, n: int = 8, size: int = 16, truncate: str | None = None, classes: int = 2) -> list:
+    """`folder/<class>/<i>.jpg` RGB JPEGs (n in all); the file named `truncate` is cut to half its bytes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(n):
+        path = folder / f"c{i % classes}" / f"{i:03d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        data = buf.getvalue()
+        path.write_bytes(data[: len(data) // 2] if path.name == truncate else data)
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def bad(run, tmp_path_factory):
+    """Damaged or odd files next to a good run (see the names), for the one-line-error tests."""
+    import json
+    import shutil
+
+    d = tmp_path_factory.mktemp("bad")
+
+    def model(name, weights=None, config=None):
+        shutil.copytree(run / "ema", d / name)
+        if weights is not None:
+            (d / name / "model.safetensors").write_bytes(weights((d / name / "model.safetensors").read_bytes()))
+        if config is not None:
+            cfg = json.loads((d / name / "config.json").read_text())
+            (d / name / "config.json").write_bytes(config(cfg))
+
+    model("empty", weights=lambda b: b"")
+    model("truncated", weights=lambda b: b[: len(b) // 2])
+    model("config-list", config=lambda c: b"[1, 2, 3]")
+    model("config-invalid", config=lambda c: b'{"depth": 2,')
+    model("config-bytes", config=lambda c: b"\xff\xfe\x00\x81 not text")
+    model("config-disagrees", config=lambda c: json.dumps({**c, "num_classes": 5}).encode())
+    model("config-bad-value", config=lambda c: json.dumps({**c, "depth": "two"}).encode())
+    (d / "not-a-checkpoint.pt").write_bytes(b"this is a text file, not a checkpoint\n")
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["log"] = Path(d)  # an object weights_only=True refuses to build
+    torch.save(state, d / "object.pt")
+    (d / "vae").mkdir()
+    (d / "vae" / "config.json").write_text("{}")  # a VAE folder without weights
+    (d / "bad.yaml").write_text("model: [PPF-tiny-2\n  data: digits\n")
+    (d / "list.yaml").write_text("- batch_size\n- 16\n")
+    write_images(d / "images", truncate="003.jpg")
+    write_images(d / "images-first-bad", truncate="000.jpg")
+    return d
