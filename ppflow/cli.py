@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     name = f"ppflow {command}" if command in COMMANDS else "ppflow"
     try:
         parser = build_parser(load_all=False, only=command if command in COMMANDS else None)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse printed usage and the error (or --help): return its exit status
+            return e.code if isinstance(e.code, int) else int(e.code is not None)
         if args.command is None:
             parser.print_help()
             return 0

@@ -94,7 +94,7 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "f.npz"), str(tmp_path / "f.npz")]) == 2
     assert "must be uint8" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "f.npz"), "x", "--batch-size", "0"]) == 2
-    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert "argument --batch-size: must be >= 1, got 0" in capsys.readouterr().err
     np.savez(tmp_path / "u.npz", np.zeros((3, 8, 8, 3), np.uint8))
     assert main(["eval", str(tmp_path / "u.npz"), str(tmp_path / "u.npz"), "--steps", "10", "--cfg", "2"]) == 2
     assert "--steps, --cfg only apply when SAMPLES is a checkpoint" in capsys.readouterr().err
