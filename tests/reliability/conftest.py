@@ -67,6 +67,8 @@ def bad(run, tmp_path_factory):
 
     model("empty", weights=lambda b: b"")
     model("truncated", weights=lambda b: b[: len(b) // 2])
+    model("flipped", weights=lambda b: b[: len(b) // 2] + bytes(x ^ 0xFF for x in b[len(b) // 2: len(b) // 2 + 4])
+          + b[len(b) // 2 + 4:])
     model("config-list", config=lambda c: b"[1, 2, 3]")
     model("config-invalid", config=lambda c: b'{"depth": 2,')
     model("config-bytes", config=lambda c: b"\xff\xfe\x00\x81 not text")

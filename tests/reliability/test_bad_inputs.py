@@ -66,12 +66,14 @@ CASES = [
     case("eval-shift-0", [*EVAL, "--shift", "0"], "--shift"),
     case("eval-pr-k-0", [*EVAL, "--pr-k", "0"], "--pr-k"),
     case("eval-device-cuda", [*EVAL, "--device", "cuda"], "--device cuda", marks=NO_CUDA),
+    case("eval-unloadable-vae", [*EVAL, "--vae", "{bad}/vae"], "/vae"),
     case("eval-truncated-jpeg", ["eval", "{bad}/images-first-bad", "{bad}/images", "--no-inception", "--classifier",
                              "off"], "000.jpg"),
     case("eval-missing-samples", ["eval", "{tmp}/nothing-here", "fashion-mnist-test"], "nothing-here"),
     # info
     case("info-empty-weights", ["info", "{bad}/empty"], "empty/model.safetensors"),
     case("info-truncated-weights", ["info", "{bad}/truncated"], "truncated/model.safetensors"),
+    case("info-damaged-weights", ["info", "{bad}/flipped"], "flipped/model.safetensors is damaged"),
     case("info-config-disagrees", ["info", "{bad}/config-disagrees"], "config-disagrees/model.safetensors"),
     case("info-config-list", ["info", "{bad}/config-list"], "config-list/config.json"),
     case("info-config-invalid", ["info", "{bad}/config-invalid"], "config-invalid/config.json"),
@@ -166,6 +168,18 @@ def test_a_truncated_jpeg_in_eval_is_named_and_not_skipped(bad, tmp_path, capsys
     assert err.startswith(f"ppflow eval: cannot read image {bad / 'images' / 'c1' / '003.jpg'} (") and \
         err.count("\n") == 1, err
     assert "it is not skipped" in err
+
+
+def test_a_truncated_jpeg_stops_extract_latents_naming_it(bad, tmp_path, capsys):
+    from tests.data.test_vae import tiny_vae_dir
+
+    vae = tiny_vae_dir(tmp_path)
+    # one worker process reads the images: the error must cross the process boundary as one line
+    assert cli(["extract-latents", "--data-path", str(bad / "images"), "--out", str(tmp_path / "lat"), "--vae",
+                str(vae), "--image-size", "16", "--num-workers", "1", "--device", "cpu", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ppflow extract-latents: error: cannot read image {bad / 'images' / 'c1' / '003.jpg'} (")
+    assert err.count("\n") == 1 and "does not skip images" in err and "Traceback" not in err, err
 
 
 @pytest.fixture(scope="session")

@@ -156,3 +156,23 @@ def test_enospc_while_exporting_the_ema_folder_removes_the_temporary_folder(run,
     assert not (tmp_path / "run" / ".ema.tmp").exists()
     assert load_checkpoint(tmp_path / "run")["step"] == 3
     assert train(resume=tmp_path / "run", overrides={"max_steps": 4}).step == 4
+
+
+def test_a_metrics_row_cut_short_by_a_full_disk_is_removed(tmp_path, monkeypatch):
+    import csv
+
+    from ppflow.train.loop import MetricsFile
+
+    metrics = MetricsFile(tmp_path / "metrics.csv", 2, 0)
+    metrics.write({"step": 1, "loss": 0.5})
+    before = (tmp_path / "metrics.csv").read_bytes()
+
+    def half_a_row(self, row):
+        self.writer.writerow(["2", "0.4"])  # part of the row reaches the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", half_a_row)
+    with pytest.raises(DiskFullError, match="^disk full: cannot write .*metrics.csv: the metrics row needs about"):
+        metrics.write({"step": 2, "loss": 0.4})
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.csv").read_bytes() == before
