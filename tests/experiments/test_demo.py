@@ -26,6 +26,10 @@ def test_quick_demo_leaves_a_full_report(tmp_path):
     assert "ppflow train" in report and f"ppflow demo --quick --out {out}" in report
     # a second run reuses the finished training runs instead of training again
     assert main(["demo", "--quick", "--out", str(out), "--steps", "4", "--num-eval", "20"]) == 0
+    eq = tmp_path / "eq"
+    assert main(["demo", "--quick", "--out", str(eq), "--steps", "4", "--num-eval", "20", "--protocol", "equal-steps"]) == 0
+    assert json.loads((eq / "results.json").read_text())["results"]["PPF-2"]["train_steps"] == 4
+    assert "--protocol equal-steps" in (eq / "report.md").read_text()
 
 
 def test_repro_smoke_runs_every_row(tmp_path):
