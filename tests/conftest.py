@@ -23,3 +23,14 @@ def randomize(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
+
+
+@pytest.fixture(scope="session")
+def inception_weights():
+    """Skip unless the TF Inception weights are installed (they come with `make setup`)."""
+    from ppflow.eval.inception import InceptionWeightsError, find_weights
+
+    try:
+        find_weights()
+    except InceptionWeightsError as e:
+        pytest.skip(str(e))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppflow.eval.inception import InceptionWeightsError, find_weights, load_inception
+from ppflow.eval.inception import load_inception
 
 
 @contextlib.contextmanager
@@ -19,12 +19,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def inception():
+def inception(inception_weights):
     """The real network (the weights come with `make setup`; without them the Inception tests are skipped)."""
-    try:
-        find_weights()
-    except InceptionWeightsError as e:
-        pytest.skip(str(e))
     return load_inception()
 
 

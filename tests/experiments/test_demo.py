@@ -61,14 +61,9 @@ def test_repro_smoke_runs_every_row(tmp_path):
     assert "Protocol: equal training compute" in text
 
 
-def test_demo_inception_metrics(tmp_path):
-    from ppflow.eval.inception import InceptionWeightsError, find_weights
+def test_demo_inception_metrics(tmp_path, inception_weights):
     from ppflow.experiments.demo import DemoConfig, run_demo
 
-    try:
-        find_weights()
-    except InceptionWeightsError as e:
-        pytest.skip(str(e))
     cfg = DemoConfig.quick(out=str(tmp_path / "d"), steps=2, num_eval=8, eval_batch=8, inception=True,
                            inception_ref=8)
     run_demo(cfg)

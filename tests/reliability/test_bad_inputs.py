@@ -160,7 +160,7 @@ def test_a_truncated_jpeg_in_training_is_skipped_and_named(bad, tmp_path, capsys
     assert "skipped" in warnings[0]
 
 
-def test_a_truncated_jpeg_in_eval_is_named_and_not_skipped(bad, tmp_path, capsys, inception):
+def test_a_truncated_jpeg_in_eval_is_named_and_not_skipped(bad, tmp_path, capsys, inception_weights):
     # the bad file is not the first one, so it is met while the Inception features are computed
     assert cli(["eval", str(bad / "images"), str(bad / "images-first-bad" / "c1"), "--no-sfid", "--no-pr",
                 "--classifier", "off", "--cache-dir", str(tmp_path), "--no-progress"]) == 2
@@ -180,16 +180,6 @@ def test_a_truncated_jpeg_stops_extract_latents_naming_it(bad, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith(f"ppflow extract-latents: error: cannot read image {bad / 'images' / 'c1' / '003.jpg'} (")
     assert err.count("\n") == 1 and "does not skip images" in err and "Traceback" not in err, err
-
-
-@pytest.fixture(scope="session")
-def inception():
-    from ppflow.eval.inception import InceptionWeightsError, find_weights
-
-    try:
-        find_weights()
-    except InceptionWeightsError as e:
-        pytest.skip(str(e))
 
 
 def test_info_and_loaders_check_the_config_against_the_tensors(bad, capsys):
