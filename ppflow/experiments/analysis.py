@@ -15,7 +15,7 @@ def loss_profile_stage(demo, models: dict[str, torch.nn.Module]) -> None:
 
     if not demo.cfg.profile_num:
         return
-    shown = {k: m for k, m in models.items() if not next(d for d in demo.cfg.models if d.label == k).same_as
+    shown = {k: m for k, m in models.items() if not demo.spec(k).same_as
              and (demo.cfg.profile_models is None or k in demo.cfg.profile_models)}
     data = build_dataset(DataConfig(name=demo.cfg.data, path=demo.cfg.data_path, split="test",
                                     image_size=demo.cfg.image_size, limit=demo.cfg.profile_num))
@@ -28,7 +28,6 @@ def loss_profile_stage(demo, models: dict[str, torch.nn.Module]) -> None:
         res["profile_loss"] = prof.curves[label]
         res["heldout_loss"] = prof.mean(label)
         res["heldout_loss_ratio"] = prof.mean(label) / prof.mean(base)
-    demo.profile_edges = prof.edges
     demo.images.append(("profile_ratio.png" if len(shown) > 1 else "profile.png",
                         (f"Held-out loss per noise level relative to {base} ({len(x1)} test images per bin, the "
                         "same noise, times and labels for every model; dashed: stage boundaries). Values and "
@@ -50,7 +49,7 @@ def pareto_stage(demo, models: dict[str, torch.nn.Module]) -> None:
     y = torch.arange(n) % 10
     labels = demo.cfg.pareto_models or list(models)
     base = demo.cfg.models[0].label
-    rows, series_flops, series_time = [], {}, {}
+    rows, series_flops = [], {}
     ref = None
     for label in labels:
         pts = []
@@ -77,7 +76,6 @@ def pareto_stage(demo, models: dict[str, torch.nn.Module]) -> None:
             rows.append([label, p["steps"], p["flops_percent"], p["seconds"], p["classifier_fid"],
                          p["class_accuracy"]])
         series_flops[label] = ([p["flops_percent"] for p in pts], [p["classifier_fid"] for p in pts])
-        series_time[label] = ([p["seconds"] for p in pts], [p["classifier_fid"] for p in pts])
     line_plot(series_flops, demo.out / "pareto.png", title="quality vs sampling cost (lower left is better)",
               xlabel=f"sampling FLOPs per image (% of {base} at {demo.cfg.sample_steps} steps)",
               ylabel="classifier FID", log_y=True)

@@ -91,10 +91,14 @@ class Demo:
             return self.cfg.steps
         return round(self.cfg.steps / self.train_flops_fraction(m))
 
+    def spec(self, label: str) -> DemoModel:
+        """The contestant called `label`."""
+        return next(d for d in self.cfg.models if d.label == label)
+
     def schedule_of(self, label: str):
         from ..models.schedule import PyramidSchedule
 
-        return PyramidSchedule.from_string(next(d for d in self.cfg.models if d.label == label).schedule)
+        return PyramidSchedule.from_string(self.spec(label).schedule)
 
     def model_config(self, m: DemoModel):
         from ..models.registry import create_config
@@ -219,7 +223,7 @@ class Demo:
 
     def cfg_scales(self, label: str, model: torch.nn.Module) -> list[float]:
         """The contestant's own scales, else stage CFG: 1 in the coarsest stage, `cfg_scale` elsewhere."""
-        spec = next(m for m in self.cfg.models if m.label == label)
+        spec = self.spec(label)
         if spec.cfg_scales is not None:
             return list(spec.cfg_scales)
         k = model.schedule.num_stages
@@ -350,7 +354,7 @@ class Demo:
 
     # --------------------------------------------------------------------------- report
     def training_note(self, label: str) -> str:
-        m = next(m for m in self.cfg.models if m.label == label)
+        m = self.spec(label)
         if m.swap:
             sched = next(iter(self.schedule_of(k) for k in m.swap if self.schedule_of(k).num_stages > 1))
             return "stage swap: " + " + ".join(f"t in ({st.t_start:g}, {st.t_end:g}] from {k}"
