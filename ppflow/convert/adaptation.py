@@ -42,7 +42,7 @@ def copy_init(rows: Tensor, patch: tuple[int, int], factors: tuple[int, int], ou
     (p, q), (fh, fw) = patch, factors
     tail = rows.shape[1:]
     r = rows.reshape(p, 1, q, 1, out_channels, *tail).expand(p, fh, q, fw, out_channels, *tail)  # (a, i, b, j, o)
-    return r.reshape(p * fh * q * fw * out_channels, *tail)
+    return r.reshape(p * fh * q * fw * out_channels, *tail).clone()  # never a view of the source (factor 1)
 
 
 def adapt(

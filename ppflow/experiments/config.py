@@ -25,6 +25,7 @@ class DemoModel:
     model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"coarse_output": "noise_skip"}
     init: str = "pooled"  # adaptation init: pooled (official average/copy) | lstsq (+ least-squares coarse readout)
     swap: list[str] | None = None  # stage swap: stage s served by the trained contestant swap[s] (no training)
+    train: dict = field(default_factory=dict)  # further `ppflow train` options, e.g. {"flow.stage_margin": 0.1}
 
 
 @dataclass

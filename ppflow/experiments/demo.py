@@ -127,7 +127,7 @@ class Demo:
             "max_steps": self.steps(m), "optim.lr": m.lr or c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
             "flow.label_dropout": c.label_dropout, "save_every": max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
             "sample.every": 0, "seed": c.seed, "out": str(self.out / "runs" / _slug(m.label)),
-            "device": "cpu", "tensorboard": False,
+            "device": "cpu", "tensorboard": False, **m.train,
         }
         if c.data_path:
             o["data.path"] = c.data_path

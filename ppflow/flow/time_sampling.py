@@ -6,6 +6,8 @@ Pure functions of a `torch.Generator`, so a training step's draws are reproducib
   stage's time span unless configured) and each sample's t is drawn inside its stage's closed
   interval [t_start, t_end]; each stage's patch projections only ever see their own segment.
 - 'iid': t drawn from the density on [0, 1]; the stage follows from t (`schedule.stage_of`).
+  A `margin` m > 0 widens each stage's interval to [t_start - m, t_end + m] (clipped to [0, 1]), so a
+  stage's projections also train a little past the switch they serve up to.
 - 'all_t': the Lumina-Video / FlexiDiT ablation: stages are allotted as in 'stratified' but t is
   drawn on all of [0, 1], so every patch size is trained at every noise level.
 
@@ -145,10 +147,13 @@ def sample_times(
     density: str = "uniform",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    margin: float = 0.0,
 ) -> TimeSample:
     """Times and stages for `batch` samples; stratified samples come grouped by stage, noisiest first."""
     if mode not in MODES:
         raise ValueError(f"time sampling mode {mode!r} is not one of {MODES}")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"stage margin must be in [0, 1), got {margin}")
     dens = {"density": density, "logit_mean": logit_mean, "logit_std": logit_std}
     if mode == "iid":
         t = sample_interval(batch, 0.0, 1.0, generator, **dens)
@@ -157,5 +162,6 @@ def sample_times(
     stage = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # (N,)
     if mode == "all_t":
         return TimeSample(sample_interval(batch, 0.0, 1.0, generator, **dens), stage)
-    parts = [sample_interval(n, s.t_start, s.t_end, generator, **dens) for n, s in zip(counts, schedule.stages)]
+    parts = [sample_interval(n, max(0.0, s.t_start - margin), min(1.0, s.t_end + margin), generator, **dens)
+             for n, s in zip(counts, schedule.stages)]
     return TimeSample(torch.cat(parts), stage)

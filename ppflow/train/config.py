@@ -50,6 +50,8 @@ class FlowSection:
     density: str = _opt("uniform", "time density inside the stratification: uniform | logit-normal")
     logit_mean: float = _opt(0.0, "logit-normal mean")
     logit_std: float = _opt(1.0, "logit-normal standard deviation")
+    stage_margin: float = _opt(0.0, "stratified: each stage also trains this far past its interval's ends "
+                                    "(0 = the paper's disjoint segments)")
     label_dropout: float = _opt(0.1, "probability of replacing a label by the null class (for CFG)")
 
 
@@ -367,6 +369,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.save_every >= 1, f"save_every must be >= 1, got {cfg.save_every}"),
         (cfg.keep_every >= 0, f"keep_every must be >= 0, got {cfg.keep_every}"),
         (cfg.flow.time_sampling in MODES, f"flow.time_sampling {cfg.flow.time_sampling!r} is not one of {MODES}"),
+        (0.0 <= cfg.flow.stage_margin < 1.0, f"flow.stage_margin must be in [0, 1), got {cfg.flow.stage_margin}"),
         (cfg.flow.density in DENSITIES, f"flow.density {cfg.flow.density!r} is not one of {DENSITIES}"),
         (0.0 <= cfg.flow.label_dropout < 1.0, f"flow.label_dropout must be in [0, 1), got {cfg.flow.label_dropout}"),
         (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),

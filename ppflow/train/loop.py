@@ -466,7 +466,8 @@ class Trainer:
             seed, step, shard = cfg.seed, mb.step, mb.shard
             x = self.data.encode(mb.x.to(dev, non_blocking=True), generator(seed, step, shard, "encode", dev))
             ts = sample_times(self.schedule, len(x), generator(seed, step, shard, "time"), cfg.flow.time_sampling,
-                              cfg.flow.shares, cfg.flow.density, cfg.flow.logit_mean, cfg.flow.logit_std)
+                              cfg.flow.shares, cfg.flow.density, cfg.flow.logit_mean, cfg.flow.logit_std,
+                              cfg.flow.stage_margin)
             noise = torch.randn(x.shape, generator=generator(seed, step, shard, "noise", dev), device=dev)
             y = None
             if self.mc.num_classes > 0:

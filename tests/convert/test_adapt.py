@@ -156,3 +156,14 @@ def test_adapt_cli_lstsq_and_coarse_output(tmp_path, capsys):
     rc = main(["adapt", "--from", str(src), "--schedule", "0.5:8x8,1:4x4", "--out", str(tmp_path / "x"),
                "--init", "lstsq"])
     assert rc == 2 and "--calib-data" in capsys.readouterr().err
+
+
+def test_same_patch_adaptation_copies_every_stage_and_saves(sit_file, tmp_path):
+    """Two stages with the base patch (the same-patch control): both stages are the source, in separate tensors."""
+    path, _ = sit_file
+    src = ppflow.load_model(path).eval()
+    model = ppflow.adapt(src, "0.5:2x2,1:2x2").eval()
+    x, t, y = torch.randn(2, 4, 32, 32), torch.tensor([0.2, 0.8]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y, stage=0), src(x, t, y)) and torch.equal(model(x, t, y, stage=1), src(x, t, y))
+    ppflow.load_model(model.save_pretrained(tmp_path / "same"))  # no shared storage between the stages

@@ -104,3 +104,16 @@ def test_same_generator_state_same_draws():
     a = sample_times(PPF3, 13, gen(7), density="logit-normal")
     b = sample_times(PPF3, 13, gen(7), density="logit-normal")
     assert torch.equal(a.t, b.t) and torch.equal(a.stage, b.stage)
+
+
+def test_stage_margin_widens_each_stage_past_its_switch_and_clips_to_the_unit_interval():
+    s = PyramidSchedule.from_string("0.5:8x8,1:4x4")
+    ts = sample_times(s, 20000, torch.Generator().manual_seed(0), margin=0.1)
+    t0, t1 = ts.t[ts.stage == 0], ts.t[ts.stage == 1]
+    assert t0.min() >= 0 and t0.max() <= 0.6 and t0.max() > 0.59  # [0, 0.6]: clipped below, widened above
+    assert t1.min() >= 0.4 and t1.min() < 0.41 and t1.max() <= 1
+    assert ts.counts(2) == [10000, 10000]  # shares still follow the spans
+    plain = sample_times(s, 64, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.t, sample_times(s, 64, torch.Generator().manual_seed(0), margin=0.0).t)
+    with pytest.raises(ValueError, match="margin"):
+        sample_times(s, 4, margin=1.0)
