@@ -1,0 +1,214 @@
+"""The Hugging Face Hub: `from_hub("org/repo")` reads a ppflow folder through huggingface_hub's cache, and
+`push_to_hub` uploads a model (or a training run's EMA folder) with a generated model card.
+
+A hub repo holds a ppflow folder (config.json + model.safetensors, the SHA-256 of the tensors in its metadata) at
+its root, or a PPFlowPipeline folder whose `transformer/` is one. Only those files are fetched. `revision` pins a
+branch, tag or commit; with HF_HUB_OFFLINE=1 (read when called, not only at import) the cache alone is used.
+huggingface_hub is imported when a function here is called, never at import.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from ..convert.keymap import CheckpointError
+from ..convert.native import CONFIG, WEIGHTS, is_pretrained_dir, load_pretrained, save_pretrained, write_text_atomic
+from ..models.backbone import PPFlowTransformer
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TRANSFORMER = "transformer"  # the pipeline's subfolder holding the model
+PATTERNS = [CONFIG, WEIGHTS, f"{TRANSFORMER}/{CONFIG}", f"{TRANSFORMER}/{WEIGHTS}"]
+CARD = "README.md"
+
+
+def is_hub_id(name: object) -> bool:
+    """'org/repo' (one slash, hub characters), the form of a hub model id."""
+    return isinstance(name, str) and bool(HUB_ID.match(name)) and not name.endswith((".pt", ".pth", ".safetensors"))
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def snapshot(repo_id: str, revision: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+             local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
+    """Folder (in huggingface_hub's cache) holding the ppflow model of `repo_id` at `revision`."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                            RevisionNotFoundError)
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("loading from the Hub needs huggingface_hub: pip install 'ppflow[hub]'") from None
+    offline = _hub_offline() if local_files_only is None else local_files_only
+    at = f"{repo_id}@{revision or 'main'}"
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=PATTERNS, cache_dir=cache_dir,
+                                        local_files_only=offline, token=token))
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo_id} has no revision {revision!r}: give a branch, tag or commit it has") \
+            from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{repo_id} is not a model repo on the Hub (or it is private: log in with "
+                              "`hf auth login` or pass token=)") from None
+    except LocalEntryNotFoundError:
+        how = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        raise CheckpointError(f"{at} is not in the Hugging Face cache and {how}: load it once online "
+                              "(or unset HF_HUB_OFFLINE), or give a local folder") from None
+    except HFValidationError as e:
+        raise CheckpointError(f"{repo_id!r} is not a valid hub id ({str(e).splitlines()[0]})") from None
+    except OSError as e:  # connection errors the library did not turn into a cache look-up
+        raise CheckpointError(f"cannot fetch {at} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    for sub in (folder, folder / TRANSFORMER):
+        if is_pretrained_dir(sub):
+            return sub
+    have = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    raise CheckpointError(f"{at} holds no ppflow model ({CONFIG} + {WEIGHTS} at its root or in {TRANSFORMER}/; "
+                          f"cached files: {have or 'none'}): push one with ppflow push, or load the repo's files "
+                          "by path")
+
+
+def from_hub(repo_id: str, revision: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+             local_files_only: bool | None = None, token: str | bool | None = None, verify: bool = True,
+             **overrides) -> PPFlowTransformer:
+    """A ppflow model from the Hub (`revision`: branch, tag or commit; `overrides`: config fields)."""
+    folder = snapshot(repo_id, revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    return load_pretrained(folder, verify=verify, **overrides)
+
+
+# ---------------------------------------------------------------- model card
+def training_summary(run_dir: Path) -> tuple[dict | None, dict | None]:
+    """(training config, last metrics row) of a run folder; None for what it lacks or cannot be read."""
+    config = metrics = None
+    try:
+        import yaml
+
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = config if isinstance(config, dict) else None
+    except (OSError, ValueError, ImportError):
+        config = None
+    try:
+        with open(run_dir / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        metrics = {k: v for k, v in rows[-1].items() if v not in (None, "")} if rows else None
+    except (OSError, csv.Error, IndexError):
+        metrics = None
+    return config, metrics
+
+
+def model_card(model: PPFlowTransformer, repo_id: str, *, training_config: dict | None = None,
+               metrics: dict | None = None, base_model: str | None = None) -> str:
+    """README.md for a hub repo: what the model is, its schedule and FLOPs, how to load it, how it was trained."""
+    from ..metrics.flops import schedule_flops
+
+    c = model.config
+    H, W = c.input_size
+    fl = schedule_flops(c)
+    tags = ["ppflow", "pyramidal-patchification-flow", "diffusion-transformer", "flow-matching",
+            "class-conditional" if c.num_classes else "unconditional", "image-generation"]
+    front = ["---", "library_name: ppflow", *([] if c.num_classes else ["pipeline_tag: unconditional-image-generation"]),
+             "tags:", *[f"- {t}" for t in tags]]
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    front.append("---")
+    stages = "\n".join(
+        f"| {s['stage']} | ({s['t_range'][0]:g}, {s['t_range'][1]:g}] | {s['patch'][0]}x{s['patch'][1]} | "
+        f"{s['tokens']} | {s['paper_gflops']:.2f} |" for s in fl["stages"])
+    lines = [
+        *front, "",
+        f"# {repo_id.split('/')[-1]}", "",
+        f"A Pyramidal Patchification Flow model ({c.name or 'custom size'}): depth {c.depth}, width "
+        f"{c.hidden_size}, {c.num_heads} heads, {model.num_parameters() / 1e6:.2f}M parameters, latent "
+        f"{H}x{W}x{c.in_channels}, {c.num_classes} classes, VAE {c.vae or 'none (pixel space)'}.", "",
+        "## Schedule", "",
+        f"`{fl['schedule']}` (t = 0 noise, t = 1 data; coarse stages emit `{c.coarse_output}`).", "",
+        "| stage | t range | patch | tokens | GFLOPs / forward (paper) |", "|---|---|---|---|---|", stages, "",
+        f"Sampling FLOPs: **{100 * fl['paper_fraction']:.1f}%** of the one-stage baseline of the same size "
+        f"(paper convention; {100 * fl['total_fraction']:.1f}% counting all matrix products), uniform steps, no "
+        "CFG.", "",
+        "## Use", "",
+        "```python",
+        "import ppflow",
+        f"model = ppflow.load_model({repo_id!r})  # add revision=... to pin a commit",
+        "from ppflow.pipelines import PPFlowPipeline",
+        f"pipe = PPFlowPipeline.from_model(model)  # + the VAE named in the config, if any",
+        "images = pipe(class_labels=[0, 1], num_inference_steps=50, guidance_scale=[1.0, 3.0]).images",
+        "```", "",
+    ]
+    if training_config:
+        lines += ["## Training", "", "`ppflow train` config (config.yaml of the run):", "", "```yaml",
+                  _yaml(training_config).rstrip(), "```", ""]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|",
+                  *[f"| {k} | {v} |" for k, v in metrics.items()], ""]
+    lines += ["Made with [ppflow](https://arxiv.org/abs/2506.23543) (PPFlow, ICLR 2026).", ""]
+    return "\n".join(lines)
+
+
+def _yaml(d: dict) -> str:
+    try:
+        import yaml
+
+        return yaml.safe_dump(d, sort_keys=False)
+    except ImportError:  # pragma: no cover
+        return json.dumps(d, indent=2)
+
+
+def build_upload_folder(source: PPFlowTransformer | str | os.PathLike, repo_id: str, folder: str | os.PathLike, *,
+                        metrics: dict | None = None, training_config: dict | None = None,
+                        base_model: str | None = None, verify: bool = True) -> Path:
+    """Write what `push_to_hub` uploads into `folder`: config.json, model.safetensors (with SHA-256), README.md.
+
+    `source`: a model, a ppflow folder, a `ppflow train` run folder (its ema/) or one of its ema-N/ folders; a
+    run's config.yaml and last metrics.csv row go into the card unless given (`metrics` adds to them).
+    """
+    run_dir = None
+    if isinstance(source, PPFlowTransformer):
+        model = source
+    else:
+        src = Path(source)
+        if not is_pretrained_dir(src) and is_pretrained_dir(src / "ema"):
+            src = src / "ema"
+        if not is_pretrained_dir(src):
+            raise CheckpointError(f"{src} is not a ppflow folder ({CONFIG} + {WEIGHTS}) nor a run folder with ema/; "
+                                  "give the model, a folder written by save_pretrained, or RUN_DIR")
+        model = load_pretrained(src, verify=verify)  # a damaged file is never uploaded
+        is_run = src.name.startswith("ema") and (src.parent / "config.yaml").is_file()  # RUN/ema, RUN/ema-N
+        run_dir = src.parent if is_run else None
+    cfg, last = training_summary(run_dir) if run_dir is not None else (None, None)
+    cfg = training_config if training_config is not None else cfg
+    merged = {**(last or {}), **(metrics or {})} or None
+    folder = Path(folder)
+    save_pretrained(model, folder)
+    write_text_atomic(folder / CARD, model_card(model, repo_id, training_config=cfg, metrics=merged,
+                                                base_model=base_model), "model card")
+    return folder
+
+
+def push_to_hub(source: PPFlowTransformer | str | os.PathLike, repo_id: str, *, revision: str | None = None,
+                private: bool | None = None, token: str | bool | None = None, commit_message: str | None = None,
+                metrics: dict | None = None, training_config: dict | None = None, base_model: str | None = None,
+                api=None) -> str:
+    """Upload a model / ppflow folder / run's EMA folder to `repo_id` with a generated card; returns the commit URL.
+
+    `api`: an `huggingface_hub.HfApi` (default: a new one with `token`).
+    """
+    if not is_hub_id(repo_id):
+        raise ValueError(f"{repo_id!r} is not a hub id of the form 'org/repo'")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="ppflow-push-") as tmp:
+        folder = build_upload_folder(source, repo_id, Path(tmp) / "upload", metrics=metrics,
+                                     training_config=training_config, base_model=base_model)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, repo_type="model",
+                                 commit_message=commit_message or "ppflow push: model.safetensors, config.json, card")
+    return str(getattr(info, "commit_url", info))

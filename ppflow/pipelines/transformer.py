@@ -1,0 +1,46 @@
+"""The ppflow transformer as a diffusers component: a PPFlowTransformer that is also a `ModelMixin`.
+
+diffusers saves and loads pipeline components through `save_pretrained` / `from_pretrained` of a diffusers base
+class found in the component's module; this subclass keeps ppflow's own folder format (config.json +
+model.safetensors with the SHA-256 of the tensors), so a pipeline's `transformer/` is an ordinary ppflow folder
+that `ppflow.load_model` reads too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import ModelMixin  # noqa: F401  (diffusers looks the base class up in this module)
+
+from ..convert.native import load_pretrained, save_pretrained
+from ..models.backbone import PPFlowTransformer
+
+
+class PPFlowTransformer2DModel(PPFlowTransformer, ModelMixin):
+    """PPFlowTransformer with diffusers' component interface (`device`, `dtype`, pipeline save/load)."""
+
+    @classmethod
+    def from_model(cls, model: PPFlowTransformer) -> PPFlowTransformer2DModel:
+        """The same model (same config, weights shared, not copied) as a pipeline component."""
+        if isinstance(model, cls):
+            return model
+        if not isinstance(model, PPFlowTransformer):
+            raise TypeError(f"expected a PPFlowTransformer, got {type(model).__name__} (a StageSwap cannot be saved "
+                            "as one pipeline component)")
+        with torch.device("meta"):
+            out = cls(model.config)
+        out.load_state_dict(model.state_dict(), assign=True)
+        return out.train(model.training)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, verify: bool = True, torch_dtype=None,
+                        **kwargs) -> PPFlowTransformer2DModel:
+        """Read a ppflow folder (diffusers' loading options such as device_map are not used)."""
+        model = cls.from_model(load_pretrained(directory, verify=verify))
+        return model.to(torch_dtype) if torch_dtype is not None else model
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> Path:
+        """Write config.json + model.safetensors (ppflow's format; diffusers' save options are not used)."""
+        return save_pretrained(self, directory)
