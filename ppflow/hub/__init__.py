@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .download import DownloadError, HashMismatchError, TruncatedDownloadError, fetch, verify_cached
 from .hub import build_upload_folder, from_hub, is_hub_id, model_card, push_to_hub, snapshot
 from .registry import RELEASES, Release, get_release, is_release_name, known_names, ppflow_home, register
@@ -24,7 +26,7 @@ def load_remote(name: str, *, format: str | None = None, weights: str | None = N
 
         return load_file_checkpoint(path, format=format or release.format, weights=weights,
                                     **{**release.overrides, **overrides})
-    if is_hub_id(name):
+    if is_hub_id(name) and not Path(name.split("/")[0]).exists():  # "runs/typo" is a missing local path
         if weights is not None or format not in (None, "ppflow"):
             raise ValueError(f"{name} is a hub repo holding a ppflow folder: drop format= / weights=")
         return from_hub(name, revision, **overrides)

@@ -17,13 +17,18 @@ import tempfile
 from pathlib import Path
 
 from ..convert.keymap import CheckpointError
-from ..convert.native import CONFIG, WEIGHTS, is_pretrained_dir, load_pretrained, save_pretrained, write_text_atomic
+from ..convert.native import (CONFIG, WEIGHTS, is_pretrained_dir, load_pretrained, one_line, save_pretrained,
+                              write_text_atomic)
 from ..models.backbone import PPFlowTransformer
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TRANSFORMER = "transformer"  # the pipeline's subfolder holding the model
 PATTERNS = [CONFIG, WEIGHTS, f"{TRANSFORMER}/{CONFIG}", f"{TRANSFORMER}/{WEIGHTS}"]
 CARD = "README.md"
+
+
+class PushError(OSError):
+    """An upload to the Hub failed (one line: why, and what to check)."""
 
 
 def is_hub_id(name: object) -> bool:
@@ -206,9 +211,13 @@ def push_to_hub(source: PPFlowTransformer | str | os.PathLike, repo_id: str, *, 
     with tempfile.TemporaryDirectory(prefix="ppflow-push-") as tmp:
         folder = build_upload_folder(source, repo_id, Path(tmp) / "upload", metrics=metrics,
                                      training_config=training_config, base_model=base_model)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision not in (None, "main"):
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, repo_type="model",
-                                 commit_message=commit_message or "ppflow push: model.safetensors, config.json, card")
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if revision not in (None, "main"):
+                api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+            info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, repo_type="model",
+                                     commit_message=commit_message or "ppflow push: weights, config, model card")
+        except Exception as e:  # network, auth and server errors of huggingface_hub / httpx: one line
+            raise PushError(f"could not push to {repo_id} ({type(e).__name__}: {one_line(e)}); check the "
+                            "connection and the login (`hf auth login`, or token=)") from e
     return str(getattr(info, "commit_url", info))

@@ -1,0 +1,56 @@
+"""`ppflow push`: upload a ppflow model folder or a training run's EMA weights to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..convert.keymap import CheckpointError
+from ..hub.hub import build_upload_folder, is_hub_id, push_to_hub
+
+
+def add_arguments(p) -> None:
+    p.description = ("Upload config.json + model.safetensors + a generated README.md (schedule, FLOPs fraction, "
+                     "training config and last metrics of a run) to a Hub model repo. SOURCE is a ppflow folder, a "
+                     "`ppflow train` run folder (its ema/ is pushed) or one of its ema-N/ folders.")
+    p.add_argument("source", help="ppflow folder, run folder (RUN_DIR -> RUN_DIR/ema) or RUN_DIR/ema-N")
+    p.add_argument("repo_id", help="hub repo, org/name (created when missing)")
+    p.add_argument("--revision", default=None, help="branch to push to (created when missing; default main)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--metric", action="append", default=[], metavar="KEY=VALUE",
+                   help="a metric for the card, e.g. --metric fid50k=2.1 (repeatable)")
+    p.add_argument("--base-model", default=None, help="hub id of the model this one was adapted from")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--dry-run", metavar="DIR", default=None,
+                   help="write what would be uploaded into DIR and upload nothing")
+
+
+def parse_metrics(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--metric {item!r}: write KEY=VALUE, e.g. fid50k=2.1")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(args) -> int:
+    try:
+        if not is_hub_id(args.repo_id):
+            raise ValueError(f"{args.repo_id!r} is not a hub repo id of the form org/name")
+        if not Path(args.source).exists():
+            raise FileNotFoundError(f"{args.source} does not exist")
+        metrics = parse_metrics(args.metric)
+        if args.dry_run:
+            folder = build_upload_folder(args.source, args.repo_id, args.dry_run, metrics=metrics or None,
+                                         base_model=args.base_model)
+            print(f"{folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} (not uploaded)")
+            return 0
+        url = push_to_hub(args.source, args.repo_id, revision=args.revision, private=args.private or None,
+                          commit_message=args.message, metrics=metrics or None, base_model=args.base_model)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"ppflow push: {e}", file=sys.stderr)
+        return 2
+    print(url)
+    return 0
