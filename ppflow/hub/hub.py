@@ -122,7 +122,7 @@ def model_card(model: PPFlowTransformer, repo_id: str, *, training_config: dict 
     front.append("---")
     stages = "\n".join(
         f"| {s['stage']} | ({s['t_range'][0]:g}, {s['t_range'][1]:g}] | {s['patch'][0]}x{s['patch'][1]} | "
-        f"{s['tokens']} | {s['paper_gflops']:.2f} |" for s in fl["stages"])
+        f"{s['tokens']} | {s['paper_gflops']:.4g} |" for s in fl["stages"])
     lines = [
         *front, "",
         f"# {repo_id.split('/')[-1]}", "",
