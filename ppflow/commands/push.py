@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..convert.keymap import CheckpointError
 from ..hub.hub import build_upload_folder, is_hub_id, push_to_hub
+from ..hub.registry import is_release_name
 
 
 def add_arguments(p) -> None:
@@ -39,8 +40,8 @@ def main(args) -> int:
     try:
         if not is_hub_id(args.repo_id):
             raise ValueError(f"{args.repo_id!r} is not a hub repo id of the form org/name")
-        if not Path(args.source).exists():
-            raise FileNotFoundError(f"{args.source} does not exist")
+        if not Path(args.source).exists() and not is_release_name(args.source):
+            raise FileNotFoundError(f"{args.source} does not exist (and is not a known release name)")
         metrics = parse_metrics(args.metric)
         if args.dry_run:
             folder = build_upload_folder(args.source, args.repo_id, args.dry_run, metrics=metrics or None,

@@ -172,16 +172,27 @@ def build_upload_folder(source: PPFlowTransformer | str | os.PathLike, repo_id: 
     run's config.yaml and last metrics.csv row go into the card unless given (`metrics` adds to them).
     """
     run_dir = None
+    from .registry import is_release_name
+
     if isinstance(source, PPFlowTransformer):
         model = source
+    elif isinstance(source, str) and not Path(source).exists() and is_release_name(source):
+        from ..convert import load_model
+
+        model = load_model(source)  # a known release, fetched and verified, with its registry overrides
     else:
         src = Path(source)
         if not is_pretrained_dir(src) and is_pretrained_dir(src / "ema"):
             src = src / "ema"
-        if not is_pretrained_dir(src):
+        if src.is_file():  # a DiT / SiT / official PPFlow / training checkpoint file: converted
+            from ..convert import load_model
+
+            model = load_model(src, verify=verify)
+        elif not is_pretrained_dir(src):
             raise CheckpointError(f"{src} is not a ppflow folder ({CONFIG} + {WEIGHTS}) nor a run folder with ema/; "
-                                  "give the model, a folder written by save_pretrained, or RUN_DIR")
-        model = load_pretrained(src, verify=verify)  # a damaged file is never uploaded
+                                  "give the model, a folder written by save_pretrained, RUN_DIR, or a checkpoint file")
+        else:
+            model = load_pretrained(src, verify=verify)  # a damaged file is never uploaded
         is_run = src.name.startswith("ema") and (src.parent / "config.yaml").is_file()  # RUN/ema, RUN/ema-N
         run_dir = src.parent if is_run else None
     cfg, last = training_summary(run_dir) if run_dir is not None else (None, None)

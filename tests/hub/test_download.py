@@ -145,3 +145,13 @@ def test_cli_download(tmp_path, home, sit_bytes, monkeypatch, capsys):
     monkeypatch.setenv("PPFLOW_OFFLINE", "1")
     assert cli.main(["download", "PPF-XL-2", "--no-progress"]) == 2
     assert "downloads are off" in capsys.readouterr().err
+
+
+def test_commands_take_release_names(tmp_path, home, sit_bytes, monkeypatch, capsys):
+    src = tmp_path / "SiT-test.pt"
+    src.write_bytes(sit_bytes)
+    monkeypatch.setitem(RELEASES, "SiT-test", release(src.as_uri()))
+    assert cli.main(["info", "SiT-test"]) == 0  # resolve_path fetches (here: file://) and verifies
+    assert "format      sit" in capsys.readouterr().out
+    assert cli.main(["push", "SiT-test", "org/sit", "--dry-run", str(tmp_path / "dry")]) == 0  # converted on the way
+    assert ppflow.load_model(str(tmp_path / "dry")).config.vae is None
