@@ -17,8 +17,15 @@ import tempfile
 from pathlib import Path
 
 from ..convert.keymap import CheckpointError
-from ..convert.native import (CONFIG, WEIGHTS, is_pretrained_dir, load_pretrained, one_line, save_pretrained,
-                              write_text_atomic)
+from ..convert.native import (
+    CONFIG,
+    WEIGHTS,
+    is_pretrained_dir,
+    load_pretrained,
+    one_line,
+    save_pretrained,
+    write_text_atomic,
+)
 from ..models.backbone import PPFlowTransformer
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -45,8 +52,12 @@ def snapshot(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
     """Folder (in huggingface_hub's cache) holding the ppflow model of `repo_id` at `revision`."""
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("loading from the Hub needs huggingface_hub: pip install 'ppflow[hub]'") from None
     offline = _hub_offline() if local_files_only is None else local_files_only
@@ -126,21 +137,21 @@ def model_card(model: PPFlowTransformer, repo_id: str, *, training_config: dict 
     lines = [
         *front, "",
         f"# {repo_id.split('/')[-1]}", "",
-        f"A Pyramidal Patchification Flow model ({c.name or 'custom size'}): depth {c.depth}, width "
-        f"{c.hidden_size}, {c.num_heads} heads, {model.num_parameters() / 1e6:.2f}M parameters, latent "
-        f"{H}x{W}x{c.in_channels}, {c.num_classes} classes, VAE {c.vae or 'none (pixel space)'}.", "",
+        (f"A Pyramidal Patchification Flow model ({c.name or 'custom size'}): depth {c.depth}, width "
+         f"{c.hidden_size}, {c.num_heads} heads, {model.num_parameters() / 1e6:.2f}M parameters, latent "
+         f"{H}x{W}x{c.in_channels}, {c.num_classes} classes, VAE {c.vae or 'none (pixel space)'}."), "",
         "## Schedule", "",
         f"`{fl['schedule']}` (t = 0 noise, t = 1 data; coarse stages emit `{c.coarse_output}`).", "",
         "| stage | t range | patch | tokens | GFLOPs / forward (paper) |", "|---|---|---|---|---|", stages, "",
-        f"Sampling FLOPs: **{100 * fl['paper_fraction']:.1f}%** of the one-stage baseline of the same size "
-        f"(paper convention; {100 * fl['total_fraction']:.1f}% counting all matrix products), uniform steps, no "
-        "CFG.", "",
+        (f"Sampling FLOPs: **{100 * fl['paper_fraction']:.1f}%** of the one-stage baseline of the same size "
+         f"(paper convention; {100 * fl['total_fraction']:.1f}% counting all matrix products), uniform steps, no "
+         "CFG."), "",
         "## Use", "",
         "```python",
         "import ppflow",
         f"model = ppflow.load_model({repo_id!r})  # add revision=... to pin a commit",
         "from ppflow.pipelines import PPFlowPipeline",
-        f"pipe = PPFlowPipeline.from_model(model)  # + the VAE named in the config, if any",
+        "pipe = PPFlowPipeline.from_model(model)  # + the VAE named in the config, if any",
         "images = pipe(class_labels=[0, 1], num_inference_steps=50, guidance_scale=[1.0, 3.0]).images",
         "```", "",
     ]

@@ -27,7 +27,7 @@ class PPFlowPipeline(DiffusionPipeline):
     """Transformer + optional AutoencoderKL + ppflow sampler; `__call__` draws class-conditional images."""
 
     model_cpu_offload_seq = "transformer->vae"
-    _optional_components = ["vae"]
+    _optional_components = ["vae"]  # noqa: RUF012 (diffusers declares it as a plain class list)
 
     def __init__(self, transformer: PPFlowTransformer2DModel, scheduler: PPFlowSampler,
                  vae: AutoencoderKL | None = None) -> None:

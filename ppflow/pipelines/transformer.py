@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import ModelMixin  # noqa: F401  (diffusers looks the base class up in this module)
+from diffusers import ModelMixin
 
 from ..convert.native import load_pretrained, save_pretrained
 from ..models.backbone import PPFlowTransformer

@@ -32,7 +32,7 @@ class ServerState:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         st: ServerState = self.server.state
         path = self.path.split("?")[0]
         rng = self.headers.get("Range")

@@ -10,15 +10,15 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers import AutoencoderKL  # noqa: E402
-from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
+from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
 
-import ppflow  # noqa: E402
-from ppflow.data.vae import LatentVAE  # noqa: E402
-from ppflow.models import create_model  # noqa: E402
-from ppflow.pipelines import PPFlowPipeline, PPFlowSampler, PPFlowTransformer2DModel  # noqa: E402
-from ppflow.sampling import sample_model  # noqa: E402
-from tests.conftest import randomize  # noqa: E402
+import ppflow
+from ppflow.data.vae import LatentVAE
+from ppflow.models import create_model
+from ppflow.pipelines import PPFlowPipeline, PPFlowSampler, PPFlowTransformer2DModel
+from ppflow.sampling import sample_model
+from tests.conftest import randomize
 
 LABELS = [0, 2, 1]
 CFG = [1.0, 3.0]  # stage CFG: no guidance in the coarse stage
