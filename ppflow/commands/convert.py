@@ -53,13 +53,16 @@ def load_spec(spec: str, args):
 
 
 def load_with_info(path: str | Path, args) -> tuple[PPFlowTransformer, str, list[str]]:
-    """The model, its format name and loader notes."""
+    """The model, its format name and loader notes (`path` may be a release name or a hub id: ppflow.hub)."""
+    from ..hub import release_overrides
+
+    overrides = {**release_overrides(path), **load_overrides(args)}  # a release's VAE, unless --vae says otherwise
     path = resolve_path(path, args.format)
     if is_pretrained_dir(path):
         if args.format not in (None, "ppflow"):
             raise CheckpointError(f"{path} is a ppflow folder, not {args.format!r}; drop the format option")
-        return load_model(path, weights=args.weights, verify=args.verify, **load_overrides(args)), "ppflow", []
-    conv = convert_file(path, format=args.format, weights=args.weights, verify=args.verify, **load_overrides(args))
+        return load_model(path, weights=args.weights, verify=args.verify, **overrides), "ppflow", []
+    conv = convert_file(path, format=args.format, weights=args.weights, verify=args.verify, **overrides)
     return build(conv, str(path)), conv.format, conv.notes
 
 

@@ -38,8 +38,10 @@ def add_arguments(p) -> None:
 
 def describe(path: Path, args) -> dict:
     """Facts about the checkpoint at `path` (the model is built on the meta device: no weights are copied)."""
+    from ..hub import release_overrides
+
     notes: list[str] = []
-    overrides = load_overrides(args)
+    overrides = {**release_overrides(path), **load_overrides(args)}  # a release name: its registry entry's VAE
     path = resolve_path(path, args.format)
     if is_pretrained_dir(path):
         if args.weights is not None or args.format not in (None, "ppflow"):

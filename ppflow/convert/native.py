@@ -322,12 +322,11 @@ def resolve_path(path: str | os.PathLike, format: str | None = None) -> Path:
     run folder -> its `checkpoints/last.pt`; anything else as given."""
     p = Path(path)
     if not p.exists():
-        from ..hub.registry import is_release_name  # a known release by name: its verified file in the cache
+        from ..hub import remote_path  # a release name (its verified file) or a hub id (its cached snapshot)
 
-        if is_release_name(str(path)):
-            from ..hub.download import fetch
-
-            return fetch(str(path))
+        remote = remote_path(str(path))
+        if remote is not None:
+            return remote
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     if p.is_file() and p.name == WEIGHTS and (p.parent / CONFIG).exists() and format in (None, FORMAT_TAG):
         return p.parent

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .download import DownloadError, HashMismatchError, TruncatedDownloadError, fetch, verify_cached
@@ -33,8 +34,24 @@ def load_remote(name: str, *, format: str | None = None, weights: str | None = N
     return None
 
 
+def remote_path(name: str) -> Path | None:
+    """Local path standing for a release name (its verified file) or a hub id (the cached snapshot folder at main),
+    None for anything else; how the commands' checkpoint arguments take names (see convert.native.resolve_path)."""
+    if is_release_name(name):
+        return fetch(name)
+    if is_hub_id(name) and not Path(name.split("/")[0]).exists():
+        return snapshot(name)
+    return None
+
+
+def release_overrides(name: str | os.PathLike) -> dict:
+    """Config fields a release's registry entry sets (e.g. its VAE); {} for anything but a release name."""
+    name = str(name)
+    return dict(get_release(name).overrides) if not Path(name).exists() and is_release_name(name) else {}
+
+
 __all__ = [
     "RELEASES", "DownloadError", "HashMismatchError", "Release", "TruncatedDownloadError", "build_upload_folder",
     "fetch", "from_hub", "get_release", "is_hub_id", "is_release_name", "known_names", "load_remote", "model_card",
-    "ppflow_home", "push_to_hub", "register", "snapshot", "verify_cached",
+    "ppflow_home", "push_to_hub", "register", "release_overrides", "remote_path", "snapshot", "verify_cached",
 ]

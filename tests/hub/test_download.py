@@ -150,8 +150,9 @@ def test_cli_download(tmp_path, home, sit_bytes, monkeypatch, capsys):
 def test_commands_take_release_names(tmp_path, home, sit_bytes, monkeypatch, capsys):
     src = tmp_path / "SiT-test.pt"
     src.write_bytes(sit_bytes)
-    monkeypatch.setitem(RELEASES, "SiT-test", release(src.as_uri()))
+    monkeypatch.setitem(RELEASES, "SiT-test", release(src.as_uri(), overrides={"vae": "stabilityai/sd-vae-ft-ema"}))
     assert cli.main(["info", "SiT-test"]) == 0  # resolve_path fetches (here: file://) and verifies
-    assert "format      sit" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "format      sit" in out and "vae stabilityai/sd-vae-ft-ema" in out  # the registry entry's VAE
     assert cli.main(["push", "SiT-test", "org/sit", "--dry-run", str(tmp_path / "dry")]) == 0  # converted on the way
-    assert ppflow.load_model(str(tmp_path / "dry")).config.vae is None
+    assert ppflow.load_model(str(tmp_path / "dry")).config.vae == "stabilityai/sd-vae-ft-ema"

@@ -110,6 +110,15 @@ def test_hub_id_through_the_environment_alone(hub_cache, tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
 
 
+def test_commands_take_hub_ids(hub_cache, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    cache, _, _ = hub_cache
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # where HF_HUB_CACHE would point
+    assert cli.main(["info", REPO]) == 0
+    assert "snapshots/" + "b" * 40 in capsys.readouterr().out  # main, from the cache
+
+
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     monkeypatch.chdir(tmp_path)
