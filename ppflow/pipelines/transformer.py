@@ -37,8 +37,15 @@ class PPFlowTransformer2DModel(PPFlowTransformer, ModelMixin):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, verify: bool = True, torch_dtype=None,
                         **kwargs) -> PPFlowTransformer2DModel:
-        """Read a ppflow folder (diffusers' loading options such as device_map are not used)."""
-        model = cls.from_model(load_pretrained(directory, verify=verify))
+        """Read a ppflow folder, or anything `ppflow.load_model` takes (a hub id at `revision=`, a release name);
+        diffusers' loading options such as device_map are not used."""
+        if Path(directory).is_dir():
+            model = cls.from_model(load_pretrained(directory, verify=verify))
+        else:
+            from ..convert import load_model
+
+            hub = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "token") if kwargs.get(k) is not None}
+            model = cls.from_model(load_model(str(directory), verify=verify, revision=kwargs.get("revision"), **hub))
         return model.to(torch_dtype) if torch_dtype is not None else model
 
     def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> Path:

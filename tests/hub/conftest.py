@@ -115,3 +115,29 @@ def sha(data: bytes) -> str:
 
 def release(url: str, sha256: str | None = None, name: str = "SiT-test", **kw) -> Release:
     return Release(name, url, "SiT-test.pt", "sit", sha256=sha256, **kw)
+
+
+def add_to_hub_cache(cache, repo_id: str, folder, commit: str, refs: tuple[str, ...] = ("main",)):
+    """Lay `folder` out in a huggingface_hub cache as a downloaded snapshot of `repo_id` at `commit`: files in
+    blobs/<sha256>, relative symlinks in snapshots/<commit>/, each ref in refs/ holding the commit."""
+    import os
+    from pathlib import Path
+
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = Path(cache) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    snap = storage / "snapshots" / commit
+    for f in sorted(Path(folder).rglob("*")):
+        if f.is_dir():
+            continue
+        data = f.read_bytes()
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (storage / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (storage / "refs" / ref).write_text(commit)
+    return snap

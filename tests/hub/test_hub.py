@@ -3,7 +3,6 @@ refs/<branch or tag>) read with HF_HUB_OFFLINE=1; push_to_hub checked by the fol
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from ppflow.convert.native import DamagedFileError
 from ppflow.hub import build_upload_folder, from_hub, push_to_hub
 from ppflow.models import create_model
 from tests.conftest import randomize
+from tests.hub.conftest import add_to_hub_cache
 
 REPO = "ppflow-test/tiny-ppf"
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,25 +32,11 @@ def tiny(seed: int = 0):
 
 def add_commit(cache: Path, repo_id: str, model, commit: str, refs: tuple[str, ...] = ("main",),
                sub: str = "") -> Path:
-    """Put `model` into the hub cache as huggingface_hub lays a downloaded snapshot out."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    """Put `model` (in `sub`/ of the repo) into the hub cache as huggingface_hub lays a downloaded snapshot out."""
     staged = cache / "staged"
-    model.save_pretrained(staged)
-    snap = storage / "snapshots" / commit
-    for f in staged.iterdir():
-        data = f.read_bytes()
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snap / sub / f.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
+    model.save_pretrained(staged / sub)
+    snap = add_to_hub_cache(cache, repo_id, staged, commit, refs)
     shutil.rmtree(staged)
-    for ref in refs:
-        (storage / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-        (storage / "refs" / ref).write_text(commit)
     return snap
 
 

@@ -94,6 +94,18 @@ def test_save_and_load_in_diffusers_layout(tmp_path, vae):
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in pipe.transformer.state_dict().items())
 
 
+def test_from_pretrained_by_hub_id_offline(tmp_path):
+    from tests.hub.conftest import add_to_hub_cache
+
+    pipe = quiet(PPFlowPipeline.from_model(tiny(in_channels=1), method="euler"))
+    pipe.save_pretrained(tmp_path / "pipe")
+    add_to_hub_cache(tmp_path / "hf", "ppflow-test/pipe", tmp_path / "pipe", "e" * 40)
+    loaded = quiet(PPFlowPipeline.from_pretrained("ppflow-test/pipe", cache_dir=tmp_path / "hf", local_files_only=True))
+    kw = {"num_inference_steps": 3, "output_type": "pt"}
+    assert torch.equal(pipe([1], generator=torch.Generator().manual_seed(5), **kw).images,
+                       loaded([1], generator=torch.Generator().manual_seed(5), **kw).images)
+
+
 def test_unconditional_sde_and_bad_inputs():
     pipe = quiet(PPFlowPipeline.from_model(tiny(num_classes=0, in_channels=1), method="sde"))
     a = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(4), output_type="pt").images
@@ -107,3 +119,13 @@ def test_unconditional_sde_and_bad_inputs():
                         ({"class_labels": [0], "latents": torch.zeros(1, 4, 4, 4)}, "expected")):
         with pytest.raises(ValueError, match=msg):
             cond(num_inference_steps=2, **kwargs)
+
+
+def test_transformer_component_from_a_hub_id(tmp_path):
+    from tests.hub.conftest import add_to_hub_cache
+
+    model = tiny()
+    model.save_pretrained(tmp_path / "m")
+    add_to_hub_cache(tmp_path / "hf", "ppflow-test/m", tmp_path / "m", "f" * 40, refs=("main", "v1"))
+    got = PPFlowTransformer2DModel.from_pretrained("ppflow-test/m", revision="v1", cache_dir=tmp_path / "hf")
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in model.state_dict().items())
