@@ -121,9 +121,10 @@ def test_unconditional_sde_and_bad_inputs():
             cond(num_inference_steps=2, **kwargs)
 
 
-def test_transformer_component_from_a_hub_id(tmp_path):
+def test_transformer_component_from_a_hub_id(tmp_path, monkeypatch):
     from tests.hub.conftest import add_to_hub_cache
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the cache only, also on a machine with a network
     model = tiny()
     model.save_pretrained(tmp_path / "m")
     add_to_hub_cache(tmp_path / "hf", "ppflow-test/m", tmp_path / "m", "f" * 40, refs=("main", "v1"))
