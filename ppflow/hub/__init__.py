@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .download import DownloadError, HashMismatchError, TruncatedDownloadError, fetch, verify_cached
@@ -22,7 +23,7 @@ def load_remote(name: str, *, format: str | None = None, weights: str | None = N
         if revision is not None:
             raise ValueError(f"{name!r} is a release name (one file); revision= applies to hub ids 'org/repo'")
         release = get_release(name)
-        path = fetch(release)
+        path = fetch(release, progress=sys.stderr.isatty())
         from ..convert.formats import load_file_checkpoint
 
         return load_file_checkpoint(path, format=format or release.format, weights=weights,
@@ -38,7 +39,7 @@ def remote_path(name: str) -> Path | None:
     """Local path standing for a release name (its verified file) or a hub id (the cached snapshot folder at main),
     None for anything else; how the commands' checkpoint arguments take names (see convert.native.resolve_path)."""
     if is_release_name(name):
-        return fetch(name)
+        return fetch(name, progress=sys.stderr.isatty())
     if is_hub_id(name) and not Path(name.split("/")[0]).exists():
         return snapshot(name)
     return None

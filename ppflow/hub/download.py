@@ -224,16 +224,22 @@ def _transfer(release: Release, part: Path, timeout: float, progress: bool) -> N
             bar = tqdm(total=total, initial=got, unit="B", unit_scale=True, desc=release.filename)
         try:
             with open(part, "ab" if resumed else "wb") as f:
-                while chunk := resp.read(CHUNK):
-                    f.write(chunk)
+                while True:
+                    try:
+                        chunk = resp.read(CHUNK)
+                    except (http.client.HTTPException, OSError) as e:  # IncompleteRead, reset, timeout
+                        raise TruncatedDownloadError(_truncated(release, part, got, total, type(e).__name__)) \
+                            from None
+                    if not chunk:
+                        break
+                    try:
+                        f.write(chunk)
+                    except OSError as e:  # a full disk above all
+                        raise DownloadError(f"cannot write {part} ({e.strerror or e}): free space or pass --to DIR; "
+                                            "the bytes kept so far resume next time") from None
                     got += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
-        except (http.client.HTTPException, OSError) as e:  # IncompleteRead, reset, timeout, full disk
-            if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)) and e.errno:
-                raise DownloadError(f"cannot write {part} ({e.strerror}); free space or pass --to DIR; the part "
-                                    "kept so far resumes next time") from None
-            raise TruncatedDownloadError(_truncated(release, part, got, total, type(e).__name__)) from None
         finally:
             if bar is not None:
                 bar.close()

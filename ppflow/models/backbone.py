@@ -252,5 +252,11 @@ class PPFlowTransformer(nn.Module):
 
         return save_pretrained(self, directory)
 
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload to the Hugging Face Hub with a generated model card (see ppflow.hub.push_to_hub)."""
+        from ..hub.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

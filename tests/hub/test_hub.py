@@ -158,7 +158,7 @@ class RecordingApi:
 
 def test_push_to_hub_uploads_the_built_folder(tmp_path):
     api = RecordingApi(tmp_path / "uploaded")
-    url = push_to_hub(tiny(), REPO, revision="exp", private=True, api=api)
+    url = tiny().push_to_hub(REPO, revision="exp", private=True, api=api)  # = push_to_hub(model, REPO, ...)
     assert url == f"https://huggingface.co/{REPO}/commit/0"
     assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0][2]["private"] is True and api.calls[2][2]["revision"] == "exp"
