@@ -20,6 +20,7 @@ from ..convert.keymap import CheckpointError
 from ..convert.native import (
     CONFIG,
     WEIGHTS,
+    DamagedFileError,
     is_pretrained_dir,
     load_pretrained,
     one_line,
@@ -93,7 +94,12 @@ def from_hub(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
              **overrides) -> PPFlowTransformer:
     """A ppflow model from the Hub (`revision`: branch, tag or commit; `overrides`: config fields)."""
     folder = snapshot(repo_id, revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-    return load_pretrained(folder, verify=verify, **overrides)
+    try:
+        return load_pretrained(folder, verify=verify, **overrides)
+    except DamagedFileError:
+        raise DamagedFileError(f"the cached copy of {repo_id}@{revision or 'main'} ({folder}) is damaged: its "
+                               "tensors no longer match the SHA-256 stored when they were written. Delete it "
+                               "(`hf cache rm` or remove that snapshot's blobs) and load it again online") from None
 
 
 # ---------------------------------------------------------------- model card

@@ -80,7 +80,7 @@ def test_pipeline_repo_layout_and_damaged_weights(hub_cache):
     data = bytearray(blob.read_bytes())
     data[-8] ^= 1
     blob.write_bytes(bytes(data))
-    with pytest.raises(DamagedFileError):
+    with pytest.raises(DamagedFileError, match="cached copy of ppflow-test/bad@main .* is damaged.*load it again"):
         from_hub("ppflow-test/bad", cache_dir=cache)
 
 
