@@ -1,0 +1,22 @@
+"""FLUX.1 with PPFlow on diffusers (the `flux` extra): transformer, pipeline, FLOPs, benchmark.
+
+Names are imported on first use, so `import ppflow.flux` does not import diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PPFluxTransformer": "transformer", "PPFluxConfig": "transformer",
+    "PPFluxPipeline": "pipeline", "StageStats": "pipeline",
+    "FluxShift": "sigmas", "sigma_boundaries": "sigmas", "stage_of_sigma": "sigmas", "stage_grid": "sigmas",
+    "FluxArch": "flops", "resolution_table": "flops",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ppflow.flux' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ppflow.flux.{_EXPORTS[name]}"), name)
