@@ -80,7 +80,7 @@ class PPFluxTransformer(nn.Module):
                 self.patch_embed[str(s)] = nn.Linear(n * C, D, device=p.device, dtype=p.dtype)
                 self.proj[str(s)] = nn.Linear(D, n * base.proj_out.out_features, device=p.device, dtype=p.dtype)
         self.stage_embed = nn.Parameter(torch.zeros(self.schedule.num_stages, D, device=p.device, dtype=p.dtype))
-        self._cache_stage: int | None = None  # stage of the last forward while a diffusers cache is on
+        self._cache_name: tuple[str, dict] | None = None  # diffusers cache context of the running call
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -118,13 +118,19 @@ class PPFluxTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.base.device
 
+    @contextlib.contextmanager
     def cache_context(self, name: str, **kwargs):
-        """diffusers' cache context of the base model (FirstBlockCache etc. run on the base's blocks)."""
+        """diffusers' cache context of the base model; each stage gets its own cache state (`name/stageS`)."""
         ctx = getattr(self.base, "cache_context", None)
-        return ctx(name, **kwargs) if ctx is not None else contextlib.nullcontext()
+        self._cache_name = (name, kwargs)
+        try:
+            with ctx(name, **kwargs) if ctx is not None else contextlib.nullcontext():
+                yield
+        finally:
+            self._cache_name = None
 
     def enable_cache(self, config) -> None:
-        """Enable a diffusers cache (e.g. FirstBlockCacheConfig) on the base model; reset at each stage change."""
+        """Enable a diffusers cache (e.g. FirstBlockCacheConfig) on the base model's blocks."""
         self.base.enable_cache(config)
 
     def disable_cache(self) -> None:
@@ -188,7 +194,7 @@ class PPFluxTransformer(nn.Module):
         coarse = key in self.patch_embed
         if coarse and (controlnet_block_samples is not None or controlnet_single_block_samples is not None):
             raise ValueError("ControlNet residuals are per fine token: use them only in the finest stage")
-        self._maybe_reset_cache(stage)
+        self._stage_cache_context(stage)
         embed, proj = (self.patch_embed[key], self.proj[key]) if coarse else (base.x_embedder, base.proj_out)
         x = group_tokens(hidden_states, grid, factors)  # (B, L/n, n*64)
         x = embed(x)  # (B, L/n, D)
@@ -226,13 +232,14 @@ class PPFluxTransformer(nn.Module):
         x = proj(x)  # (B, L/n, n*64)
         return ungroup_tokens(x, grid, factors)  # (B, L, 64)
 
-    def _maybe_reset_cache(self, stage: int) -> None:
-        """A diffusers cache holds residuals of one token count: drop it when the stage changes."""
-        if getattr(self.base, "_cache_config", None) is None or torch.compiler.is_compiling():
+    def _stage_cache_context(self, stage: int) -> None:
+        """A diffusers cache holds residuals of one token count: give each stage its own cache state."""
+        if getattr(self.base, "_cache_config", None) is None or self._cache_name is None:
             return
-        if self._cache_stage is not None and self._cache_stage != stage:
-            self.base._reset_stateful_cache()
-        self._cache_stage = stage
+        from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+        name, kwargs = self._cache_name
+        _set_cache_context(self.base, CacheContext(f"{name}/stage{stage}", **kwargs))
 
     # --------------------------------------------------------------- save / load
     def extras_state_dict(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
