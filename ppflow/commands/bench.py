@@ -9,7 +9,7 @@ from ..cli import at_least, finite
 from ..metrics.bench import SamplingBenchConfig, bench_sampling, format_report
 from ..sampling import METHODS
 
-BENCHMARKS = ("sample",)
+BENCHMARKS = ("sample", "flux")  # flux: ppflow/commands/flux.py
 
 
 def add_arguments(p) -> None:
@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--size", default=None, help="use this size in every name instead (e.g. tiny, S) for a quick run")
     p.add_argument("--latent-size", type=at_least(1), default=d.latent_size, help="latent height = width")
     p.add_argument("--in-channels", type=at_least(1), default=d.in_channels, help="latent channels")
-    p.add_argument("--batch", type=at_least(1), default=d.batch, help="samples per run")
+    p.add_argument("--batch", type=at_least(1), default=None, help=f"samples per run (default {d.batch}; flux 1)")
     p.add_argument("--method", choices=METHODS, default=d.method, help="sampler")
     p.add_argument("--steps", type=at_least(1), default=d.steps, help="grid steps")
     p.add_argument("--repeats", type=at_least(1), default=d.repeats, help="timed runs per model (median)")
@@ -39,12 +39,20 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, noise and labels")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--verbose", action="store_true", help="print every timed run to stderr")
+    from .flux import add_bench_arguments
+
+    add_bench_arguments(p)
 
 
 def main(args) -> int:
+    if args.benchmark == "flux":
+        from .flux import bench_main
+
+        return bench_main(args)
     cfg = SamplingBenchConfig(
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()), baseline=args.baseline,
-        size=args.size, latent_size=args.latent_size, in_channels=args.in_channels, batch=args.batch,
+        size=args.size, latent_size=args.latent_size, in_channels=args.in_channels,
+        batch=args.batch if args.batch is not None else SamplingBenchConfig.batch,
         method=args.method, steps=args.steps, repeats=args.repeats, warmup=args.warmup, cfg=not args.no_cfg,
         cfg_scale=args.cfg_scale, estimator=args.estimator, threads=args.threads, device=args.device, seed=args.seed,
     )

@@ -19,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--in-channels", type=int, default=4, help="latent channels")
     p.add_argument("--cfg", default=None, help="CFG scale or one per stage, e.g. '1,3' (a scale != 1 doubles that stage)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    from .flux import add_flops_arguments
+
+    add_flops_arguments(p)
 
 
 def parse_scales(text: str | None) -> list[float] | float | None:
@@ -47,6 +50,10 @@ def _latent(args) -> int:
 
 
 def main(args) -> int:
+    if args.flux:
+        from .flux import flops_main
+
+        return flops_main(args)
     try:
         latent = _latent(args)
         overrides = {"input_size": latent, "in_channels": args.in_channels}

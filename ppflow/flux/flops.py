@@ -31,6 +31,7 @@ class FluxArch:
     joint_attention_dim: int = 4096  # T5 width
     pooled_projection_dim: int = 768  # CLIP pooled width
     guidance_embeds: bool = True  # dev: guidance-distilled
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)  # RoPE dims per id axis (sum = head dim; no FLOPs)
 
     @property
     def dim(self) -> int:
@@ -39,8 +40,10 @@ class FluxArch:
     @classmethod
     def from_config(cls, config) -> FluxArch:
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-        names = cls.__dataclass_fields__
-        return cls(**{k: get(k, getattr(cls, k)) for k in names if get(k, None) is not None})
+        values = {k: get(k, None) for k in cls.__dataclass_fields__}
+        if values["axes_dims_rope"] is not None:
+            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 ARCHS = {
@@ -48,7 +51,7 @@ ARCHS = {
     "schnell": FluxArch(guidance_embeds=False),
     # CPU benchmark size: 2 double + 4 single blocks, 4 heads of 64 (dim 256)
     "tiny": FluxArch(num_layers=2, num_single_layers=4, num_attention_heads=4, attention_head_dim=64,
-                     joint_attention_dim=256, pooled_projection_dim=128),
+                     joint_attention_dim=256, pooled_projection_dim=128, axes_dims_rope=(8, 28, 28)),
 }
 TEXT_TOKENS = {"dev": 512, "schnell": 256, "tiny": 64}  # T5 max_sequence_length of each model
 

@@ -1,0 +1,169 @@
+"""Denoising speed of a PPFlux transformer against its FLUX base on the same inputs, next to the FLOPs bound.
+
+Both run the same Euler loop over PPFluxPipeline's sigmas for the resolution (shifted as FluxPipeline does);
+the base at every step, the PPFlux at each step's stage. Runs alternate (the order rotates every repeat) and
+the medians are compared: speed-up = base time / PPFlux time, bound = base FLOPs / PPFlux FLOPs of the
+forwards made, efficiency = speed-up / bound. Weights are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .flops import ARCHS, TEXT_TOKENS, FluxArch, counts_flops, packed_grid
+from .sigmas import FluxShift, stage_grid, step_stages, time_shift, unshifted_boundaries
+
+SIZES = ("tiny", "dev")
+DEFAULT_RESOLUTION = {"tiny": 512, "dev": 1024}
+
+
+@dataclass
+class FluxBenchConfig:
+    """What to time; `tiny` is a CPU-sized random FLUX, `dev` the FLUX.1-dev shape (bf16, a GPU)."""
+
+    size: str = "tiny"  # 'tiny' (2 double + 4 single blocks, dim 256) or 'dev' (19 + 38 blocks, dim 3072)
+    schedule: str = "ppf2"  # PPFlow schedule of the PPFlux transformer
+    resolution: int | None = None  # image side in pixels (default: tiny 512, dev 1024)
+    text_tokens: int | None = None  # T5 tokens (default: tiny 64, dev 512)
+    batch: int = 1  # images per step
+    steps: int = 10  # denoising steps (the boundary on the grid)
+    repeats: int = 5  # timed runs per model (median taken)
+    warmup: int = 1  # untimed runs per model first
+    estimator: str = "median"  # 'median' or 'min' of the timed runs
+    threads: int | None = None  # torch intra-op threads (None: leave as is)
+    device: str = "cpu"
+    dtype: str | None = None  # float32 / bfloat16 (default: tiny float32, dev bfloat16)
+    compile: bool = False  # torch.compile both models (one graph per stage for the PPFlux)
+    seed: int = 0
+
+
+def build_base(arch: FluxArch, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """A FluxTransformer2DModel of `arch` with random weights, built without a CPU copy first (meta device)."""
+    from diffusers import FluxTransformer2DModel
+
+    kwargs = {k: getattr(arch, k) for k in ("in_channels", "num_layers", "num_single_layers", "num_attention_heads",
+                                             "attention_head_dim", "joint_attention_dim", "pooled_projection_dim",
+                                             "guidance_embeds", "axes_dims_rope")}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters created in `dtype`, on no device
+    try:
+        with torch.device("meta"):
+            model = FluxTransformer2DModel(patch_size=1, **kwargs)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=g)
+    return model.eval()
+
+
+def _euler(model, x, sigmas, stages, cond, grid):
+    """FluxPipeline's Euler loop: x <- x + (sigma_next - sigma) * v."""
+    for i in range(len(sigmas) - 1):
+        t = torch.full((x.shape[0],), float(sigmas[i]), device=x.device, dtype=x.dtype)
+        extra = {} if stages is None else {"stage": stages[i], "grid": grid}
+        v = model(hidden_states=x, timestep=t, return_dict=False, **cond, **extra)[0]
+        x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * v
+    return x
+
+
+def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
+    """Time base FLUX vs PPFlux denoising loops; returns settings, runs and speed-up / bound / efficiency."""
+    from diffusers import FluxPipeline
+
+    from .transformer import PPFluxTransformer
+
+    if cfg.size not in SIZES:
+        raise ValueError(f"unknown size {cfg.size!r}; choose one of {SIZES}")
+    if cfg.estimator not in ("median", "min"):
+        raise ValueError(f"unknown estimator {cfg.estimator!r}; choose median or min")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    dtype = getattr(torch, cfg.dtype or ("bfloat16" if cfg.size == "dev" else "float32"))
+    res = cfg.resolution or DEFAULT_RESOLUTION[cfg.size]
+    T = cfg.text_tokens or TEXT_TOKENS[cfg.size]
+    arch, grid = ARCHS[cfg.size], packed_grid(res)
+    base = build_base(arch, device, dtype, cfg.seed)
+    ppf = PPFluxTransformer.from_flux(base, cfg.schedule)
+    ppf.schedule.check_latent(2 * grid[0], 2 * grid[1])
+    L = grid[0] * grid[1]
+    mu = FluxShift().mu(L)
+    bounds = unshifted_boundaries(ppf.schedule)
+    unshifted = stage_grid(cfg.steps, bounds)
+    stages = step_stages(unshifted, bounds)
+    sigmas = [time_shift(mu, float(s)) for s in unshifted] + [0.0]
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    B = cfg.batch
+    cond = dict(
+        encoder_hidden_states=torch.randn(B, T, arch.joint_attention_dim, generator=g, device=device, dtype=dtype),
+        pooled_projections=torch.randn(B, arch.pooled_projection_dim, generator=g, device=device, dtype=dtype),
+        img_ids=FluxPipeline._prepare_latent_image_ids(B, grid[0], grid[1], device, dtype),
+        txt_ids=torch.zeros(T, 3, device=device, dtype=dtype),
+        guidance=torch.full((B,), 3.5, device=device) if arch.guidance_embeds else None,
+    )
+    noise = torch.randn(B, L, arch.in_channels, generator=g, device=device, dtype=dtype)
+    models = {"FLUX": (base, None), f"PPFlux {cfg.schedule}": (ppf, stages)}
+    if cfg.compile:
+        models = {k: (torch.compile(m, dynamic=False), s) for k, (m, s) in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+
+    def run(name: str) -> float:
+        model, st = models[name]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        _euler(model, noise, sigmas, st, cond, grid)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    names = list(models)
+    with torch.inference_mode():
+        for _ in range(cfg.warmup):
+            for n in names:
+                run(n)
+        for r in range(cfg.repeats):
+            for n in names[r % 2:] + names[: r % 2]:  # alternate which model goes first
+                times[n].append(run(n))
+                if log is not None:
+                    log(f"repeat {r + 1}/{cfg.repeats} {n}: {times[n][-1]:.3f}s")
+    est = statistics.median if cfg.estimator == "median" else min
+    counts = [B * stages.count(s) for s in range(ppf.schedule.num_stages)]
+    fl = counts_flops(arch, ppf.schedule, grid, T, counts)
+    base_s, ppf_s = est(times[names[0]]), est(times[names[1]])
+    speedup, bound = base_s / ppf_s, fl["baseline_total"] / fl["total"]
+    return {
+        "settings": {**dataclasses.asdict(cfg), "resolution": res, "text_tokens": T, "dtype": str(dtype),
+                     "image_tokens": L, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+        "stages": stages, "sigmas": sigmas[:-1],
+        "runs": {n: {"seconds": est(times[n]), "median": statistics.median(times[n]), "min": min(times[n]),
+                     "times": times[n]} for n in names},
+        "forwards": counts, "gflops": fl["total"] / 1e9, "baseline_gflops": fl["baseline_total"] / 1e9,
+        "speedup": speedup, "bound": bound, "efficiency": speedup / bound,
+        "bound_text_free": fl["baseline_text_free"] / fl["text_free"],
+    }
+
+
+def format_report(result: dict) -> str:
+    """Plain-text summary of a `bench_flux` result."""
+    s = result["settings"]
+    lines = [f"FLUX denoising benchmark: size {s['size']}, {s['resolution']} px ({s['image_tokens']} image + "
+             f"{s['text_tokens']} text tokens), batch {s['batch']}, {s['steps']} Euler steps, {s['dtype']}, "
+             f"{s['repeats']} repeats ({s['estimator']}), {s['threads']} threads, {s['device_name']}, "
+             f"torch {s['torch']}{', compiled' if s['compile'] else ''}",
+             f"stages per step: {result['stages']}",
+             f"{'run':<16} {'median s':>9} {'min s':>9}"]
+    for name, r in result["runs"].items():
+        lines.append(f"{name:<16} {r['median']:>9.3f} {r['min']:>9.3f}")
+    lines.append(f"speed-up {result['speedup']:.3f}  FLOPs bound {result['bound']:.3f} "
+                 f"(text-free {result['bound_text_free']:.3f})  efficiency {result['efficiency']:.3f}")
+    return "\n".join(lines)

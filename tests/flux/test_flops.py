@@ -1,0 +1,48 @@
+"""Analytic FLUX FLOPs against torch's FLOP counter, the resolution table, and `ppflow flops --flux`."""
+
+import json
+
+import pytest
+import torch
+from conftest import flux_inputs, tiny_flux
+
+from ppflow.cli import main
+from ppflow.flux.flops import ARCHS, FluxArch, forward_flops, resolution_table
+from ppflow.models.schedule import PyramidSchedule
+
+
+@pytest.mark.parametrize("stage,factors", [(0, (2, 2)), (1, (1, 1))])
+def test_analytic_flops_match_the_flop_counter(stage, factors):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ppflow.flux.transformer import PPFluxTransformer
+
+    model = PPFluxTransformer.from_flux(tiny_flux(), "ppf2")
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        model(**flux_inputs(batch=1), stage=stage)
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    f = forward_flops(FluxArch.from_config(model.config), factors, (8, 8), 5)
+    assert counts["aten.addmm"] == f.total - f.terms["blocks_attention"]  # every Linear, exactly
+    assert counts.get("aten.bmm", 0) == f.terms["blocks_attention"]  # QK^T and AV of the math attention
+
+
+def test_dev_table():
+    ppf2 = PyramidSchedule.from_string("ppf2", base_patch=(2, 2))
+    rows = resolution_table(ARCHS["dev"], ppf2, [512, 1024, 2048], 512)
+    assert [r["image_tokens"] for r in rows] == [1024, 4096, 16384]
+    assert [round(r["coarse_fine_ratio"], 3) for r in rows] == [0.481, 0.289, 0.178]
+    assert [round(r["bound"], 2) for r in rows] == [1.35, 1.55, 1.70]
+    assert round(rows[0]["bound_text_free"], 2) == 1.61 == rows[0]["paper_speedup"]  # 512 px: text-free matches
+    assert rows[2]["stages"][0]["image_tokens"] == 16384 // 4
+
+
+def test_flops_command(capsys):
+    assert main(["flops", "--flux", "dev", "--resolution", "512,1024,2048"]) == 0
+    out = capsys.readouterr().out
+    assert "FLUX.1-dev" in out and "1.61" in out and "1.86" in out and "text-free" in out
+    assert main(["flops", "--flux", "dev", "--resolution", "1024", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["resolution"] == 1024 and rows[0]["bound"] == pytest.approx(1.551, abs=1e-3)
+    assert main(["flops", "--flux", "dev", "--resolution", "500"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
