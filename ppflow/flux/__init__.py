@@ -13,7 +13,8 @@ _EXPORTS = {
     "FluxShift": "sigmas", "sigma_boundaries": "sigmas", "stage_of_sigma": "sigmas", "stage_grid": "sigmas",
     "FluxArch": "flops", "resolution_table": "flops",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["FluxArch", "FluxShift", "PPFluxConfig", "PPFluxPipeline", "PPFluxTransformer", "StageStats",
+           "resolution_table", "sigma_boundaries", "stage_grid", "stage_of_sigma"]
 
 
 def __getattr__(name: str):

@@ -102,13 +102,13 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
     sigmas = [time_shift(mu, float(s)) for s in unshifted] + [0.0]
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     B = cfg.batch
-    cond = dict(
-        encoder_hidden_states=torch.randn(B, T, arch.joint_attention_dim, generator=g, device=device, dtype=dtype),
-        pooled_projections=torch.randn(B, arch.pooled_projection_dim, generator=g, device=device, dtype=dtype),
-        img_ids=FluxPipeline._prepare_latent_image_ids(B, grid[0], grid[1], device, dtype),
-        txt_ids=torch.zeros(T, 3, device=device, dtype=dtype),
-        guidance=torch.full((B,), 3.5, device=device) if arch.guidance_embeds else None,
-    )
+    cond = {
+        "encoder_hidden_states": torch.randn(B, T, arch.joint_attention_dim, generator=g, device=device, dtype=dtype),
+        "pooled_projections": torch.randn(B, arch.pooled_projection_dim, generator=g, device=device, dtype=dtype),
+        "img_ids": FluxPipeline._prepare_latent_image_ids(B, grid[0], grid[1], device, dtype),
+        "txt_ids": torch.zeros(T, 3, device=device, dtype=dtype),
+        "guidance": torch.full((B,), 3.5, device=device) if arch.guidance_embeds else None,
+    }
     noise = torch.randn(B, L, arch.in_channels, generator=g, device=device, dtype=dtype)
     models = {"FLUX": (base, None), f"PPFlux {cfg.schedule}": (ppf, stages)}
     if cfg.compile:
@@ -156,10 +156,10 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
 def format_report(result: dict) -> str:
     """Plain-text summary of a `bench_flux` result."""
     s = result["settings"]
-    lines = [f"FLUX denoising benchmark: size {s['size']}, {s['resolution']} px ({s['image_tokens']} image + "
-             f"{s['text_tokens']} text tokens), batch {s['batch']}, {s['steps']} Euler steps, {s['dtype']}, "
-             f"{s['repeats']} repeats ({s['estimator']}), {s['threads']} threads, {s['device_name']}, "
-             f"torch {s['torch']}{', compiled' if s['compile'] else ''}",
+    lines = [(f"FLUX denoising benchmark: size {s['size']}, {s['resolution']} px ({s['image_tokens']} image + "
+              f"{s['text_tokens']} text tokens), batch {s['batch']}, {s['steps']} Euler steps, {s['dtype']}, "
+              f"{s['repeats']} repeats ({s['estimator']}), {s['threads']} threads, {s['device_name']}, "
+              f"torch {s['torch']}{', compiled' if s['compile'] else ''}"),
              f"stages per step: {result['stages']}",
              f"{'run':<16} {'median s':>9} {'min s':>9}"]
     for name, r in result["runs"].items():

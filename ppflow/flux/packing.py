@@ -18,7 +18,7 @@ def group_tokens(x: torch.Tensor, grid: tuple[int, int], factors: tuple[int, int
     (h, w), (fh, fw) = grid, factors
     if fh == fw == 1:
         return x
-    B, L, C = x.shape
+    B, _, C = x.shape
     x = x.view(B, h // fh, fh, w // fw, fw, C)  # (B, I, a, J, b, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(B, (h // fh) * (w // fw), fh * fw * C)  # (B, I*J, (a b C))
 

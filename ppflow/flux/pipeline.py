@@ -19,7 +19,7 @@ from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from .flops import FluxArch, counts_flops
-from .sigmas import FluxShift, insert_boundaries, inverse_time_shift, step_stages, stage_grid
+from .sigmas import FluxShift, insert_boundaries, inverse_time_shift, stage_grid, step_stages
 from .transformer import CONFIG_NAME, PPFluxConfig, PPFluxTransformer
 
 

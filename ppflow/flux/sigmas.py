@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ def insert_boundaries(sigmas: Sequence[float], boundaries: Sequence[float]) -> l
     A step that straddles a boundary is split in two, so every step runs at one patch size.
     """
     out = [float(s) for s in sigmas]
-    if not out or any(b >= a for a, b in zip(out, out[1:])):
+    if not out or any(b >= a for a, b in pairwise(out)):
         raise ValueError(f"sigmas must be a non-empty, strictly decreasing list (noise first), got {out}")
     for b in boundaries:  # the last step runs from sigmas[-1] to 0, so (0, sigmas[0]) is covered
         if 0.0 < b < out[0] and all(abs(b - s) > 1e-9 for s in out):

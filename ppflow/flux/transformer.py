@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -36,7 +36,7 @@ class PPFluxConfig:
     schedule: str = "ppf2"  # ppflow schedule in t = 1 - sigma, patches in latent pixels (finest 2x2 = FLUX)
     init: str = "pooled"  # coarse projections: 'pooled' (official SiT recipe) or 'tiled' (token mean)
     boundaries: str = "unshifted"  # 'unshifted': boundaries mapped through the resolution's shift; 'sigma': as is
-    shift: FluxShift = FluxShift()  # FLUX scheduler's shift line, used by the 'unshifted' rule
+    shift: FluxShift = field(default_factory=FluxShift)  # FLUX scheduler's shift line, used by the 'unshifted' rule
     base_model: str | None = None  # hub id or folder of the base transformer (or of its pipeline)
     base_subfolder: str | None = None  # e.g. 'transformer' when base_model is a pipeline
     lora: dict | None = None  # peft LoraConfig of the base when it was fine-tuned with LoRA

@@ -32,16 +32,16 @@ def flux_inputs(batch: int = 2, grid=GRID, text: int = 5, sigma: float = 0.3, se
     from diffusers import FluxPipeline
 
     g = torch.Generator().manual_seed(seed)
-    return dict(
-        hidden_states=torch.randn(batch, grid[0] * grid[1], channels, generator=g),
-        encoder_hidden_states=torch.randn(batch, text, 32, generator=g),
-        pooled_projections=torch.randn(batch, 32, generator=g),
-        timestep=torch.full((batch,), sigma),
-        img_ids=FluxPipeline._prepare_latent_image_ids(batch, grid[0], grid[1], "cpu", torch.float32),
-        txt_ids=torch.zeros(text, 3),
-        guidance=torch.full((batch,), 3.5),
-        return_dict=False,
-    )
+    return {
+        "hidden_states": torch.randn(batch, grid[0] * grid[1], channels, generator=g),
+        "encoder_hidden_states": torch.randn(batch, text, 32, generator=g),
+        "pooled_projections": torch.randn(batch, 32, generator=g),
+        "timestep": torch.full((batch,), sigma),
+        "img_ids": FluxPipeline._prepare_latent_image_ids(batch, grid[0], grid[1], "cpu", torch.float32),
+        "txt_ids": torch.zeros(text, 3),
+        "guidance": torch.full((batch,), 3.5),
+        "return_dict": False,
+    }
 
 
 def tiny_components(seed: int = 0):
@@ -69,8 +69,8 @@ def tiny_components(seed: int = 0):
                         latent_channels=4, norm_num_groups=4, scaling_factor=1.5, shift_factor=0.1).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5,
                                                 max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
-    return dict(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
-                tokenizer_2=t5_tok, transformer=tiny_flux(seed))
+    return {"scheduler": scheduler, "vae": vae, "text_encoder": clip, "tokenizer": clip_tok, "text_encoder_2": t5,
+            "tokenizer_2": t5_tok, "transformer": tiny_flux(seed)}
 
 
 @pytest.fixture

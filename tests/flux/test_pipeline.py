@@ -9,8 +9,8 @@ from ppflow.flux.flops import FluxArch, forward_flops
 from ppflow.flux.pipeline import PPFluxPipeline
 from ppflow.flux.transformer import PPFluxTransformer
 
-CALL = dict(prompt="a photo of a cat", height=32, width=32, num_inference_steps=4, max_sequence_length=8,
-            output_type="np")  # 32 px through a 2x VAE: 16x16 latent, 8x8 packed tokens
+CALL = {"prompt": "a photo of a cat", "height": 32, "width": 32, "num_inference_steps": 4,
+        "max_sequence_length": 8, "output_type": "np"}  # 32 px through a 2x VAE: 16x16 latent, 8x8 packed tokens
 
 
 def _pipe(components, schedule="ppf2", cls=PPFluxPipeline, **options):

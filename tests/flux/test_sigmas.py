@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from ppflow.flux.sigmas import (FluxShift, insert_boundaries, inverse_time_shift, sigma_boundaries, stage_grid,
-                                stage_of_sigma, step_stages, time_shift)
+from ppflow.flux.sigmas import (
+    FluxShift,
+    insert_boundaries,
+    inverse_time_shift,
+    sigma_boundaries,
+    stage_grid,
+    stage_of_sigma,
+    step_stages,
+    time_shift,
+)
 from ppflow.models.schedule import PyramidSchedule
 
 PPF2 = PyramidSchedule.from_string("ppf2", base_patch=(2, 2))
