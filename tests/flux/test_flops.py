@@ -46,3 +46,25 @@ def test_flops_command(capsys):
     assert rows[0]["resolution"] == 1024 and rows[0]["bound"] == pytest.approx(1.551, abs=1e-3)
     assert main(["flops", "--flux", "dev", "--resolution", "500"]) == 2
     assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_dev_table_is_exact_on_the_real_architecture():
+    """FLUX.1-dev's shape on the meta device (no memory, no weights): 11.9B parameters, FLOPs counted by torch."""
+    from diffusers import FluxTransformer2DModel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ppflow.flux.transformer import PPFluxTransformer
+
+    with torch.device("meta"):
+        base = FluxTransformer2DModel(patch_size=1, guidance_embeds=True)  # diffusers' defaults = FLUX.1-dev
+        model = PPFluxTransformer(base)
+        kw = {"hidden_states": torch.empty(1, 1024, 64), "encoder_hidden_states": torch.empty(1, 512, 4096),
+              "pooled_projections": torch.empty(1, 768), "timestep": torch.full((1,), 0.5),
+              "img_ids": torch.zeros(1024, 3), "txt_ids": torch.zeros(512, 3), "guidance": torch.full((1,), 3.5)}
+    assert sum(p.numel() for p in base.parameters()) == 11_901_408_320
+    assert FluxArch.from_config(base.config) == ARCHS["dev"]
+    for stage, factors in ((0, (2, 2)), (1, (1, 1))):  # 512 px: 32x32 packed tokens
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            model(**kw, stage=stage, grid=(32, 32), return_dict=False)
+        assert counter.get_total_flops() == forward_flops(ARCHS["dev"], factors, (32, 32), 512).total
