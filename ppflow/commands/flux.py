@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..cli import at_least
+from ..cli import at_least, positive
 
 PAPER_NOTE = (
     "paper: measured two-stage speed-ups on FLUX.1-dev. At 512 px the text-free bound equals the paper's 1.61x;\n"
@@ -83,7 +83,7 @@ def bench_main(args) -> int:
         batch=args.batch or 1, steps=args.steps, repeats=args.repeats, warmup=args.warmup, estimator=args.estimator,
         # tiny models run fastest on one thread, and it does not oversubscribe a shared CPU
         threads=args.threads or (1 if size == "tiny" and args.device == "cpu" else None),
-        device=args.device, dtype=args.dtype, compile=args.compile, seed=args.seed)
+        device=args.device, dtype=args.dtype, compile=args.compile, cache=args.cache, seed=args.seed)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
     try:
         from ..train.parallel import resolve_device
@@ -106,3 +106,6 @@ def add_bench_arguments(p) -> None:
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="flux: weights and activations (tiny float32, dev bfloat16)")
     g.add_argument("--compile", action="store_true", help="flux: torch.compile both models (one graph per stage)")
+    g.add_argument("--cache", type=positive, default=None, metavar="THRESHOLD",
+                   help="flux: also time both with diffusers' FirstBlockCache at this threshold (random weights: "
+                        "how much it skips is arbitrary; it shows that the two speed-ups multiply)")

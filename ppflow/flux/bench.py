@@ -8,6 +8,7 @@ forwards made, efficiency = speed-up / bound. Weights are random: speed does not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -39,6 +40,7 @@ class FluxBenchConfig:
     device: str = "cpu"
     dtype: str | None = None  # float32 / bfloat16 (default: tiny float32, dev bfloat16)
     compile: bool = False  # torch.compile both models (one graph per stage for the PPFlux)
+    cache: float | None = None  # also time both with diffusers' FirstBlockCache at this threshold
     seed: int = 0
 
 
@@ -110,28 +112,54 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
         "guidance": torch.full((B,), 3.5, device=device) if arch.guidance_embeds else None,
     }
     noise = torch.randn(B, L, arch.in_channels, generator=g, device=device, dtype=dtype)
-    models = {"FLUX": (base, None), f"PPFlux {cfg.schedule}": (ppf, stages)}
+    ppf_name = f"PPFlux {cfg.schedule}"
+    models = {"FLUX": (base, None), ppf_name: (ppf, stages)}
     if cfg.compile:
+        if cfg.cache is not None:
+            raise ValueError("--cache and --compile together are not supported by this benchmark")
         models = {k: (torch.compile(m, dynamic=False), s) for k, (m, s) in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
+    cached = {}
+    if cfg.cache is not None:  # the same models with diffusers' FirstBlockCache on the base's blocks
+        cached = {f"FLUX + FBC {cfg.cache:g}": "FLUX", f"{ppf_name} + FBC {cfg.cache:g}": ppf_name}
+    times: dict[str, list[float]] = {k: [] for k in [*models, *cached]}
+    full_steps: dict[str, int] = {}
 
     def run(name: str) -> float:
-        model, st = models[name]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        _euler(model, noise, sigmas, st, cond, grid)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        model, st = models[cached.get(name, name)]
+        ctx = contextlib.nullcontext()
+        if name in cached:
+            from diffusers import FirstBlockCacheConfig
 
-    names = list(models)
+            base.enable_cache(FirstBlockCacheConfig(threshold=cfg.cache))
+            ctx = model.cache_context("cond")
+        computed = []  # steps whose last block ran (FirstBlockCache skips the rest when it reuses)
+        last = base.single_transformer_blocks[-1].proj_mlp
+        hook = last.register_forward_pre_hook(lambda m, a: computed.append(1)) if cached else None
+        try:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with ctx:
+                _euler(model, noise, sigmas, st, cond, grid)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+        finally:
+            if hook is not None:
+                hook.remove()
+            if name in cached:
+                base.disable_cache()
+        if cached:
+            full_steps[name] = len(computed)
+        return elapsed
+
+    names = list(times)
     with torch.inference_mode():
         for _ in range(cfg.warmup):
             for n in names:
                 run(n)
         for r in range(cfg.repeats):
-            for n in names[r % 2:] + names[: r % 2]:  # alternate which model goes first
+            for n in names[r % len(names):] + names[: r % len(names)]:  # rotate which model goes first
                 times[n].append(run(n))
                 if log is not None:
                     log(f"repeat {r + 1}/{cfg.repeats} {n}: {times[n][-1]:.3f}s")
@@ -140,7 +168,7 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
     fl = counts_flops(arch, ppf.schedule, grid, T, counts)
     base_s, ppf_s = est(times[names[0]]), est(times[names[1]])
     speedup, bound = base_s / ppf_s, fl["baseline_total"] / fl["total"]
-    return {
+    result = {
         "settings": {**dataclasses.asdict(cfg), "resolution": res, "text_tokens": T, "dtype": str(dtype),
                      "image_tokens": L, "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
@@ -150,7 +178,14 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
         "forwards": counts, "gflops": fl["total"] / 1e9, "baseline_gflops": fl["baseline_total"] / 1e9,
         "speedup": speedup, "bound": bound, "efficiency": speedup / bound,
         "bound_text_free": fl["baseline_text_free"] / fl["text_free"],
+        "full_steps": full_steps,
     }
+    if cached:
+        flux_c, ppf_c = (est(times[n]) for n in cached)
+        result["cache"] = {"threshold": cfg.cache, "speedup_flux_cache": base_s / flux_c,
+                           "speedup_ppflux_cache": base_s / ppf_c,
+                           "product": speedup * base_s / flux_c}  # what multiplying the two speed-ups predicts
+    return result
 
 
 def format_report(result: dict) -> str:
@@ -161,9 +196,14 @@ def format_report(result: dict) -> str:
               f"{s['repeats']} repeats ({s['estimator']}), {s['threads']} threads, {s['device_name']}, "
               f"torch {s['torch']}{', compiled' if s['compile'] else ''}"),
              f"stages per step: {result['stages']}",
-             f"{'run':<16} {'median s':>9} {'min s':>9}"]
+             f"{'run':<26} {'median s':>9} {'min s':>9}"]
     for name, r in result["runs"].items():
-        lines.append(f"{name:<16} {r['median']:>9.3f} {r['min']:>9.3f}")
+        lines.append(f"{name:<26} {r['median']:>9.3f} {r['min']:>9.3f}")
+    if "cache" in result:
+        c = result["cache"]
+        lines.append(f"FirstBlockCache {c['threshold']:g}: FLUX {c['speedup_flux_cache']:.3f}x, PPFlux "
+                     f"{c['speedup_ppflux_cache']:.3f}x (the product of the two alone: {c['product']:.3f}x); "
+                     f"steps with every block run: {result['full_steps']}")
     lines.append(f"speed-up {result['speedup']:.3f}  FLOPs bound {result['bound']:.3f} "
                  f"(text-free {result['bound_text_free']:.3f})  efficiency {result['efficiency']:.3f}")
     return "\n".join(lines)

@@ -20,3 +20,11 @@ def test_bench_flux_tiny_json(capsys):
 def test_bench_flux_rejects_other_sizes(capsys):
     assert main(["bench", "flux", "--size", "XL"]) == 2
     assert "choose one of tiny, dev" in capsys.readouterr().err
+
+
+def test_bench_flux_with_first_block_cache(capsys):
+    assert main(QUICK + ["--cache", "1e9", "--json"]) == 0  # reuse whenever allowed
+    r = json.loads(capsys.readouterr().out)
+    # the cache recomputes every block once per stage (a stage change changes the token count)
+    assert r["full_steps"] == {"FLUX": 4, "PPFlux ppf2": 4, "FLUX + FBC 1e+09": 1, "PPFlux ppf2 + FBC 1e+09": 2}
+    assert set(r["cache"]) == {"threshold", "speedup_flux_cache", "speedup_ppflux_cache", "product"}
