@@ -149,6 +149,12 @@ class PPFluxPipeline(FluxPipeline):
         grid = (height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2))  # packed token grid
         if grid[0] * grid[1] != L:
             raise ValueError(f"latents hold {L} packed tokens, not the {grid[0]}x{grid[1]} of a {height}x{width} image")
+        for s, (fh, fw) in enumerate(tr.factors(k) for k in range(S)):
+            if grid[0] % fh or grid[1] % fw:
+                step = 2 * self.vae_scale_factor
+                raise ValueError(f"{height}x{width} px is not a multiple of stage {s}'s {fh * step}x{fw * step} px "
+                                 f"patches ({tr.schedule.stages[s].patch[0]}x{tr.schedule.stages[s].patch[1]} "
+                                 "latent pixels); choose a height and width that are")
 
         unshifted, mu, stages = self._grid_and_stages(L, num_inference_steps, sigmas)
         if getattr(self.scheduler.config, "use_flow_sigmas", False):

@@ -88,6 +88,9 @@ def test_per_stage_guidance_reaches_each_stage(components):
     assert seen == [1.5, 1.5, 4.0, 4.0]
     with pytest.raises(ValueError, match="3 values given for 2 stages"):
         pipe(**CALL, guidance_scale=[1, 2, 3])
+    with pytest.raises(ValueError, match="36x32 px is not a multiple of stage 0's 8x8 px"):
+        pipe(**{**CALL, "height": 36, "output_type": "latent"})  # 9x8 packed tokens: no 2x2 groups
+
 
 
 def test_first_block_cache_on_the_inner_model(components):
