@@ -81,7 +81,20 @@ class PPFluxPipeline(FluxPipeline):
             transformer = PPFluxTransformer.from_pretrained(ppflow, base=base.transformer)
         else:
             transformer = PPFluxTransformer.from_flux(base.transformer, schedule=schedule, init=init)
-        return cls(**{**base.components, "transformer": transformer})
+        pipe = cls(**{**base.components, "transformer": transformer})
+        pipe.register_to_config(_name_or_path=path)  # the base pipeline, for save_pretrained's reference
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, base_model: str | None = None, **_) -> None:
+        """Save only the PPFlow extras and a reference to the base FLUX pipeline (never a copy of FLUX).
+
+        `base_model`: hub id or folder of the FLUX pipeline (default: where `from_pretrained` loaded it from).
+        `PPFluxPipeline.from_pretrained(save_directory)` loads both back.
+        """
+        base_model = base_model or self.config.get("_name_or_path") or None
+        if not base_model:
+            raise ValueError("this pipeline was not loaded with from_pretrained: pass base_model=<FLUX hub id or folder>")
+        self.transformer.save_pretrained(save_directory, base_model=str(base_model), base_subfolder="transformer")
 
     # ------------------------------------------------------------------ helpers
     def _grid_and_stages(self, latent_tokens: int, num_inference_steps: int, sigmas):

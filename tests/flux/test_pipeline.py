@@ -125,6 +125,11 @@ def test_from_pretrained_loads_flux_and_the_extras(components, tmp_path):
         assert np.array_equal(loaded(**CALL, generator=_seed()).images, want)
     fresh = PPFluxPipeline.from_pretrained(tmp_path / "flux", schedule="ppf3")
     assert fresh.transformer.schedule.num_stages == 3
+    fresh.save_pretrained(tmp_path / "again")  # extras + a reference to the FLUX folder it came from
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["ppflux.safetensors", "ppflux_config.json"]
+    assert PPFluxPipeline.from_pretrained(tmp_path / "again").transformer.schedule.num_stages == 3
+    with pytest.raises(ValueError, match="pass base_model"):
+        pipe.save_pretrained(tmp_path / "nowhere")
 
 
 def test_needs_a_ppflux_transformer(components):
