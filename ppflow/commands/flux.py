@@ -99,6 +99,9 @@ def bench_main(args) -> int:
 
 def add_bench_arguments(p) -> None:
     """Options of `ppflow bench flux` that `bench sample` does not have."""
+    p.description = (p.description or "") + (
+        " 'bench flux': base FLUX against a PPFlux transformer, the same Euler loop over PPFluxPipeline's sigmas on "
+        "the same random inputs, with the FLOPs bound; --size tiny (CPU) or dev (FLUX.1-dev shape, bf16, GPU).")
     g = p.add_argument_group("flux (ppflow bench flux --size tiny|dev)")
     g.add_argument("--schedule", default=None, help="flux: PPFlow schedule (default ppf2)")
     g.add_argument("--resolution", type=at_least(16), default=None, help="flux: image side in px (tiny 512, dev 1024)")
@@ -108,4 +111,4 @@ def add_bench_arguments(p) -> None:
     g.add_argument("--compile", action="store_true", help="flux: torch.compile both models (one graph per stage)")
     g.add_argument("--cache", type=positive, default=None, metavar="THRESHOLD",
                    help="flux: also time both with diffusers' FirstBlockCache at this threshold (random weights: "
-                        "how much it skips is arbitrary; it shows that the two speed-ups multiply)")
+                        "how much it skips is arbitrary; it shows the two running together)")
