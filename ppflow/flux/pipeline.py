@@ -80,7 +80,8 @@ class PPFluxPipeline(FluxPipeline):
         if ppflow is not None:
             transformer = PPFluxTransformer.from_pretrained(ppflow, base=base.transformer)
         else:
-            transformer = PPFluxTransformer.from_flux(base.transformer, schedule=schedule, init=init)
+            transformer = PPFluxTransformer.from_flux(base.transformer, schedule=schedule, init=init,
+                                                      shift=FluxShift.from_scheduler(base.scheduler))
         pipe = cls(**{**base.components, "transformer": transformer})
         pipe.register_to_config(_name_or_path=path)  # the base pipeline, for save_pretrained's reference
         return pipe
@@ -101,7 +102,7 @@ class PPFluxPipeline(FluxPipeline):
         """Unshifted sigma grid with the boundaries on it, the scheduler's mu and the stage of each step."""
         tr = self.transformer
         shift = FluxShift.from_scheduler(self.scheduler)
-        mu = shift.mu(latent_tokens)
+        mu = shift.mu(latent_tokens)  # what FluxPipeline passes (a dynamic scheduler uses it; a fixed one: log shift)
         # boundaries the network sees, mapped back to the unshifted sigmas of the scheduler's grid
         bounds = [inverse_time_shift(mu, b) for b in tr.sigma_boundaries(latent_tokens)]
         if sigmas is None:

@@ -31,23 +31,35 @@ BOUNDARY_SPACES = ("unshifted", "sigma")
 
 @dataclass(frozen=True)
 class FluxShift:
-    """FLUX's resolution-dependent shift (the scheduler config of FLUX.1-dev / schnell)."""
+    """FLUX's time shift: resolution-dependent (FLUX.1-dev) or one fixed `shift` (FLUX.1-schnell: 1, none)."""
 
     base_image_seq_len: int = 256  # fine image tokens at which mu = base_shift (256 tokens = 256 px)
     max_image_seq_len: int = 4096  # fine image tokens at which mu = max_shift (4096 tokens = 1024 px)
     base_shift: float = 0.5
     max_shift: float = 1.15
+    dynamic: bool = True  # the scheduler's use_dynamic_shifting (FLUX.1-dev: true, schnell: false)
+    shift: float = 1.0  # the fixed shift when not dynamic (e^mu = shift: the same formula)
 
     def mu(self, image_seq_len: int) -> float:
         """`calculate_shift` of diffusers' FluxPipeline (extrapolated linearly beyond the two points)."""
+        if not self.dynamic:
+            return math.log(self.shift)
         m = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
         return image_seq_len * m + self.base_shift - m * self.base_image_seq_len
 
     @classmethod
     def from_scheduler(cls, scheduler) -> FluxShift:
+        """The shift a FlowMatchEulerDiscreteScheduler applies; other sigma transforms are refused."""
         c = scheduler.config
-        return cls(c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                   c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        for flag in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                     "invert_sigmas", "stochastic_sampling"):
+            if c.get(flag):
+                raise ValueError(f"scheduler option {flag}={c.get(flag)} moves the sigmas off the stage grid; "
+                                 "PPFluxPipeline supports FLUX's FlowMatchEulerDiscreteScheduler settings")
+        if c.get("use_dynamic_shifting") and c.get("time_shift_type", "exponential") != "exponential":
+            raise ValueError(f"time_shift_type={c.get('time_shift_type')!r} is not FLUX's exponential shift")
+        return cls(c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                   c.get("max_shift", 1.15), bool(c.get("use_dynamic_shifting", False)), float(c.get("shift", 1.0)))
 
 
 def time_shift(mu: float, sigma: float) -> float:

@@ -78,6 +78,25 @@ def test_boundary_is_a_grid_point_and_straddling_steps_split(components):
     assert len(pipe.stage_stats.sigmas) == 4 and pipe.stage_stats.steps == [2, 2]  # 0.6 -> 0.2 split at 0.5
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_a_fixed_shift_scheduler_like_schnell(components, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ppflow.flux.sigmas import FluxShift
+
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift=shift)
+    rule = FluxShift.from_scheduler(scheduler)
+    assert not rule.dynamic and rule.shift == shift
+    pipe = _pipe({**components, "scheduler": scheduler}, "ppf2", shift=rule)
+    pipe(**{**CALL, "output_type": "latent"}, generator=_seed())
+    st = pipe.stage_stats
+    boundary = shift * 0.5 / (1 + (shift - 1) * 0.5)  # the scheduler's shift of the unshifted boundary 0.5
+    assert pipe.transformer.sigma_boundaries(64)[0] == pytest.approx(boundary)
+    assert st.steps == [2, 2] and st.sigmas[2] == pytest.approx(boundary, abs=1e-6)
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        FluxShift.from_scheduler(FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True))
+
+
 def test_per_stage_guidance_reaches_each_stage(components):
     pipe = _pipe(components, "ppf2")
     seen = []
