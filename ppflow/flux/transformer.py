@@ -105,6 +105,16 @@ class PPFluxTransformer(nn.Module):
         return self.schedule.factors(stage)
 
     # ------------------------------------------------------ diffusers compatibility
+    def __getattr__(self, name: str):
+        """Public attributes PPFlux does not define come from the base (load_lora_adapter, set_adapters, ...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base")
+            if name.startswith("_") or base is None:
+                raise
+            return getattr(base, name)
+
     @property
     def config(self):
         """The base model's config (FluxPipeline reads in_channels and guidance_embeds from it)."""

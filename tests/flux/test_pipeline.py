@@ -154,3 +154,22 @@ def test_from_pretrained_loads_flux_and_the_extras(components, tmp_path):
 def test_needs_a_ppflux_transformer(components):
     with pytest.raises(TypeError, match="from_flux"):
         PPFluxPipeline(**{**components, "transformer": tiny_flux()})
+
+
+def test_diffusers_lora_loading_reaches_the_base(components, tmp_path):
+    pytest.importorskip("peft")
+    from conftest import flux_inputs
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    tuned = tiny_flux()
+    tuned.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"], init_lora_weights=False))
+    lora = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(tuned).items()}
+    pipe = _pipe({**components, "transformer": tiny_flux()}, "ppf2")
+    pipe.load_lora_weights(lora)  # FluxLoraLoaderMixin -> transformer.load_lora_adapter, i.e. the base's
+    kw = flux_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.transformer(**kw, stage=1)[0], tuned(**kw)[0])
+    pipe.transformer.save_pretrained(tmp_path / "ppf")  # the LoRA travels with the extras
+    loaded = PPFluxTransformer.from_pretrained(tmp_path / "ppf", base=tiny_flux())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**kw, stage=1)[0], tuned(**kw)[0])
