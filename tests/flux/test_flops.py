@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import flux_inputs, tiny_flux
 
 from ppflow.cli import main
 from ppflow.flux.flops import ARCHS, FluxArch, forward_flops, resolution_table
 from ppflow.models.schedule import PyramidSchedule
+from tests.flux.conftest import flux_inputs, tiny_flux
 
 
 @pytest.mark.parametrize("stage,factors", [(0, (2, 2)), (1, (1, 1))])

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_flux
 
 from ppflow.flux.flops import FluxArch, forward_flops
 from ppflow.flux.pipeline import PPFluxPipeline
 from ppflow.flux.transformer import PPFluxTransformer
+from tests.flux.conftest import tiny_flux
 
 CALL = {"prompt": "a photo of a cat", "height": 32, "width": 32, "num_inference_steps": 4,
         "max_sequence_length": 8, "output_type": "np"}  # 32 px through a 2x VAE: 16x16 latent, 8x8 packed tokens
@@ -158,8 +158,9 @@ def test_needs_a_ppflux_transformer(components):
 
 def test_diffusers_lora_loading_reaches_the_base(components, tmp_path):
     pytest.importorskip("peft")
-    from conftest import flux_inputs
     from peft import LoraConfig, get_peft_model_state_dict
+
+    from tests.flux.conftest import flux_inputs
 
     tuned = tiny_flux()
     tuned.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"], init_lora_weights=False))

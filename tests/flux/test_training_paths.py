@@ -4,9 +4,9 @@ import copy
 
 import torch
 import torch.distributed as dist
-from conftest import flux_inputs, tiny_flux
 
 from ppflow.flux.transformer import PPFluxTransformer
+from tests.flux.conftest import flux_inputs, tiny_flux
 
 
 def _grads(model, stage, **kw):

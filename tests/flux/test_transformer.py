@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GRID, flux_inputs, tiny_flux
 
 from ppflow.flux.packing import group_ids, group_tokens, ungroup_tokens
 from ppflow.flux.transformer import CONFIG_NAME, WEIGHTS_NAME, PPFluxTransformer
+from tests.flux.conftest import GRID, flux_inputs, tiny_flux
 
 
 def _randomize_extras(model, seed=3):
