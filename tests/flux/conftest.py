@@ -1,11 +1,8 @@
 """Tiny random FLUX parts built locally (no downloads): a 1+1-block transformer, CLIP/T5 text models, a VAE."""
 
-import os
-
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
@@ -71,6 +68,15 @@ def tiny_components(seed: int = 0):
                                                 max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
     return {"scheduler": scheduler, "vae": vae, "text_encoder": clip, "tokenizer": clip_tok, "text_encoder_2": t5,
             "tokenizer_2": t5_tok, "transformer": tiny_flux(seed)}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Nothing here may reach the Hub: HF_HUB_OFFLINE for these tests only (the hub tests set their own)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture
