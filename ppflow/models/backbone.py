@@ -16,10 +16,11 @@ from torch import nn
 
 from .layers import DiTBlock, LabelEmbedder, Packing, TimestepEmbedder, sincos_2d
 from .output import OUTPUTS, to_velocity
-from .patchify import PatchEmbed, Unpatchify
+from .patchify import PatchEmbed, Unpatchify, average_init, copy_init
 from .schedule import PyramidSchedule
 
 TIME_MAPS = ("identity", "dit")
+STAGE_INITS = ("independent", "pooled")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ModelConfig:
     level_init_std: float = 0.02  # official PPFlow init of the level embedding (adaptation uses 0)
     time_map: str = "identity"  # what the t-embedder sees: 'identity' (flow t) or 'dit' (999*(1-t))
     coarse_output: str = "v"  # what coarse stages emit: 'v' (paper) | 'x' (clean sample) | 'noise_skip' (models/output.py)
+    stage_init: str = "independent"  # from-scratch init of coarse projections: 'independent' (official) | 'pooled' (finest's, average/copy)
     vae: str | None = None  # diffusers AutoencoderKL (hub name or folder) for latent models; None = pixel space
     name: str = ""  # display name, e.g. 'PPF-B-2'
 
@@ -49,6 +51,8 @@ class ModelConfig:
             self.schedule = self.schedule.to_string() if self.schedule.base_patch == self.schedule.stages[-1].patch else json.dumps(self.schedule.to_dict())
         if self.time_map not in TIME_MAPS:
             raise ValueError(f"time_map {self.time_map!r} is not one of {TIME_MAPS}")
+        if self.stage_init not in STAGE_INITS:
+            raise ValueError(f"stage_init {self.stage_init!r} is not one of {STAGE_INITS}")
         if self.coarse_output not in OUTPUTS:
             raise ValueError(f"coarse_output {self.coarse_output!r} is not one of {OUTPUTS}")
         if self.hidden_size % self.num_heads:
@@ -140,6 +144,24 @@ class PPFlowTransformer(nn.Module):
         for unp in self.final_layer.unpatchify:
             nn.init.zeros_(unp.linear.weight)
             nn.init.zeros_(unp.linear.bias)
+        if self.config.stage_init == "pooled":
+            self._pool_coarse_projections()
+
+    @torch.no_grad()
+    def _pool_coarse_projections(self) -> None:
+        """Coarse projections from the finest stage's (adaptation's average/copy init): one token dialect at step 0."""
+        fine, C, O = self.schedule.stages[-1].patch, self.config.in_channels, self.config.out_channels
+        fine_in, fine_out = self.x_embedder[-1].proj, self.final_layer.unpatchify[-1].linear
+        for s in range(self.schedule.num_stages - 1):
+            ph, pw = self.schedule.stages[s].patch
+            if ph % fine[0] or pw % fine[1]:
+                raise ValueError(f"stage_init 'pooled' needs each stage patch to be a multiple of the finest "
+                                 f"{fine}; stage {s} has {(ph, pw)} (use stage_init 'independent')")
+            f = (ph // fine[0], pw // fine[1])
+            self.x_embedder[s].proj.weight.copy_(average_init(fine_in.weight, fine, f, C))
+            self.x_embedder[s].proj.bias.copy_(fine_in.bias)
+            self.final_layer.unpatchify[s].linear.weight.copy_(copy_init(fine_out.weight, fine, f, O))
+            self.final_layer.unpatchify[s].linear.bias.copy_(copy_init(fine_out.bias, fine, f, O))
 
     # --------------------------------------------------------------- helpers
     @property

@@ -51,3 +51,19 @@ class Unpatchify(nn.Module):
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return unpatchify(self.linear(tokens), *self.patch, height, width)  # (N, O, H, W)
+
+
+def average_init(weight: torch.Tensor, patch: tuple[int, int], factors: tuple[int, int], channels: int) -> torch.Tensor:
+    """Base PatchEmbed weight (D, C*p*q) -> stage weight (D, C*(p*fh)*(q*fw)), average init."""
+    (p, q), (fh, fw) = patch, factors
+    D = weight.shape[0]
+    w = weight.reshape(D, channels, p, q).repeat_interleave(fh, dim=2).repeat_interleave(fw, dim=3)  # (D, C, ph, pw)
+    return (w / (fh * fw)).reshape(D, -1)
+
+
+def copy_init(rows: torch.Tensor, patch: tuple[int, int], factors: tuple[int, int], out_channels: int) -> torch.Tensor:
+    """Base Unpatchify weight (p*q*O, D) or bias (p*q*O,) -> stage one, each pixel's rows repeated."""
+    (p, q), (fh, fw) = patch, factors
+    tail = rows.shape[1:]
+    r = rows.reshape(p, 1, q, 1, out_channels, *tail).expand(p, fh, q, fw, out_channels, *tail)  # (a, i, b, j, o)
+    return r.reshape(p * fh * q * fw * out_channels, *tail).clone()  # never a view of the source (factor 1)

@@ -96,3 +96,27 @@ def test_dit_xl2_parameter_count():
         m = PPFlowTransformer(create_config("DiT-XL/2"))
     # DiT's published count 675,129,632 includes its frozen pos_embed (256 x 1152), which we compute instead
     assert m.num_parameters() + 256 * 1152 == 675_129_632
+
+
+@pytest.mark.parametrize("schedule", ["ppf3", "0.5:2x2,1:2x2", "0.4:4x8,1:2x2"])
+def test_pooled_stage_init_makes_a_coarse_token_the_fine_embedding_of_its_pooled_patch(schedule):
+    """stage_init='pooled' from scratch: every coarse patchify starts as the finest one applied to the block
+    average, so the backbone sees one token dialect at step 0 (the same-patch control starts as one model)."""
+    torch.manual_seed(0)
+    model = create_model("PPF-tiny", schedule=schedule, in_channels=4, num_classes=10, input_size=16,
+                         stage_init="pooled")
+    x = torch.randn(2, 4, 16, 16)
+    fine = model.schedule.stages[-1].patch
+    for s, st in enumerate(model.schedule.stages[:-1]):
+        fh, fw = st.patch[0] // fine[0], st.patch[1] // fine[1]
+        pooled = torch.nn.functional.avg_pool2d(x, (fh, fw))  # (2, 4, 16/fh, 16/fw)
+        fine_emb = torch.nn.functional.conv2d(
+            pooled, model.x_embedder[-1].proj.weight.view(-1, 4, *fine), model.x_embedder[-1].proj.bias, stride=fine)
+        torch.testing.assert_close(model.x_embedder[s](x), fine_emb.flatten(2).transpose(1, 2), atol=1e-5, rtol=0)
+    independent = create_model("PPF-tiny", schedule=schedule, in_channels=4, num_classes=10, input_size=16)
+    assert not torch.allclose(independent.x_embedder[0].proj.weight[:, :4], independent.x_embedder[-1].proj.weight[:, :4])
+
+
+def test_stage_init_errors_are_clear():
+    with pytest.raises(ValueError, match="stage_init"):
+        create_model("PPF-tiny-2", stage_init="shared")
