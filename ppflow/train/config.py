@@ -337,9 +337,13 @@ def normalize_key(key: str) -> str:
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """A new config with dotted-key values set (`{'optim.lr': '3e-4', 'model.schedule': 'ppf3'}`)."""
+    """A new config with dotted-key values set (`{'optim.lr': '3e-4', 'model.schedule': 'ppf3'}`).
+
+    Works for any config dataclass built like TrainConfig (e.g. ppflow.flux.train_config.FluxTrainConfig).
+    """
+    cls = type(cfg)
     d = config_to_dict(cfg)
-    keys = leaf_keys()
+    keys = leaf_keys(cls)
     for raw, value in overrides.items():
         key = normalize_key(raw)
         if key not in keys:
@@ -347,14 +351,14 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
             hint = f"; did you mean {close}?" if close else "; run 'ppflow train --help' for the list"
             raise ConfigError(f"unknown config key {raw!r}{hint}")
         parts = key.split(".")
-        if parts[0] == "model" and parts[1] in MODEL_FIELDS:
+        if cls is TrainConfig and parts[0] == "model" and parts[1] in MODEL_FIELDS:
             d["model"]["overrides"][parts[1]] = value
             continue
         node = d
         for p in parts[:-1]:
             node = node[p]
         node[parts[-1]] = value
-    return config_from_dict(d)
+    return config_from_dict(d, cls)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -409,15 +413,15 @@ def validate(cfg: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------ command line
-def add_config_arguments(parser) -> None:
-    """One `--dotted.key` option per leaf (dashes or underscores), plus short aliases."""
+def add_config_arguments(parser, cls=TrainConfig) -> None:
+    """One `--dotted.key` option per leaf of `cls` (dashes or underscores), plus short aliases."""
     import argparse
 
     parser.add_argument("--config", default=None, metavar="YAML", help="YAML config file (nested keys as below)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     alias_of = {v: k for k, v in ALIASES.items()}
     groups = {}
-    for key, (tp, help_text, default) in leaf_keys().items():
+    for key, (tp, help_text, default) in leaf_keys(cls).items():
         section = key.split(".")[0] if "." in key else "run"
         if section not in groups:
             groups[section] = parser.add_argument_group(f"{section} options")
