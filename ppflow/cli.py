@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "adapt": ("adapt", "turn a one-stage SiT/DiT model into a PPFlow model (average/copy init)"),
     "download": ("download", "fetch a known release (DiT, SiT, official PPF-XL) into the cache, hash-checked"),
     "push": ("push", "upload a model or a training run's EMA folder to the Hugging Face Hub with a model card"),
+    "flux": ("flux", "FLUX.1 into PPFlux: fine-tune (train, LoRA or full), cache latents + text, a CPU demo"),
     "demo": ("demo", "end-to-end demo on Fashion-MNIST: train PPF and SiT, sample, compare, report"),
     "repro": ("repro", "small-scale reproduction of the paper's main table"),
 }

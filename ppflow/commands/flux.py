@@ -1,4 +1,5 @@
-"""FLUX parts of `ppflow flops --flux` and `ppflow bench flux` (registered by ppflow/commands/flops.py and bench.py)."""
+"""`ppflow flux train|cache|demo`, and the FLUX parts of `ppflow flops --flux` and `ppflow bench flux`
+(registered by ppflow/commands/flops.py and bench.py)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,103 @@ def add_bench_arguments(p) -> None:
     g.add_argument("--cache", type=positive, default=None, metavar="THRESHOLD",
                    help="flux: also time both with diffusers' FirstBlockCache at this threshold (random weights: "
                         "how much it skips is arbitrary; it shows the two running together)")
+
+
+# ---------------------------------------------------------------------- ppflow flux train | cache | demo
+FLUX_EPILOG = """\
+examples:
+  ppflow flux cache --data.path my_images --data.pipeline black-forest-labs/FLUX.1-dev --data.cache cache.safetensors
+  ppflow flux train --model.base black-forest-labs/FLUX.1-dev --model.subfolder transformer \\
+      --data.cache cache.safetensors --train.mode lora --batch-size 4 --max-steps 2000 --out runs/ppflux
+  ppflow flux train ... --model.schedule 1:2x2      # the FLUX-ft baseline: same command, one stage
+  ppflow flux train --resume runs/ppflux --max-steps 4000
+  ppflow flux demo --quick                          # tiny FLUX from scratch on Fashion-MNIST, then PPFlux vs FLUX-ft
+"""
+
+
+def add_arguments(p) -> None:
+    import argparse
+
+    from ..flux.train_config import FluxTrainConfig
+    from ..train.config import add_config_arguments
+
+    p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
+    sub = p.add_subparsers(dest="flux_command", metavar="{train,cache,demo}")
+    t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    add_config_arguments(t, FluxTrainConfig)
+    c = sub.add_parser("cache", help="encode an image-caption folder once: FLUX latents + T5/CLIP embeddings",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--data.path", dest="path", required=True, help="image-caption folder (.txt captions or "
+                                                                   "metadata.jsonl)")
+    c.add_argument("--data.pipeline", dest="pipeline", required=True, help="FLUX pipeline folder or hub id")
+    c.add_argument("--data.cache", dest="cache", required=True, help="cache file to write (.safetensors)")
+    c.add_argument("--data.resolution", dest="resolution", type=at_least(16), default=512, help="image side in px")
+    c.add_argument("--data.max-sequence-length", dest="max_sequence_length", type=at_least(1), default=512,
+                   help="T5 tokens per caption")
+    c.add_argument("--batch-size", type=at_least(1), default=8)
+    c.add_argument("--device", default="auto")
+    d = sub.add_parser("demo", help="tiny FLUX from scratch on Fashion-MNIST, adapted to PPFlux vs FLUX-ft, report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--quick", action="store_true", help="under-a-minute smoke run (tiny budget, no classifier FID)")
+    d.add_argument("--out", default=None, help="report folder (default runs/flux-demo[-quick])")
+    d.add_argument("--threads", type=at_least(1), default=1, help="torch threads")
+    d.add_argument("--seed", type=int, default=0)
+
+
+def main(args) -> int:
+    from ..train.config import ConfigError
+
+    if args.flux_command is None:
+        print("ppflow flux: choose a subcommand: train, cache or demo (ppflow flux --help)", file=sys.stderr)
+        return 2
+    try:
+        if args.flux_command == "train":
+            return _train(args)
+        if args.flux_command == "cache":
+            return _cache(args)
+        from ..flux.demo import run_demo
+
+        run_demo(quick=args.quick, out=args.out, threads=args.threads, seed=args.seed)
+        return 0
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"ppflow flux {args.flux_command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _train(args) -> int:
+    from ..flux.train import train_flux
+    from ..flux.train_config import flux_config_from_args
+    from ..train.config import cli_overrides
+
+    if args.resume:
+        result = train_flux(resume=args.resume, overrides=cli_overrides(args))
+    else:
+        cfg = flux_config_from_args(args)
+        if args.print_config:
+            import yaml
+
+            from ..train.config import config_to_dict
+
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            return 0
+        result = train_flux(cfg)
+    if result.interrupted:
+        print(f"ppflow flux train: stopped at step {result.step}; continue with --resume {result.run_dir}",
+              file=sys.stderr)
+        return 130
+    print(f"done: step {result.step}, loss {result.loss:.4f}, PPFlux folder {result.ema_dir}")
+    return 0
+
+
+def _cache(args) -> int:
+    from ..flux.captions import cache_folder, load_encoders
+    from ..train.parallel import resolve_device
+
+    pipe = load_encoders(args.pipeline, resolve_device(args.device))
+    cache = cache_folder(args.path, pipe, args.resolution, args.max_sequence_length, args.batch_size)
+    path = cache.save(args.cache)
+    print(f"cached {len(cache)} images: latents {tuple(cache.latents.shape[1:])}, T5 {tuple(cache.prompt_embeds.shape[1:])}"
+          f", CLIP {tuple(cache.pooled.shape[1:])} -> {path}")
+    return 0

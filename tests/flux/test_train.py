@@ -1,0 +1,117 @@
+"""`ppflow flux train`: caption folders and their cache, stage-stratified sigmas, LoRA/full steps, exact resume."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ppflow.flux.captions import CaptionCache, cache_folder, load_encoders, scan_folder
+from ppflow.flux.objective import train_sigmas
+from ppflow.flux.train import train_flux
+from ppflow.flux.train_config import FluxTrainConfig
+from ppflow.flux.transformer import PPFluxTransformer
+from ppflow.train.config import ConfigError
+from tests.flux.conftest import tiny_components, tiny_flux
+
+
+def _folder(root, n=4, size=40):
+    root.mkdir()
+    g = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(g.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(["a red cat", "a blue dog"][i % 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny FLUX pipeline folder (no transformer), a transformer folder, an image-caption folder and its cache."""
+    tmp = tmp_path_factory.mktemp("flux_train")
+    comps = tiny_components()
+    from diffusers import FluxPipeline
+
+    FluxPipeline(**{**comps, "transformer": None}).save_pretrained(tmp / "pipe")
+    tiny_flux(in_channels=16).save_pretrained(tmp / "base")
+    data = _folder(tmp / "data")
+    cache = cache_folder(data, load_encoders(str(tmp / "pipe")), 32, max_sequence_length=8, progress=False)
+    cache.save(tmp / "cache.safetensors")
+    return tmp
+
+
+def _cfg(tmp, out, **kw):
+    cfg = FluxTrainConfig(batch_size=2, max_steps=4, log_every=1, save_every=2, device="cpu", progress=False)
+    cfg.model.base, cfg.data.cache, cfg.data.resolution, cfg.out = str(tmp / "base"), str(tmp / "cache.safetensors"), \
+        32, str(tmp / out)
+    cfg.train.lora_rank, cfg.optim.lr = 4, 1e-3
+    for k, v in kw.items():
+        section, name = k.split("__")
+        setattr(getattr(cfg, section), name, v)
+    return cfg
+
+
+def test_caption_folders_and_their_errors(tmp_path):
+    items = scan_folder(_folder(tmp_path / "ok", 2))
+    assert [c for _, c in items] == ["a red cat", "a blue dog"]
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    Image.new("RGB", (8, 8)).save(meta / "x.png")
+    (meta / "metadata.jsonl").write_text('{"file_name": "x.png", "text": "a cat"}\n')
+    assert scan_folder(meta)[0][1] == "a cat"
+    (meta / "metadata.jsonl").write_text('{"file_name": "x.png"}\n')
+    with pytest.raises(ValueError, match="x.png.*no caption"):
+        scan_folder(meta)
+    (tmp_path / "ok" / "img1.txt").unlink()
+    with pytest.raises(ValueError, match="img1.png has no caption"):
+        scan_folder(tmp_path / "ok")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        scan_folder(tmp_path / "empty")
+    bad = _folder(tmp_path / "bad", 1)
+    (bad / "img0.png").write_bytes(b"not a png")
+    from ppflow.flux.captions import load_image
+
+    with pytest.raises(ValueError, match="cannot read image .*img0.png"):
+        load_image(bad / "img0.png", 16)
+
+
+@pytest.mark.parametrize("side", [256, 1024])
+def test_stratified_sigmas_follow_the_inference_stage_rule(side):
+    model = PPFluxTransformer.from_flux(tiny_flux(), "ppf2")
+    L = (side // 16) ** 2
+    draw = train_sigmas(model, 64, L, torch.Generator().manual_seed(0))
+    assert torch.equal(draw.stage, model.stage_of(draw.sigma, L))  # the rule PPFluxPipeline samples with
+    (b,) = model.sigma_boundaries(L)
+    assert draw.stage.tolist() == [0] * 32 + [1] * 32  # span shares: half the unshifted sigmas are coarse
+    assert (draw.sigma[:32] > b).all() and (draw.sigma[32:] <= b).all()
+    assert b > 0.5  # the resolution shift moved the boundary (more coarse sigma at larger images)
+
+
+def test_cache_is_used_lora_freezes_the_base_and_resume_is_exact(setup):
+    tmp = setup
+    assert CaptionCache.load(tmp / "cache.safetensors").latents.shape == (4, 4, 16, 16)
+    straight = train_flux(_cfg(tmp, "lora"))  # no data.path / pipeline: the cache is used
+    assert straight.step == 4 and len(straight.losses) == 4
+    ckpt = torch.load(straight.checkpoint, weights_only=True)
+    assert all("lora_" in k or not k.startswith("base.") for k in ckpt["model"])
+    assert any("lora_" in k for k in ckpt["model"]) and "patch_embed.0.weight" in ckpt["model"]
+    # the EMA folder is a PPFlux on the untouched base: base weights equal the base folder's
+    tuned = PPFluxTransformer.from_pretrained(straight.ema_dir)
+    ref = tiny_flux(in_channels=16)
+    for k, v in ref.state_dict().items():
+        key = k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        got = tuned.base.state_dict().get(k, tuned.base.state_dict().get(key))
+        assert torch.equal(got, v), k
+    part = train_flux(_cfg(tmp, "lora2"), overrides={"max_steps": 2})
+    resumed = train_flux(resume=part.run_dir, overrides={"max_steps": 4})
+    assert part.losses + resumed.losses == straight.losses
+    assert (tmp / "lora2" / "metrics.csv").read_text() .count("\n") == 5
+
+
+def test_full_mode_trains_the_base_and_a_missing_cache_is_a_clear_error(setup):
+    tmp = setup
+    res = train_flux(_cfg(tmp, "full", train__mode="full", model__schedule="1:2x2"), overrides={"max_steps": 2})
+    tuned = PPFluxTransformer.from_pretrained(res.ema_dir)
+    assert not torch.equal(tuned.base.x_embedder.weight, tiny_flux(in_channels=16).x_embedder.weight)
+    assert tuned.stage_embed.abs().sum() == 0  # one stage: exactly FLUX
+    with pytest.raises(ConfigError, match="no cache .*data.pipeline"):
+        train_flux(_cfg(tmp, "none", data__cache=str(tmp / "missing.safetensors"), data__path=str(tmp / "data")))
