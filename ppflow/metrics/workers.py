@@ -1,0 +1,129 @@
+"""Benchmark subjects in child processes: each model alone in its process, driven in turns by the parent.
+
+`Worker("module:factory", kwargs)` starts a spawned process that builds `factory(**kwargs)` and then
+answers `worker.call("method", *args)` one at a time, so only one child computes at any moment and
+the alternation of a benchmark is kept. A child's peak memory is then that one model's. `InProcess`
+has the same interface without a process (tests, or where isolation does not matter).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+
+class WorkerError(RuntimeError):
+    """A child process failed; the message is its one-line error."""
+
+
+def _build(target: str, kwargs: dict):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _serve(conn, target: str, kwargs: dict) -> None:
+    try:
+        obj = _build(target, kwargs)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", _one_line(e)))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            return
+        if msg is None:
+            return
+        method, args = msg
+        try:
+            conn.send(("ok", getattr(obj, method)(*args)))
+        except BaseException as e:  # noqa: BLE001
+            conn.send(("error", _one_line(e)))
+
+
+def _child_main(fd: int) -> None:
+    """Entry point of a child: read (target, kwargs) from the inherited connection, then serve."""
+    conn = Connection(fd)
+    target, kwargs = conn.recv()
+    _serve(conn, target, kwargs)
+
+
+class Worker:
+    """`factory(**kwargs)` in a fresh Python child process; `call` runs one of its methods there.
+
+    The child is `python -c` with a socket inherited from this process (not multiprocessing's spawn,
+    which re-runs the parent's __main__ and fails under `python -` or notebooks).
+    """
+
+    def __init__(self, target: str, kwargs: dict, label: str = "") -> None:
+        self.label = label or target
+        self.conn, child = mp.Pipe()
+        fd = child.fileno()
+        code = "import sys; from ppflow.metrics.workers import _child_main; _child_main(int(sys.argv[1]))"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL)
+        child.close()
+        self.conn.send((target, kwargs))
+
+    def ready(self) -> Worker:
+        """Wait until the child has built its subject (children started together build in parallel)."""
+        self._answer()
+        return self
+
+    def _answer(self):
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, OSError):
+            raise WorkerError(f"{self.label}: the benchmark process ended unexpectedly (exit code "
+                              f"{self.proc.wait()}; out of memory?)") from None
+        if status == "error":
+            raise WorkerError(f"{self.label}: {value}")
+        return value
+
+    def call(self, method: str, *args):
+        self.conn.send((method, args))
+        return self._answer()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+class InProcess:
+    """The same interface as `Worker`, in this process."""
+
+    def __init__(self, target: str, kwargs: dict, label: str = "") -> None:
+        self.label = label or target
+        try:
+            self.obj = _build(target, kwargs)
+        except (RuntimeError, ValueError) as e:
+            raise WorkerError(f"{self.label}: {_one_line(e)}") from e
+
+    def ready(self) -> InProcess:
+        return self
+
+    def call(self, method: str, *args):
+        return getattr(self.obj, method)(*args)
+
+    def close(self) -> None:
+        self.obj = None
+
+
+def start(target: str, kwargs: dict, label: str, isolate: bool) -> Worker | InProcess:
+    return (Worker if isolate else InProcess)(target, kwargs, label)
