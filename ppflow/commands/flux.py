@@ -156,6 +156,10 @@ def add_arguments(p) -> None:
     d.add_argument("--out", default=None, help="report folder (default runs/flux-demo[-quick])")
     d.add_argument("--threads", type=at_least(1), default=1, help="torch threads")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--base-steps", type=at_least(1), default=None, help="steps of the from-scratch base (default 1500)")
+    d.add_argument("--finetune-steps", type=at_least(1), default=None,
+                   help="steps of each fine-tune, PPFlux and FLUX-ft (default 300)")
+    d.add_argument("--eval-per-class", type=at_least(1), default=None, help="samples per prompt (default 100)")
 
 
 def main(args) -> int:
@@ -169,9 +173,14 @@ def main(args) -> int:
             return _train(args)
         if args.flux_command == "cache":
             return _cache(args)
-        from ..flux.demo import run_demo
+        from ..flux.demo import DemoConfig, run_demo
 
-        run_demo(quick=args.quick, out=args.out, threads=args.threads, seed=args.seed)
+        cfg = DemoConfig.quick() if args.quick else DemoConfig()
+        for key in ("base_steps", "finetune_steps", "eval_per_class"):
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
+        run_demo(out=args.out or ("runs/flux-demo-quick" if args.quick else None), threads=args.threads,
+                 seed=args.seed, config=cfg)
         return 0
     except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
         print(f"ppflow flux {args.flux_command}: error: {e}", file=sys.stderr)

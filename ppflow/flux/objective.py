@@ -10,6 +10,7 @@ projections only ever see the sigmas at which sampling will use them, at every r
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def stage_intervals(boundaries: Sequence[float], mu: float) -> list[tuple[float,
     """Each stage's interval of unshifted t = 1 - sigma' (noisiest stage first), from network-sigma boundaries."""
     cuts = [1.0 - inverse_time_shift(mu, b) for b in boundaries]  # ascending t
     knots = [0.0, *cuts, 1.0]
-    return list(zip(knots[:-1], knots[1:]))
+    return list(itertools.pairwise(knots))
 
 
 def train_sigmas(model, batch: int, image_seq_len: int, generator: torch.Generator | None = None,

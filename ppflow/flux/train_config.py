@@ -111,8 +111,8 @@ def validate_flux(cfg: FluxTrainConfig) -> None:
         (f.density in DENSITIES, f"flow.density {f.density!r} is not one of {DENSITIES}"),
         (math.isfinite(f.guidance), f"flow.guidance must be a finite number, got {f.guidance}"),
         (cfg.model.init in INITS, f"model.init {cfg.model.init!r} is not one of {INITS}"),
-        (cfg.model.boundaries in BOUNDARY_SPACES, f"model.boundaries {cfg.model.boundaries!r} is not one of "
-                                                  f"{BOUNDARY_SPACES}"),
+        (cfg.model.boundaries in BOUNDARY_SPACES, (f"model.boundaries {cfg.model.boundaries!r} is not one of "
+                                                  f"{BOUNDARY_SPACES}")),
         (cfg.data.resolution >= 16, f"data.resolution must be >= 16 pixels, got {cfg.data.resolution}"),
         (cfg.batch_size >= 1 and cfg.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
         (cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}"),
@@ -120,8 +120,8 @@ def validate_flux(cfg: FluxTrainConfig) -> None:
         (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
         (0.0 <= cfg.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {cfg.ema.decay}"),
         (cfg.precision in ("auto", "fp32", "bf16"), f"precision {cfg.precision!r} is not one of auto, fp32, bf16"),
-        (cfg.parallel in ("auto", "none", "fsdp"), f"parallel {cfg.parallel!r} is not one of auto, none, fsdp "
-                                                   "(DDP: use fsdp, which shards per FLUX block)"),
+        (cfg.parallel in ("auto", "none", "fsdp"), (f"parallel {cfg.parallel!r} is not one of auto, none, fsdp "
+                                                   "(DDP: use fsdp, which shards per FLUX block)")),
         (cfg.model.base is not None or cfg.model.ppflux is not None,
          "model.base is not set: pass --model.base FLUX_TRANSFORMER (folder or hub id)"),
         (cfg.data.cache is not None or cfg.data.path is not None,

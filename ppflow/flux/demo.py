@@ -1,0 +1,267 @@
+"""`ppflow flux demo`: the FLUX fine-tuning recipe end to end on CPU, at toy scale.
+
+1. A tiny FLUX-architecture transformer is trained from scratch (one stage, `ppflow flux train --train.mode
+   full`) on Fashion-MNIST with captions made from the class names ("a photo of a sneaker", ...), encoded by
+   tiny random CLIP / T5 text models built here with a word-level tokenizer; the "latent" is the 32x32 image
+   in 2x2 space-to-depth (4 x 16 x 16, so FLUX's packing gives 8 x 8 tokens of 16 channels).
+2. That base is adapted to PPFlux (ppf2, pooled average/copy init) and fine-tuned for a fraction of the base
+   steps -- against the same base fine-tuned as many steps with a one-stage schedule (the paper's FLUX-ft).
+3. Both sample the class prompts with the same Euler loop (PPFluxPipeline's grid and stage rule); the report
+   has the measured sampling speed-up beside the FLOPs bound, classifier accuracy of the prompts and
+   classifier FID (ppflow.eval.classifier), and one image grid per model (a row per prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CLASS_WORDS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}")
+SPECIALS = ("<pad>", "<bos>", "<unk>", "<eos>")  # ids 0..3; CLIP pools at the first <eos>
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of one demo run (the full defaults fit minutes on one CPU core; `quick()` is a smoke test)."""
+
+    train_images: int = 20000  # Fashion-MNIST training images cached
+    base_steps: int = 1500  # from-scratch training of the one-stage base
+    finetune_steps: int = 300  # PPFlux and FLUX-ft fine-tunes (a fraction of base_steps)
+    batch_size: int = 64
+    lr: float = 1e-3
+    finetune_lr: float = 3e-4
+    dim_heads: int = 2  # attention heads of 32 dims
+    double_blocks: int = 2
+    single_blocks: int = 2
+    sample_steps: int = 16  # Euler steps (the ppf2 boundary on the grid: half coarse)
+    eval_per_class: int = 100  # samples per prompt for accuracy and FID
+    timing_batch: int = 100  # images per timed sampling run
+    timing_repeats: int = 5
+    metrics: bool = True  # classifier accuracy / FID (trains the Fashion-MNIST CNN once if not cached)
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(train_images=256, base_steps=8, finetune_steps=4, batch_size=16, sample_steps=4,
+                   eval_per_class=2, timing_batch=16, timing_repeats=2, metrics=False)
+
+
+class WordTokenizer:
+    """Whitespace word-level tokenizer over a fixed vocabulary; pads to `max_length` (ids (B, max_length))."""
+
+    def __init__(self, words: list[str], max_length: int, bos: bool):
+        self.vocab = {w: i for i, w in enumerate([*SPECIALS, *words])}
+        self.max_length, self.bos = max_length, bos
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [self.vocab.get(w, 2) for w in text.lower().split()]
+            ids = ([1] if self.bos else []) + ids[: self.max_length - 1 - self.bos] + [3]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+class TinyTextEncoders:
+    """FLUX's two text encoders at toy size, random and frozen: CLIP (pooled) + T5 (sequence), dim 32."""
+
+    def __init__(self, seed: int = 0, dim: int = 32):
+        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+        words = sorted({w for c in CLASS_WORDS for t in TEMPLATES for w in t.format(c).split()})
+        n = len(words) + len(SPECIALS)
+        longest = max(len(t.format(c).split()) for c in CLASS_WORDS for t in TEMPLATES)
+        self.clip_tok, self.t5_tok = WordTokenizer(words, longest + 2, True), WordTokenizer(words, longest + 1, False)
+        torch.manual_seed(seed)
+        self.clip = CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=dim, intermediate_size=2 * dim,
+                                                 num_hidden_layers=1, num_attention_heads=2, projection_dim=dim,
+                                                 max_position_embeddings=self.clip_tok.max_length, bos_token_id=1,
+                                                 eos_token_id=3, pad_token_id=0)).eval()
+        self.t5 = T5EncoderModel(T5Config(vocab_size=n, d_model=dim, d_ff=2 * dim, d_kv=16, num_layers=1, num_heads=2,
+                                          relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=3,
+                                          decoder_start_token_id=0)).eval()
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 embeddings (B, T, 32), CLIP pooled (B, 32)), as FluxPipeline.encode_prompt returns them."""
+        pooled = self.clip(self.clip_tok(texts)).pooler_output  # (B, 32)
+        return self.t5(self.t5_tok(texts)).last_hidden_state, pooled  # (B, T, 32)
+
+
+def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 32, 32) -> (N, 4, 16, 16): the demo's 'latent'."""
+    N, C, H, W = x.shape
+    return x.view(N, C, H // 2, 2, W // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(N, C * 4, H // 2, W // 2)
+
+
+def depth_to_space(z: torch.Tensor) -> torch.Tensor:
+    N, C4, h, w = z.shape
+    return z.view(N, C4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(N, C4 // 4, 2 * h, 2 * w)
+
+
+def build_cache(cfg: DemoConfig, encoders: TinyTextEncoders):
+    """Fashion-MNIST images with class-name captions, through the shared cache builder."""
+    from ..data.fashion_mnist import load_fashion_mnist, to_model_space
+    from .captions import build_cache as cache_rows
+
+    images, labels = load_fashion_mnist("train")
+    g = np.random.default_rng(cfg.seed)
+    rows = g.permutation(len(images))[: cfg.train_images]
+    x = to_model_space(images[rows])  # (N, 1, 32, 32)
+    captions = [TEMPLATES[g.integers(len(TEMPLATES))].format(CLASS_WORDS[labels[i]]) for i in rows]
+    return cache_rows(captions, lambda i: x[i], encoders, space_to_depth, batch_size=1000,
+                      meta={"resolution": 32, "source": "fashion-mnist (space-to-depth 2x2)"})
+
+
+def tiny_base(cfg: DemoConfig):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(cfg.seed)
+    return FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=cfg.double_blocks,
+                                  num_single_layers=cfg.single_blocks, attention_head_dim=32,
+                                  num_attention_heads=cfg.dim_heads, joint_attention_dim=32, pooled_projection_dim=32,
+                                  guidance_embeds=True, axes_dims_rope=(8, 12, 12))
+
+
+def _train(cfg: DemoConfig, out: Path, base: str, schedule: str, steps: int, lr: float, cache: str, name: str):
+    from .train import train_flux
+    from .train_config import FluxTrainConfig
+
+    t = FluxTrainConfig(out=str(out / name), seed=cfg.seed, batch_size=cfg.batch_size, max_steps=steps,
+                        log_every=max(1, steps // 20), save_every=steps, device="cpu", progress=False)
+    t.model.base, t.model.schedule, t.data.cache, t.data.resolution = base, schedule, cache, 32
+    t.train.mode, t.optim.lr, t.optim.warmup_steps = "full", lr, min(100, steps // 10)
+    t.ema.decay, t.ema.warmup = 0.999, True
+    start = time.perf_counter()
+    result = train_flux(t)
+    return result, time.perf_counter() - start
+
+
+@torch.no_grad()
+def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, seed: int) -> tuple[torch.Tensor, dict]:
+    """Euler over PPFluxPipeline's grid (boundaries on it, FLUX's shift), one stage per step; images (N, 1, 32, 32)."""
+    from diffusers import FluxPipeline
+
+    from .bench import _euler
+    from .sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
+
+    grid, L = (8, 8), 64
+    mu = model.ppflow_config.shift.mu(L)
+    bounds = [inverse_time_shift(mu, b) for b in model.sigma_boundaries(L)]
+    unshifted = stage_grid(steps, bounds)
+    stages = step_stages(unshifted, bounds)
+    sigmas = [time_shift(mu, float(s)) for s in unshifted] + [0.0]
+    embeds, pooled = encoders(prompts)
+    B = len(prompts)
+    cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled,
+            "img_ids": FluxPipeline._prepare_latent_image_ids(B, 8, 8, "cpu", torch.float32),
+            "txt_ids": torch.zeros(embeds.shape[1], 3), "guidance": torch.full((B,), 3.5)}
+    noise = torch.randn(B, L, 16, generator=torch.Generator().manual_seed(seed))  # (B, L, 16)
+    x = _euler(model, noise, sigmas, stages, cond, grid)  # (B, L, 16)
+    z = x.view(B, 8, 8, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, 4, 16, 16)  # unpack
+    return depth_to_space(z).clamp(-1, 1), {"stages": stages, "sigmas": sigmas[:-1]}
+
+
+def load_tuned(folder: Path):
+    from .transformer import PPFluxTransformer
+
+    return PPFluxTransformer.from_pretrained(folder).eval()
+
+
+def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 1, seed: int = 0,
+             config: DemoConfig | None = None, log=print) -> dict:
+    """Train, adapt, fine-tune, sample, measure; writes report.json, report.md and grids into `out`."""
+    from ..utils.images import save_grid
+    from .flops import FluxArch, counts_flops
+
+    cfg = config or (DemoConfig.quick() if quick else DemoConfig())
+    cfg.seed = seed
+    out_dir = Path(out or ("runs/flux-demo-quick" if quick else "runs/flux-demo"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    enc = TinyTextEncoders(cfg.seed)
+    cache = build_cache(cfg, enc)
+    cache_path = str(cache.save(out_dir / "cache.safetensors"))
+    tiny_base(cfg).save_pretrained(out_dir / "init")
+    log(f"cached {len(cache)} captioned images; training the one-stage base for {cfg.base_steps} steps")
+    base_run, base_s = _train(cfg, out_dir, str(out_dir / "init"), "1:2x2", cfg.base_steps, cfg.lr, cache_path, "base")
+    base_dir = str(base_run.ema_dir / "transformer")
+    runs = {"base": (base_run, base_s)}
+    for name, schedule in (("ppflux", "ppf2"), ("flux-ft", "1:2x2")):
+        log(f"fine-tuning {name} ({schedule}) for {cfg.finetune_steps} steps from the base")
+        runs[name] = _train(cfg, out_dir, base_dir, schedule, cfg.finetune_steps, cfg.finetune_lr, cache_path, name)
+    models = {name: load_tuned(r.ema_dir) for name, (r, _) in runs.items()}
+
+    # ---- sampling speed: alternate the two fine-tuned models on the same prompts, median of repeats
+    prompts_t = [f"a photo of a {CLASS_WORDS[i % 10]}" for i in range(cfg.timing_batch)]
+    times = {"ppflux": [], "flux-ft": []}
+    for r in range(cfg.timing_repeats + 1):
+        for name in (("ppflux", "flux-ft") if r % 2 else ("flux-ft", "ppflux")):
+            t0 = time.perf_counter()
+            _, info = sample(models[name], enc, prompts_t, cfg.sample_steps, cfg.seed + 99)
+            if r:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+            if name == "ppflux":
+                stages = info["stages"]
+    pp = models["ppflux"]
+    counts = [cfg.timing_batch * stages.count(s) for s in range(pp.schedule.num_stages)]
+    fl = counts_flops(FluxArch.from_config(pp.config), pp.schedule, (8, 8), enc.t5_tok.max_length, counts)
+    speed = {"ppflux_s": statistics.median(times["ppflux"]), "flux_ft_s": statistics.median(times["flux-ft"]),
+             "bound": fl["baseline_total"] / fl["total"], "stages": stages}
+    speed["speedup"] = speed["flux_ft_s"] / speed["ppflux_s"]
+    speed["efficiency"] = speed["speedup"] / speed["bound"]
+
+    # ---- quality: every class prompt, the same noise for every model
+    labels = np.repeat(np.arange(10), cfg.eval_per_class)
+    prompts = [f"a photo of a {CLASS_WORDS[k]}" for k in labels]
+    quality = {}
+    for name, model in models.items():
+        images = torch.cat([sample(model, enc, prompts[i: i + 500], cfg.sample_steps, cfg.seed + i)[0]
+                            for i in range(0, len(prompts), 500)])  # (N, 1, 32, 32)
+        per_row = min(8, cfg.eval_per_class)
+        rows = torch.cat([images[k * cfg.eval_per_class: k * cfg.eval_per_class + per_row] for k in range(10)])
+        save_grid(rows, out_dir / f"grid-{name}.png", nrow=per_row, scale=2)
+        q = {"n": len(images)}
+        if cfg.metrics:
+            from ..eval.classifier import classifier_metrics
+
+            u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+            m = classifier_metrics(u8, labels)
+            q.update(accuracy=m["accuracy"], fid=m["fid"], classifier_test_accuracy=m["classifier_test_accuracy"])
+        quality[name] = q
+    report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t_start,
+              "train": {name: {"steps": r.step, "final_loss": r.loss, "seconds": s, "steps_per_sec": r.steps_per_sec}
+                        for name, (r, s) in runs.items()},
+              "speed": speed, "quality": quality}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(format_report(report))
+    log(format_report(report))
+    return report
+
+
+def format_report(r: dict) -> str:
+    c, s = r["config"], r["speed"]
+    lines = [f"# ppflow flux demo ({r['seconds']:.0f} s, {r['threads']} thread(s))", "",
+             (f"base: tiny FLUX ({c['double_blocks']} double + {c['single_blocks']} single blocks, dim "
+             f"{32 * c['dim_heads']}) from scratch, {c['base_steps']} steps; fine-tunes {c['finetune_steps']} steps "
+             f"each; batch {c['batch_size']}; {c['sample_steps']} Euler steps"), "",
+             "| model | train s | steps/s | final loss | prompt accuracy | classifier FID |", "|---|---|---|---|---|---|"]
+    for name, t in r["train"].items():
+        q = r["quality"].get(name, {})
+        acc = f"{q['accuracy']:.3f}" if q.get("accuracy") is not None else "-"
+        fid = f"{q['fid']:.2f}" if q.get("fid") is not None else "-"
+        loss = f"{t['final_loss']:.4f}" if t["final_loss"] is not None else "-"
+        lines.append(f"| {name} | {t['seconds']:.0f} | {t['steps_per_sec']:.2f} | {loss} | {acc} | {fid} |")
+    lines += ["", (f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
+              f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
+              f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")]
+    return "\n".join(lines) + "\n"
