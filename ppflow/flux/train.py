@@ -80,7 +80,7 @@ def build_ppflux(cfg: FluxTrainConfig):
     if m.base is None:
         raise ConfigError("model.base is not set: pass --model.base FLUX_TRANSFORMER (folder or hub id)")
     sub = {"subfolder": m.subfolder} if m.subfolder else {}
-    base = FluxTransformer2DModel.from_pretrained(m.base, **sub)
+    base = FluxTransformer2DModel.from_pretrained(m.base, torch_dtype=getattr(torch, m.dtype), **sub)
     if m.ppflux:
         model = PPFluxTransformer.from_pretrained(m.ppflux, base=base)
         if model.ppflow_config.schedule != m.schedule:
@@ -107,6 +107,9 @@ def build_ppflux(cfg: FluxTrainConfig):
         p.requires_grad_(True)  # the PPFlow projections are always trained in full
     # one stage: the stage embedding is one more bias next to FLUX's own; keep the baseline exactly FLUX
     model.stage_embed.requires_grad_(model.schedule.num_stages > 1)
+    for p in model.parameters():  # a bfloat16 base: the trained weights (and so AdamW's states) stay float32
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     return model
 
 
@@ -155,7 +158,10 @@ class FluxTrainer:
         S = raw.schedule.num_stages
         self.window = Window(S)
         if ckpt is not None:
-            self.opt.load_state_dict(ckpt["optimizer"])
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.opt, ckpt["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
             with torch.no_grad():
                 for e, n in zip(self.ema.model, self.names):
                     e.copy_(ckpt["ema"][n])
@@ -165,8 +171,12 @@ class FluxTrainer:
             self.window.load(ckpt["log"])
             ckpt_io.set_rng_state(ckpt["rng"])
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
-        self.metrics = None
+        self.metrics = self.tb = None
         if self.info.is_main:
+            if cfg.tensorboard:
+                from ..train.loop import _tensorboard
+
+                self.tb = _tensorboard(run_dir, self.step)
             self.metrics = MetricsFile(run_dir / "metrics.csv", S, self.step,
                                        drop_last_partial=ckpt is not None and bool(ckpt["log"]["steps"]))
         lat = self.data.latents
@@ -253,6 +263,12 @@ class FluxTrainer:
             for s in range(S):
                 row[f"loss_stage{s}"] = repr(w.stage_sum[s] / w.stage_n[s]) if w.stage_n[s] else ""
             self.metrics.write(row)
+            if self.tb is not None:
+                for key in ("loss", "grad_norm", "lr"):
+                    self.tb.add_scalar(f"train/{key}", float(row[key]), self.step)
+                for s in range(S):
+                    if w.stage_n[s]:
+                        self.tb.add_scalar(f"train/loss_stage{s}", w.stage_sum[s] / w.stage_n[s], self.step)
         self.window = Window(S)
 
     def _full(self, tensors) -> list[torch.Tensor]:
@@ -260,13 +276,17 @@ class FluxTrainer:
 
     def save(self) -> Path:
         """checkpoints/last.pt (trainable weights, EMA, optimizer, data position, RNG) and ema/ (a PPFlux folder)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        opt_sd = get_optimizer_state_dict(self.model, self.opt,
+                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         model_sd = dict(zip(self.names, self._full(self.params)))
         ema_sd = dict(zip(self.names, self._full(self.ema.model)))
         path = self.run_dir / ckpt_io.DIR / ckpt_io.LAST
         if self.info.is_main:
             state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "kind": KIND,
                      "config": config_to_dict(self.cfg), "model": model_sd, "ema": ema_sd,
-                     "optimizer": self.opt.state_dict(), "step": self.step,
+                     "optimizer": opt_sd, "step": self.step,
                      "data": {"epoch": self.pos.epoch, "offset": self.pos.offset}, "rng": ckpt_io.rng_state(),
                      "log": self.window.state(), "world_size": self.info.world_size, "elapsed": self.elapsed}
             ckpt_io.save_checkpoint(state, path)
@@ -335,6 +355,8 @@ class FluxTrainer:
                     break
         finally:
             bar.close()
+            if self.tb is not None:
+                self.tb.close()
         sps = (self.step - start) / session if session else 0.0
         ema = self.run_dir / "ema" if self.last_checkpoint else None
         return FluxTrainResult(self.run_dir, self.step, self.last_loss, self.losses, self.last_checkpoint, ema, sps,

@@ -26,6 +26,8 @@ class FluxModelSection:
     schedule: str = _opt("ppf2", "PPFlow schedule in t = 1 - sigma, latent-pixel patches; a one-stage schedule "
                                  "such as '1:2x2' is the FLUX-ft baseline")
     init: str = _opt("pooled", "coarse projections' init: pooled (official SiT recipe) | tiled (token mean)")
+    dtype: str = _opt("float32", "dtype the base is loaded in: float32 | bfloat16 (FLUX.1-dev LoRA on one 80 GB "
+                                 "GPU); trainable weights are kept in float32")
     boundaries: str = _opt("unshifted", "stage boundaries: unshifted (mapped through the resolution shift, as "
                                         "PPFluxPipeline does) | sigma (the network's sigma as is)")
 
@@ -95,6 +97,7 @@ class FluxTrainConfig:
     grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass (saves memory)")
     parallel: str = _opt("auto", "auto (FSDP2 under torchrun) | none | fsdp (fully_shard per FLUX block)")
     progress: bool = _opt(True, "show a tqdm progress bar")
+    tensorboard: bool = _opt(True, "write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)")
 
 
 def validate_flux(cfg: FluxTrainConfig) -> None:
@@ -110,6 +113,7 @@ def validate_flux(cfg: FluxTrainConfig) -> None:
         (f.time_sampling in TIME_MODES, f"flow.time_sampling {f.time_sampling!r} is not one of {TIME_MODES}"),
         (f.density in DENSITIES, f"flow.density {f.density!r} is not one of {DENSITIES}"),
         (math.isfinite(f.guidance), f"flow.guidance must be a finite number, got {f.guidance}"),
+        (cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r} is not float32 or bfloat16"),
         (cfg.model.init in INITS, f"model.init {cfg.model.init!r} is not one of {INITS}"),
         (cfg.model.boundaries in BOUNDARY_SPACES, (f"model.boundaries {cfg.model.boundaries!r} is not one of "
                                                   f"{BOUNDARY_SPACES}")),

@@ -115,3 +115,19 @@ def test_full_mode_trains_the_base_and_a_missing_cache_is_a_clear_error(setup):
     assert tuned.stage_embed.abs().sum() == 0  # one stage: exactly FLUX
     with pytest.raises(ConfigError, match="no cache .*data.pipeline"):
         train_flux(_cfg(tmp, "none", data__cache=str(tmp / "missing.safetensors"), data__path=str(tmp / "data")))
+
+
+def test_fsdp2_run_matches_the_plain_run(setup, tmp_path):
+    import torch.distributed as dist
+
+    tmp = setup
+    plain = train_flux(_cfg(tmp, "plain2", train__mode="full"), overrides={"max_steps": 2})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sharded = train_flux(_cfg(tmp, "fsdp2", train__mode="full"), overrides={"max_steps": 2, "parallel": "fsdp"})
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(sharded.losses, plain.losses)
+    a, b = (PPFluxTransformer.from_pretrained(r.ema_dir) for r in (plain, sharded))
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
