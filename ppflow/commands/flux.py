@@ -107,9 +107,7 @@ def add_bench_arguments(p) -> None:
     g.add_argument("--schedule", default=None, help="flux: PPFlow schedule (default ppf2)")
     g.add_argument("--resolution", type=at_least(16), default=None, help="flux: image side in px (tiny 512, dev 1024)")
     g.add_argument("--text-tokens", type=at_least(1), default=None, help="flux: T5 tokens (tiny 64, dev 512)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="flux: weights and activations (tiny float32, dev bfloat16)")
-    g.add_argument("--compile", action="store_true", help="flux: torch.compile both models (one graph per stage)")
+    # --dtype and --compile are options of every benchmark (ppflow/commands/bench.py)
     g.add_argument("--cache", type=positive, default=None, metavar="THRESHOLD",
                    help="flux: also time both with diffusers' FirstBlockCache at this threshold (random weights: "
                         "how much it skips is arbitrary; it shows the two running together)")
@@ -213,9 +211,10 @@ def _train(args) -> int:
 
 
 def _cache(args) -> int:
-    from ..flux.captions import cache_folder, load_encoders
+    from ..flux.captions import cache_folder, check_images, load_encoders, scan_folder
     from ..train.parallel import resolve_device
 
+    check_images(scan_folder(args.path))  # bad data fails before the encoders load
     pipe = load_encoders(args.pipeline, resolve_device(args.device))
     cache = cache_folder(args.path, pipe, args.resolution, args.max_sequence_length, args.batch_size)
     path = cache.save(args.cache)

@@ -55,6 +55,18 @@ def scan_folder(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     return items
 
 
+def check_images(items: list[tuple[Path, str]]) -> None:
+    """Open every image header before any encoder is loaded: an unreadable file is one error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path, _ in items:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove it") from None
+
+
 def load_image(path: Path, resolution: int) -> torch.Tensor:
     """(3, R, R) float in [-1, 1]: short side resized to R (bicubic), then center-cropped."""
     import numpy as np
@@ -157,6 +169,7 @@ def cache_folder(folder: str | os.PathLike, pipeline, resolution: int, max_seque
                  batch_size: int = 8, progress: bool = True) -> CaptionCache:
     """Cache an image-caption folder with a FluxPipeline's VAE and text encoders (its transformer is not needed)."""
     items = scan_folder(folder)
+    check_images(items)
     device = pipeline._execution_device
 
     def prompts(texts):

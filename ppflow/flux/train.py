@@ -60,8 +60,9 @@ def load_data(cfg: FluxTrainConfig, log=print) -> CaptionCache:
     if not d.pipeline:
         raise ConfigError(f"no cache at {d.cache}: pass --data.pipeline FLUX_PIPELINE (its VAE and text encoders) "
                           "or build it first with ppflow flux cache")
-    from .captions import cache_folder, load_encoders
+    from .captions import cache_folder, check_images, load_encoders, scan_folder
 
+    check_images(scan_folder(d.path))  # bad data fails before the encoders load
     log(f"caching {d.path} with the encoders of {d.pipeline} into {d.cache}")
     pipe = load_encoders(d.pipeline, "cuda" if torch.cuda.is_available() else "cpu")
     cache = cache_folder(d.path, pipe, d.resolution, d.max_sequence_length)

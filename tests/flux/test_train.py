@@ -131,3 +131,20 @@ def test_fsdp2_run_matches_the_plain_run(setup, tmp_path):
     a, b = (PPFluxTransformer.from_pretrained(r.ema_dir) for r in (plain, sharded))
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(v, w, msg=k)
+
+
+def test_cache_command_and_bad_data_in_one_line(setup, tmp_path, capsys):
+    from ppflow.cli import main
+
+    tmp = setup
+    args = ["flux", "cache", "--data.pipeline", str(tmp / "pipe"), "--data.resolution", "32",
+            "--data.max-sequence-length", "8", "--device", "cpu"]
+    assert main([*args, "--data.path", str(tmp / "data"), "--data.cache", str(tmp_path / "c.safetensors")]) == 0
+    assert torch.equal(CaptionCache.load(tmp_path / "c.safetensors").latents,
+                       CaptionCache.load(tmp / "cache.safetensors").latents)
+    bad = _folder(tmp_path / "bad", 2)
+    (bad / "img1.png").write_bytes(b"broken")
+    capsys.readouterr()
+    assert main([*args, "--data.path", str(bad), "--data.cache", str(tmp_path / "d.safetensors")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read image" in err[0] and "img1.png" in err[0]
