@@ -117,7 +117,7 @@ def test_full_mode_trains_the_base_and_a_missing_cache_is_a_clear_error(setup):
         train_flux(_cfg(tmp, "none", data__cache=str(tmp / "missing.safetensors"), data__path=str(tmp / "data")))
 
 
-def test_fsdp2_run_matches_the_plain_run(setup, tmp_path):
+def test_fsdp2_and_gradient_checkpointing_runs_match_the_plain_run(setup, tmp_path):
     import torch.distributed as dist
 
     tmp = setup
@@ -128,6 +128,8 @@ def test_fsdp2_run_matches_the_plain_run(setup, tmp_path):
     finally:
         dist.destroy_process_group()
     torch.testing.assert_close(sharded.losses, plain.losses)
+    ckpt = train_flux(_cfg(tmp, "ckpt2", train__mode="full"), overrides={"max_steps": 2, "grad_checkpointing": True})
+    torch.testing.assert_close(ckpt.losses, plain.losses)
     a, b = (PPFluxTransformer.from_pretrained(r.ema_dir) for r in (plain, sharded))
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(v, w, msg=k)
