@@ -1,71 +1,154 @@
-"""`ppflow bench sample`: sampling speed of PPFlow against the one-stage baseline, next to the FLOPs bound."""
+"""`ppflow bench sample|train|gpu|flux`: speed and memory of PPFlow against the one-stage baseline, next to the FLOPs bound."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from ..cli import at_least, finite
-from ..metrics.bench import SamplingBenchConfig, bench_sampling, format_report
+from ..cli import at_least, finite, positive
+from ..metrics.bench import THOROUGH as SAMPLE_THOROUGH
+from ..metrics.bench import SamplingBenchConfig
+from ..metrics.timing import canonical_dtype
 from ..sampling import METHODS
 
-BENCHMARKS = ("sample", "flux")  # flux: ppflow/commands/flux.py
+BENCHMARKS = ("sample", "train", "gpu", "flux")  # flux: ppflow/commands/flux.py; gpu: metrics/gpu_bench.py
+FLUX_DEFAULTS = {"steps": 10, "repeats": 5, "warmup": 1}
+
+
+def _dtype(text: str) -> str:
+    try:
+        return canonical_dtype(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
 def add_arguments(p) -> None:
     d = SamplingBenchConfig()
-    p.description = ("Time full sampling runs of PPFlow models against their one-stage SiT baseline (random "
-                     "weights, same noise, method and steps), alternating the models and taking medians. "
-                     "Prints per model the measured speed-up, the FLOPs bound for the forwards actually run, "
-                     "and efficiency = speed-up / bound; then the same with stage CFG (scale 1 in the first "
-                     "stage) against CFG everywhere.")
+    p.description = ("Time PPFlow models against their one-stage SiT baseline (random weights, the same inputs), "
+                     "alternating the models and taking medians, each model in a child process of its own. "
+                     "'sample': full sampling runs, then stage CFG (scale 1 in the first stage) against CFG "
+                     "everywhere. 'train': optimizer steps (forward + backward + AdamW) on packed mixed-stage "
+                     "batches. Both print per model the measured speed-up, the FLOPs bound, efficiency = "
+                     "speed-up / bound, and peak memory (CUDA max allocated, or the child's peak RSS on a CPU); "
+                     "the defaults finish in a few minutes on 2 CPU cores and print an estimate first, "
+                     "--thorough runs the documented settings. 'gpu': the prepared GPU suite (PPF-XL sampling, "
+                     "a training step per-stage SDPA vs a dense mask, FLUX, compile on/off; one JSON + markdown "
+                     "under --out; --dry-run: tiny sizes on the CPU).")
     p.add_argument("benchmark", choices=BENCHMARKS, help="what to benchmark")
     p.add_argument("--models", default=",".join(d.models), help="PPFlow models, comma-separated")
     p.add_argument("--baseline", default=d.baseline, help="one-stage baseline model")
     p.add_argument("--size", default=None, help="use this size in every name instead (e.g. tiny, S) for a quick run")
     p.add_argument("--latent-size", type=at_least(1), default=d.latent_size, help="latent height = width")
     p.add_argument("--in-channels", type=at_least(1), default=d.in_channels, help="latent channels")
-    p.add_argument("--batch", type=at_least(1), default=None, help=f"samples per run (default {d.batch}; flux 1)")
+    p.add_argument("--batch", type=at_least(1), default=None,
+                   help=f"samples per run or step (default: sample {d.batch}, train 16, flux 1)")
     p.add_argument("--method", choices=METHODS, default=d.method, help="sampler")
-    p.add_argument("--steps", type=at_least(1), default=d.steps, help="grid steps")
-    p.add_argument("--repeats", type=at_least(1), default=d.repeats, help="timed runs per model (median)")
-    p.add_argument("--warmup", type=at_least(0), default=d.warmup, help="untimed runs per model first")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help=f"sample: grid steps (default {d.steps}, --thorough {SAMPLE_THOROUGH['steps']}; flux 10)")
+    p.add_argument("--repeats", type=at_least(1), default=None,
+                   help="timed runs or steps per model, median (default: sample 3, train 3, --thorough 5 / 7; flux 5)")
+    p.add_argument("--warmup", type=at_least(0), default=None, help="untimed runs per model first (default 1)")
+    p.add_argument("--thorough", action="store_true",
+                   help="the documented settings (sample: 10 steps x 5 repeats; train: 7 steps after 2 warm-up)")
     p.add_argument("--cfg-scale", type=finite, default=d.cfg_scale, help="guidance scale of the CFG comparison")
-    p.add_argument("--no-cfg", action="store_true", help="skip the CFG comparison")
+    p.add_argument("--no-cfg", action="store_true", help="sample: skip the CFG comparison")
     p.add_argument("--estimator", choices=("median", "min"), default=d.estimator,
                    help="statistic of the timed runs; 'min' resists other jobs on a shared CPU")
+    p.add_argument("--dtype", type=_dtype, default=None,
+                   help="autocast dtype fp32 | bf16 | fp16 (sample/train default fp32; flux: tiny fp32, dev bf16)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block (flux: both models, one graph per stage)")
+    p.add_argument("--attention", choices=("sdpa", "dense-mask"), default="sdpa",
+                   help="train: per-stage-group SDPA (ppflow) or one packed row with a block-diagonal mask "
+                        "(the official code)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="run every model in this process (starts faster; peak memory is then not per model)")
+    p.add_argument("--budget", type=positive, default=None,
+                   help="seconds: stop taking repeats after this long (sample/train); gpu: seconds per part")
     p.add_argument("--threads", type=at_least(1), default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default=d.device, help="cpu or cuda")
+    p.add_argument("--device", default=None, help="cpu or cuda (default cpu; gpu: cuda)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, noise and labels")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--verbose", action="store_true", help="print every timed run to stderr")
+    g = p.add_argument_group("gpu (ppflow bench gpu)")
+    g.add_argument("--out", default="runs/bench-gpu", help="gpu: folder for bench-gpu.json and bench-gpu.md")
+    g.add_argument("--dry-run", action="store_true", help="gpu: tiny sizes on the CPU, every part in about a minute")
+    g.add_argument("--parts", default="a,b,c,d", help="gpu: parts to run, comma-separated (a sampling, b attention, "
+                                                       "c FLUX, d compile)")
     from .flux import add_bench_arguments
 
     add_bench_arguments(p)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise ValueError("--models is empty: give PPFlow model names, e.g. PPF-B-2,PPF-B-3")
+    return names
+
+
+def _common(args) -> dict:
+    return {"models": _names(args.models), "baseline": args.baseline, "size": args.size,
+            "latent_size": args.latent_size, "in_channels": args.in_channels, "estimator": args.estimator,
+            "dtype": args.dtype or "float32", "compile": "inductor" if args.compile else None,
+            "isolate": not args.no_isolate, "threads": args.threads, "device": args.device or "cpu",
+            "budget_s": args.budget, "seed": args.seed}
+
+
+def _pick(args, name: str, default, thorough: dict):
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    return thorough.get(name, default) if args.thorough else default
+
+
+def sample_config(args) -> SamplingBenchConfig:
+    d = SamplingBenchConfig()
+    return SamplingBenchConfig(
+        **_common(args), batch=args.batch or d.batch, method=args.method,
+        steps=_pick(args, "steps", d.steps, SAMPLE_THOROUGH), repeats=_pick(args, "repeats", d.repeats, SAMPLE_THOROUGH),
+        warmup=_pick(args, "warmup", d.warmup, SAMPLE_THOROUGH), cfg=not args.no_cfg, cfg_scale=args.cfg_scale)
+
+
+def train_config(args):
+    from ..metrics.train_bench import THOROUGH, TrainBenchConfig
+
+    d = TrainBenchConfig()
+    return TrainBenchConfig(**_common(args), batch=args.batch or d.batch, attention=args.attention,
+                            repeats=_pick(args, "repeats", d.repeats, THOROUGH),
+                            warmup=_pick(args, "warmup", d.warmup, THOROUGH))
 
 
 def main(args) -> int:
     if args.benchmark == "flux":
         from .flux import bench_main
 
+        for k, v in FLUX_DEFAULTS.items():
+            setattr(args, k, getattr(args, k) if getattr(args, k) is not None else v)
+        args.device = args.device or "cpu"
         return bench_main(args)
-    cfg = SamplingBenchConfig(
-        models=tuple(m.strip() for m in args.models.split(",") if m.strip()), baseline=args.baseline,
-        size=args.size, latent_size=args.latent_size, in_channels=args.in_channels,
-        batch=args.batch if args.batch is not None else SamplingBenchConfig.batch,
-        method=args.method, steps=args.steps, repeats=args.repeats, warmup=args.warmup, cfg=not args.no_cfg,
-        cfg_scale=args.cfg_scale, estimator=args.estimator, threads=args.threads, device=args.device, seed=args.seed,
-    )
+    if args.benchmark == "gpu":
+        from .bench_gpu import gpu_main
+
+        return gpu_main(args)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
     try:
         from ..train.parallel import resolve_device
 
-        resolve_device(args.device)  # --device cuda without CUDA: one line naming the option
-        if not cfg.models:
-            raise ValueError("--models is empty: give PPFlow model names, e.g. PPF-B-2,PPF-B-3")
-        result = bench_sampling(cfg, log=log)
-    except ValueError as e:
-        print(f"ppflow bench: {e}", file=sys.stderr)
+        resolve_device(args.device or "cpu")  # --device cuda without CUDA: one line naming the option
+        if args.benchmark == "train":
+            from ..metrics.train_bench import bench_training, format_train_report
+
+            result = bench_training(train_config(args), log=log)
+            text = format_train_report(result)
+        else:
+            from ..metrics.bench import bench_sampling, format_report
+
+            result = bench_sampling(sample_config(args), log=log, estimate=True)
+            text = format_report(result)
+    except (ValueError, RuntimeError) as e:
+        print(f"ppflow bench: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    print(json.dumps(result, indent=2) if args.json else text)
     return 0

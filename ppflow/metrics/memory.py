@@ -7,6 +7,7 @@ and read its peak resident set (Linux `VmHWM`, which `reset_peak` clears) from i
 
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import sys
@@ -38,11 +39,19 @@ def peak_rss_bytes() -> int:
     return 1024 * kb
 
 
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_peak(device: torch.device) -> bool:
     """Start a new peak: CUDA peak stats, or the process's RSS high-water mark (Linux clear_refs); False if not."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
+    _malloc_trim()  # hand memory freed by earlier runs back first, so it does not count in the next peak
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
