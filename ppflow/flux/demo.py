@@ -2,8 +2,11 @@
 
 1. A tiny FLUX-architecture transformer is trained from scratch (one stage, `ppflow flux train --train.mode
    full`) on Fashion-MNIST with captions made from the class names ("a photo of a sneaker", ...), encoded by
-   tiny random CLIP / T5 text models built here with a word-level tokenizer; the "latent" is the 32x32 image
-   in 2x2 space-to-depth (4 x 16 x 16, so FLUX's packing gives 8 x 8 tokens of 16 channels).
+   tiny random CLIP / T5 text models built here with a word-level tokenizer. Default "latent": pixel space at
+   16 x 16 (the padded 32 px image average-pooled 2x; FLUX's packing gives 8 x 8 tokens of 4 channels, a coarse
+   token 16 channels). `space_to_depth=True` uses the 32 px image in 2x2 space-to-depth instead (4 x 16 x 16,
+   tokens of 16 channels, coarse 64 -- as wide as the demo model, which left its coarse stage too little room
+   to pass the noise through: measured, see docs/flux.md).
 2. That base is adapted to PPFlux (ppf2, pooled average/copy init) and fine-tuned for a fraction of the base
    steps -- against the same base fine-tuned as many steps with a one-stage schedule (the paper's FLUX-ft).
 3. Both sample the class prompts with the same Euler loop (PPFluxPipeline's grid and stage rule); the report
@@ -32,6 +35,8 @@ class DemoConfig:
     """Sizes of one demo run (the full defaults fit minutes on one CPU core; `quick()` is a smoke test)."""
 
     train_images: int = 20000  # Fashion-MNIST training images cached
+    image_size: int = 16  # pixel-space side (16: the 32 px padded image pooled 2x); 32 with space_to_depth
+    space_to_depth: bool = False  # 32 px image as a (4, 16, 16) latent instead of pixels
     base_steps: int = 1500  # from-scratch training of the one-stage base
     finetune_steps: int = 300  # PPFlux and FLUX-ft fine-tunes (a fraction of base_steps)
     batch_size: int = 64
@@ -42,8 +47,8 @@ class DemoConfig:
     single_blocks: int = 2
     sample_steps: int = 16  # Euler steps (the ppf2 boundary on the grid: half coarse)
     eval_per_class: int = 100  # samples per prompt for accuracy and FID
-    timing_batch: int = 100  # images per timed sampling run
-    timing_repeats: int = 5
+    timing_batch: int = 250  # images per timed sampling run (large enough that the matrix products dominate)
+    timing_repeats: int = 3
     metrics: bool = True  # classifier accuracy / FID (trains the Fashion-MNIST CNN once if not cached)
     seed: int = 0
 
@@ -106,25 +111,55 @@ def depth_to_space(z: torch.Tensor) -> torch.Tensor:
     return z.view(N, C4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(N, C4 // 4, 2 * h, 2 * w)
 
 
+def to_pixels(images: np.ndarray, cfg: DemoConfig) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> (N, 1, S, S) in [-1, 1]: padded to 32 px, average-pooled to `image_size`."""
+    from ..data.fashion_mnist import to_model_space
+
+    x = to_model_space(images)  # (N, 1, 32, 32)
+    return x if cfg.image_size == 32 else torch.nn.functional.avg_pool2d(x, 32 // cfg.image_size)
+
+
+def to_latent(x: torch.Tensor, cfg: DemoConfig) -> torch.Tensor:
+    return space_to_depth(x) if cfg.space_to_depth else x  # (N, 4, 16, 16) or (N, 1, S, S)
+
+
+def from_latent(z: torch.Tensor, cfg: DemoConfig) -> torch.Tensor:
+    return depth_to_space(z) if cfg.space_to_depth else z  # (N, 1, S, S)
+
+
+def latent_shape(cfg: DemoConfig) -> tuple[int, int]:
+    """(channels, side) of the demo's latent."""
+    if cfg.space_to_depth and cfg.image_size != 32:
+        raise ValueError("space_to_depth needs image_size 32")
+    return (4, 16) if cfg.space_to_depth else (1, cfg.image_size)
+
+
+def to_uint8_32(x: torch.Tensor) -> np.ndarray:
+    """(N, 1, S, S) in [-1, 1] -> uint8 (N, 32, 32) for the classifier (nearest upsampling)."""
+    x = torch.nn.functional.interpolate(x, size=32, mode="nearest") if x.shape[-1] != 32 else x
+    return ((x[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def build_cache(cfg: DemoConfig, encoders: TinyTextEncoders):
     """Fashion-MNIST images with class-name captions, through the shared cache builder."""
-    from ..data.fashion_mnist import load_fashion_mnist, to_model_space
+    from ..data.fashion_mnist import load_fashion_mnist
     from .captions import build_cache as cache_rows
 
     images, labels = load_fashion_mnist("train")
     g = np.random.default_rng(cfg.seed)
     rows = g.permutation(len(images))[: cfg.train_images]
-    x = to_model_space(images[rows])  # (N, 1, 32, 32)
+    x = to_pixels(images[rows], cfg)  # (N, 1, S, S)
     captions = [TEMPLATES[g.integers(len(TEMPLATES))].format(CLASS_WORDS[labels[i]]) for i in rows]
-    return cache_rows(captions, lambda i: x[i], encoders, space_to_depth, batch_size=1000,
-                      meta={"resolution": 32, "source": "fashion-mnist (space-to-depth 2x2)"})
+    how = "space-to-depth 2x2" if cfg.space_to_depth else "pixels"
+    return cache_rows(captions, lambda i: x[i], encoders, lambda b: to_latent(b, cfg), batch_size=1000,
+                      meta={"resolution": cfg.image_size, "source": f"fashion-mnist {cfg.image_size} px ({how})"})
 
 
 def tiny_base(cfg: DemoConfig):
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(cfg.seed)
-    return FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=cfg.double_blocks,
+    return FluxTransformer2DModel(patch_size=1, in_channels=4 * latent_shape(cfg)[0], num_layers=cfg.double_blocks,
                                   num_single_layers=cfg.single_blocks, attention_head_dim=32,
                                   num_attention_heads=cfg.dim_heads, joint_attention_dim=32, pooled_projection_dim=32,
                                   guidance_embeds=True, axes_dims_rope=(8, 12, 12))
@@ -136,7 +171,7 @@ def _train(cfg: DemoConfig, out: Path, base: str, schedule: str, steps: int, lr:
 
     t = FluxTrainConfig(out=str(out / name), seed=cfg.seed, batch_size=cfg.batch_size, max_steps=steps,
                         log_every=max(1, steps // 20), save_every=steps, device="cpu", progress=False)
-    t.model.base, t.model.schedule, t.data.cache, t.data.resolution = base, schedule, cache, 32
+    t.model.base, t.model.schedule, t.data.cache, t.data.resolution = base, schedule, cache, cfg.image_size
     t.train.mode, t.optim.lr, t.optim.warmup_steps = "full", lr, min(100, steps // 10)
     t.ema.decay, t.ema.warmup = 0.999, True
     start = time.perf_counter()
@@ -145,14 +180,17 @@ def _train(cfg: DemoConfig, out: Path, base: str, schedule: str, steps: int, lr:
 
 
 @torch.no_grad()
-def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, seed: int) -> tuple[torch.Tensor, dict]:
-    """Euler over PPFluxPipeline's grid (boundaries on it, FLUX's shift), one stage per step; images (N, 1, 32, 32)."""
+def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, seed: int,
+           cfg: DemoConfig) -> tuple[torch.Tensor, dict]:
+    """Euler over PPFluxPipeline's grid (boundaries on it, FLUX's shift), one stage per step; images (N, 1, S, S)."""
     from diffusers import FluxPipeline
 
     from .bench import _euler
     from .sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
 
-    grid, L = (8, 8), 64
+    C, side = latent_shape(cfg)
+    grid = (side // 2, side // 2)
+    L = grid[0] * grid[1]
     mu = model.ppflow_config.shift.mu(L)
     bounds = [inverse_time_shift(mu, b) for b in model.sigma_boundaries(L)]
     unshifted = stage_grid(steps, bounds)
@@ -161,12 +199,12 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
     embeds, pooled = encoders(prompts)
     B = len(prompts)
     cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled,
-            "img_ids": FluxPipeline._prepare_latent_image_ids(B, 8, 8, "cpu", torch.float32),
+            "img_ids": FluxPipeline._prepare_latent_image_ids(B, grid[0], grid[1], "cpu", torch.float32),
             "txt_ids": torch.zeros(embeds.shape[1], 3), "guidance": torch.full((B,), 3.5)}
-    noise = torch.randn(B, L, 16, generator=torch.Generator().manual_seed(seed))  # (B, L, 16)
-    x = _euler(model, noise, sigmas, stages, cond, grid)  # (B, L, 16)
-    z = x.view(B, 8, 8, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, 4, 16, 16)  # unpack
-    return depth_to_space(z).clamp(-1, 1), {"stages": stages, "sigmas": sigmas[:-1]}
+    noise = torch.randn(B, L, 4 * C, generator=torch.Generator().manual_seed(seed))  # (B, L, 4C)
+    x = _euler(model, noise, sigmas, stages, cond, grid)  # (B, L, 4C)
+    z = x.view(B, grid[0], grid[1], C, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C, side, side)  # unpack
+    return from_latent(z, cfg).clamp(-1, 1), {"stages": stages, "sigmas": sigmas[:-1]}
 
 
 def load_tuned(folder: Path):
@@ -207,14 +245,16 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
     for r in range(cfg.timing_repeats + 1):
         for name in (("ppflux", "flux-ft") if r % 2 else ("flux-ft", "ppflux")):
             t0 = time.perf_counter()
-            _, info = sample(models[name], enc, prompts_t, cfg.sample_steps, cfg.seed + 99)
+            _, info = sample(models[name], enc, prompts_t, cfg.sample_steps, cfg.seed + 99, cfg)
             if r:  # the first round warms up
                 times[name].append(time.perf_counter() - t0)
             if name == "ppflux":
                 stages = info["stages"]
     pp = models["ppflux"]
     counts = [cfg.timing_batch * stages.count(s) for s in range(pp.schedule.num_stages)]
-    fl = counts_flops(FluxArch.from_config(pp.config), pp.schedule, (8, 8), enc.t5_tok.max_length, counts)
+    side = latent_shape(cfg)[1]
+    fl = counts_flops(FluxArch.from_config(pp.config), pp.schedule, (side // 2, side // 2), enc.t5_tok.max_length,
+                      counts)
     speed = {"ppflux_s": statistics.median(times["ppflux"]), "flux_ft_s": statistics.median(times["flux-ft"]),
              "bound": fl["baseline_total"] / fl["total"], "stages": stages}
     speed["speedup"] = speed["flux_ft_s"] / speed["ppflux_s"]
@@ -222,22 +262,30 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
 
     # ---- quality: every class prompt, the same noise for every model
     labels = np.repeat(np.arange(10), cfg.eval_per_class)
+    if cfg.metrics:  # FID reference: the test split at the demo's resolution (so FID measures the generator)
+        from ..data.fashion_mnist import load_fashion_mnist
+
+        test_x, test_y = load_fashion_mnist("test")
+        ref = to_uint8_32(to_pixels(test_x[:5000], cfg))
+        real, real_labels = to_uint8_32(to_pixels(test_x[5000:], cfg)), test_y[5000:]
     prompts = [f"a photo of a {CLASS_WORDS[k]}" for k in labels]
     quality = {}
     for name, model in models.items():
-        images = torch.cat([sample(model, enc, prompts[i: i + 500], cfg.sample_steps, cfg.seed + i)[0]
-                            for i in range(0, len(prompts), 500)])  # (N, 1, 32, 32)
+        images = torch.cat([sample(model, enc, prompts[i: i + 500], cfg.sample_steps, cfg.seed + i, cfg)[0]
+                            for i in range(0, len(prompts), 500)])  # (N, 1, S, S)
         per_row = min(8, cfg.eval_per_class)
         rows = torch.cat([images[k * cfg.eval_per_class: k * cfg.eval_per_class + per_row] for k in range(10)])
-        save_grid(rows, out_dir / f"grid-{name}.png", nrow=per_row, scale=2)
+        save_grid(rows, out_dir / f"grid-{name}.png", nrow=per_row, scale=64 // cfg.image_size)
         q = {"n": len(images)}
         if cfg.metrics:
             from ..eval.classifier import classifier_metrics
 
-            u8 = ((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-            m = classifier_metrics(u8, labels)
+            m = classifier_metrics(to_uint8_32(images), labels, ref=ref)
             q.update(accuracy=m["accuracy"], fid=m["fid"], classifier_test_accuracy=m["classifier_test_accuracy"])
         quality[name] = q
+    if cfg.metrics:  # the ceiling: real test images at the demo's resolution, and their classifier FID to ref
+        m = classifier_metrics(real[: len(labels)], real_labels[: len(labels)], ref=ref)
+        quality["real test images"] = {"n": len(labels), "accuracy": m["accuracy"], "fid": m["fid"]}
     report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t_start,
               "train": {name: {"steps": r.step, "final_loss": r.loss, "seconds": s, "steps_per_sec": r.steps_per_sec}
                         for name, (r, s) in runs.items()},
@@ -252,15 +300,18 @@ def format_report(r: dict) -> str:
     c, s = r["config"], r["speed"]
     lines = [f"# ppflow flux demo ({r['seconds']:.0f} s, {r['threads']} thread(s))", "",
              (f"base: tiny FLUX ({c['double_blocks']} double + {c['single_blocks']} single blocks, dim "
-             f"{32 * c['dim_heads']}) from scratch, {c['base_steps']} steps; fine-tunes {c['finetune_steps']} steps "
+             f"{32 * c['dim_heads']}) from scratch on {c['image_size']} px Fashion-MNIST "
+             f"({'space-to-depth' if c['space_to_depth'] else 'pixels'}), {c['base_steps']} steps; fine-tunes {c['finetune_steps']} steps "
              f"each; batch {c['batch_size']}; {c['sample_steps']} Euler steps"), "",
              "| model | train s | steps/s | final loss | prompt accuracy | classifier FID |", "|---|---|---|---|---|---|"]
-    for name, t in r["train"].items():
+    for name in [*r["train"], *(k for k in r["quality"] if k not in r["train"])]:
+        t = r["train"].get(name, {"seconds": 0, "steps_per_sec": 0, "final_loss": None})
         q = r["quality"].get(name, {})
         acc = f"{q['accuracy']:.3f}" if q.get("accuracy") is not None else "-"
         fid = f"{q['fid']:.2f}" if q.get("fid") is not None else "-"
         loss = f"{t['final_loss']:.4f}" if t["final_loss"] is not None else "-"
-        lines.append(f"| {name} | {t['seconds']:.0f} | {t['steps_per_sec']:.2f} | {loss} | {acc} | {fid} |")
+        train = f"{t['seconds']:.0f} | {t['steps_per_sec']:.2f}" if name in r["train"] else "- | -"
+        lines.append(f"| {name} | {train} | {loss} | {acc} | {fid} |")
     lines += ["", (f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
               f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
               f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")]
