@@ -104,7 +104,10 @@ def test_cache_is_used_lora_freezes_the_base_and_resume_is_exact(setup):
     part = train_flux(_cfg(tmp, "lora2"), overrides={"max_steps": 2})
     resumed = train_flux(resume=part.run_dir, overrides={"max_steps": 4})
     assert part.losses + resumed.losses == straight.losses
-    assert (tmp / "lora2" / "metrics.csv").read_text() .count("\n") == 5
+    assert (tmp / "lora2" / "metrics.csv").read_text().count("\n") == 5
+    # a PPFlux folder as the start (model.ppflux): its LoRA and extras are loaded, not re-initialised
+    more = train_flux(_cfg(tmp, "more", model__ppflux=str(straight.ema_dir)), overrides={"max_steps": 1})
+    assert more.losses[0] < straight.losses[0]
 
 
 def test_full_mode_trains_the_base_and_a_missing_cache_is_a_clear_error(setup):
