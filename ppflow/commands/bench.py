@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"sample: grid steps (default {d.steps}, --thorough {SAMPLE_THOROUGH['steps']}; flux 10)")
     p.add_argument("--repeats", type=at_least(1), default=None,
-                   help="timed runs or steps per model, median (default: sample 3, train 3, --thorough 5 / 7; flux 5)")
+                   help="timed runs or steps per model, median (default: sample 2, train 2, --thorough 5 / 7; flux 5)")
     p.add_argument("--warmup", type=at_least(0), default=None, help="untimed runs per model first (default 1)")
     p.add_argument("--thorough", action="store_true",
                    help="the documented settings (sample: 10 steps x 5 repeats; train: 7 steps after 2 warm-up)")

@@ -21,8 +21,17 @@ from ..models import create_config, create_model
 from ..sampling import sample_model
 from .flops import cfg_multipliers, evaluation_flops
 from .memory import format_bytes, memory_kind, peak_bytes, reset_peak
-from .timing import ESTIMATORS, Progress, autocast, canonical_dtype, compile_blocks, format_duration, matmul_gflops
-from .timing import say, sync
+from .timing import (
+    ESTIMATORS,
+    Progress,
+    autocast,
+    canonical_dtype,
+    compile_blocks,
+    format_duration,
+    matmul_gflops,
+    say,
+    sync,
+)
 from .workers import start
 
 SAMPLE_EFFICIENCY_GUESS = 0.7  # sampling FLOP/s relative to one big matmul, for the time estimate only
@@ -41,7 +50,7 @@ class SamplingBenchConfig:
     batch: int = 8  # samples per run
     method: str = "euler"  # sampler (same for every model)
     steps: int = 4  # grid steps (same for every model); 4 splits as the stages' spans for ppf2 and ppf3
-    repeats: int = 3  # timed runs per model (median taken)
+    repeats: int = 2  # timed runs per model (median taken); 2 + 1 warm-up: ~3 min for the B models on 2 cores
     warmup: int = 1  # untimed runs per model first
     cfg: bool = True  # also time CFG: stage CFG (scale 1 in the first stage) vs CFG everywhere
     cfg_scale: float = 3.0  # guidance scale where CFG is on

@@ -18,7 +18,7 @@ import torch
 def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
-            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
     except OSError:
         return None
     return int(m.group(1)) if m else None

@@ -23,7 +23,7 @@ from ..models import create_config, create_model
 from .flops import train_flops
 from .memory import format_bytes, memory_kind, peak_bytes, reset_peak, rss_bytes
 from .packed_mask import ATTENTION_MODES, use_attention
-from .timing import ESTIMATORS, DTYPES, Progress, canonical_dtype, compile_blocks, format_duration, matmul_gflops, say
+from .timing import DTYPES, ESTIMATORS, Progress, canonical_dtype, compile_blocks, format_duration, matmul_gflops, say
 from .workers import start
 
 TRAIN_EFFICIENCY_GUESS = 0.5  # training step FLOP/s relative to one big matmul, for the time estimate only
@@ -40,7 +40,7 @@ class TrainBenchConfig:
     in_channels: int = 4  # latent channels
     num_classes: int = 1000  # class-conditional, as the paper's models
     batch: int = 16  # samples per optimizer step (the same for every model)
-    repeats: int = 3  # timed steps per model (median taken)
+    repeats: int = 2  # timed steps per model (median taken); 2 + 1 warm-up: ~4 min for the B models on 2 cores
     warmup: int = 1  # untimed steps per model first (AdamW state, allocator, compile)
     estimator: str = "median"  # 'median' or 'min' of the timed steps
     time_sampling: str = "stratified"  # PPFlow's stage-stratified batch (every stage in every step)

@@ -8,7 +8,8 @@ from ppflow.metrics.bench import SamplingBenchConfig, bench_sampling, format_rep
 from ppflow.metrics.flops import evaluation_flops
 from ppflow.models import create_config
 
-QUICK = ["--size", "tiny", "--latent-size", "16", "--batch", "2", "--steps", "3", "--repeats", "1", "--warmup", "0"]
+QUICK = ["--size", "tiny", "--latent-size", "16", "--batch", "2", "--steps", "3", "--repeats", "1", "--warmup", "0",
+         "--no-isolate"]
 
 
 def test_bench_sample_json_structure_and_exact_bounds(capsys):
@@ -34,11 +35,13 @@ def test_bench_sample_json_structure_and_exact_bounds(capsys):
             evaluation_flops(sit, [12], 16, 16)[1] / evaluation_flops(cfg, guided, 16, 16)[1])
         assert m["bound"] > 1 and m["cfg"]["bound"] > m["bound"]  # stage CFG saves more than patches alone
         assert len(result["runs"][name]["times"]) == 1
+        assert m["peak_memory_bytes"] > 0 and m["cfg"]["peak_memory_bytes"] > 0
+    assert result["ratios"] == result["models"]  # the key `bench train` uses too
 
 
 def test_bench_table_and_errors(capsys):
     result = bench_sampling(SamplingBenchConfig(models=("PPF-tiny-2",), baseline="SiT-tiny/2", latent_size=8,
-                                                batch=1, steps=2, repeats=1, warmup=0, cfg=False))
+                                                batch=1, steps=2, repeats=1, warmup=0, cfg=False, isolate=False))
     assert "cfg" not in result["models"]["PPF-tiny-2"]
     text = format_report(result)
     assert "PPF-tiny-2" in text and "efficiency" in text

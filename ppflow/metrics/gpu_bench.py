@@ -1,0 +1,244 @@
+"""`ppflow bench gpu`: the prepared GPU suite, about ten minutes on one H100/H200-class GPU, bf16.
+
+(a) PPF-XL-2 / PPF-XL-3 vs SiT-XL/2 sampling, batch 64, plain and stage CFG vs CFG everywhere, timed
+    over a few steps and extrapolated to 250- and 50-step runs (the stage grid splits every step
+    count in the stages' proportions, so time per step is what carries over);
+(b) a PPF-XL-2 training step with per-stage-group SDPA (flash) vs one packed row with a dense
+    block-diagonal mask (what the official code does): time and memory;
+(c) FLUX.1-dev architecture with random weights, base vs PPFlux per step at 512 / 1024 px (`ppflow.flux`);
+(d) torch.compile (per block) on/off for the PPF-XL-2 training step.
+
+Each part has a time budget (repeats stop when it is spent) and its own error handling, and the JSON
+and markdown files are rewritten after every part, so a partial run still leaves its results.
+`dry_run` runs every part at tiny sizes on the CPU (compile through dynamo only) in about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .bench import SamplingBenchConfig, bench_sampling
+from .memory import format_bytes
+from .train_bench import TrainBenchConfig, TrainVariant, run_train_variants
+from .train_bench import ratios as train_ratios
+
+PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile"}
+BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0}  # seconds per part: 9.5 min in all
+FLUX_MISSING = "skipped: ppflow.flux not available"
+
+
+@dataclass
+class Sizes:
+    """Model sizes and run lengths of a suite (full GPU sizes, or `DRY` for a CPU check)."""
+
+    size: str | None = None  # None: the XL names as written; 'tiny' for a dry run
+    latent_size: int = 32
+    sample_batch: int = 64
+    sample_steps: int = 16  # timed steps per run (extrapolated to EXTRAPOLATE)
+    sample_repeats: int = 5
+    train_batch: int = 32
+    train_repeats: int = 5
+    warmup: int = 1
+    flux_size: str = "dev"
+    flux_resolutions: tuple[int, ...] = (512, 1024)
+    flux_steps: int = 4
+    flux_repeats: int = 3
+    compile_backend: str = "inductor"
+
+
+DRY = Sizes(size="tiny", latent_size=8, sample_batch=2, sample_steps=4, sample_repeats=1, train_batch=4,
+            train_repeats=1, warmup=1, flux_size="tiny", flux_resolutions=(128,), flux_steps=2, flux_repeats=1,
+            compile_backend="eager")
+EXTRAPOLATE = (250, 50)
+
+
+@dataclass
+class GpuBenchConfig:
+    out: str = "runs/bench-gpu"  # bench-gpu.json and bench-gpu.md go here
+    dry_run: bool = False  # tiny sizes on the CPU
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    parts: tuple[str, ...] = tuple(PARTS)
+    budgets: dict[str, float] = field(default_factory=lambda: dict(BUDGETS))
+    isolate: bool = True  # every model in its own process, as in bench sample/train
+    seed: int = 0
+
+    @property
+    def sizes(self) -> Sizes:
+        return DRY if self.dry_run else Sizes()
+
+
+def part_sampling(cfg: GpuBenchConfig, log=None) -> dict:
+    s = cfg.sizes
+    b = SamplingBenchConfig(models=("PPF-XL-2", "PPF-XL-3"), baseline="SiT-XL/2", size=s.size,
+                            latent_size=s.latent_size, batch=s.sample_batch, steps=s.sample_steps,
+                            repeats=s.sample_repeats, warmup=s.warmup, dtype=cfg.dtype, device=cfg.device,
+                            isolate=cfg.isolate, budget_s=cfg.budgets["a"], seed=cfg.seed)
+    r = bench_sampling(b, log=log)
+    for run in r["runs"].values():
+        per_step = run["seconds"] / s.sample_steps
+        run["extrapolated_seconds"] = {str(n): per_step * n for n in EXTRAPOLATE}
+    return r
+
+
+def _train_cfg(cfg: GpuBenchConfig, part: str) -> TrainBenchConfig:
+    s = cfg.sizes
+    return TrainBenchConfig(size=s.size, latent_size=s.latent_size, batch=s.train_batch, repeats=s.train_repeats,
+                            warmup=s.warmup + (part == "d"), dtype=cfg.dtype, device=cfg.device, isolate=cfg.isolate,
+                            budget_s=cfg.budgets[part], seed=cfg.seed)
+
+
+def part_attention(cfg: GpuBenchConfig, log=None) -> dict:
+    name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
+    variants = [TrainVariant(f"{name} dense-mask", name, "dense-mask"), TrainVariant(f"{name} sdpa", name, "sdpa")]
+    r = run_train_variants(_train_cfg(cfg, "b"), variants, log, estimate=False)
+    r["ratios"] = {variants[1].label: train_ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+    return r
+
+
+def part_compile(cfg: GpuBenchConfig, log=None) -> dict:
+    name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
+    backend = cfg.sizes.compile_backend
+    variants = [TrainVariant(f"{name} eager", name), TrainVariant(f"{name} compiled", name, compile=backend)]
+    r = run_train_variants(_train_cfg(cfg, "d"), variants, log, estimate=False)
+    r["ratios"] = {variants[1].label: train_ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+    r["compile_backend"] = backend
+    return r
+
+
+def load_flux():
+    """(FluxBenchConfig, bench_flux) from ppflow.flux, or None when it (or diffusers) is missing or lacks them."""
+    try:
+        from ..flux.bench import FluxBenchConfig, bench_flux
+        from ..flux.transformer import PPFluxTransformer
+    except ImportError:
+        return None
+    if not hasattr(PPFluxTransformer, "from_flux"):
+        return None
+    return FluxBenchConfig, bench_flux
+
+
+def part_flux(cfg: GpuBenchConfig, log=None) -> dict:
+    found = load_flux()
+    if found is None:
+        return {"skipped": FLUX_MISSING}
+    FluxBenchConfig, bench_flux = found
+    s, began, out = cfg.sizes, time.monotonic(), {"resolutions": {}}
+    for res in s.flux_resolutions:
+        if time.monotonic() - began > cfg.budgets["c"]:
+            out["resolutions"][str(res)] = {"skipped": f"time budget {cfg.budgets['c']:g} s spent"}
+            continue
+        f = FluxBenchConfig(size=s.flux_size, resolution=res, steps=s.flux_steps, repeats=s.flux_repeats,
+                            warmup=s.warmup, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed,
+                            text_tokens=8 if cfg.dry_run else None, threads=1 if cfg.dry_run else None)
+        r = bench_flux(f, log=log)
+        r["per_step"] = {name: run["seconds"] / s.flux_steps for name, run in r["runs"].items()}
+        out["resolutions"][str(res)] = r
+    return out
+
+
+RUNNERS = {"a": part_sampling, "b": part_attention, "c": part_flux, "d": part_compile}
+
+
+def environment(cfg: GpuBenchConfig) -> dict:
+    dev = torch.device(cfg.device)
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": cfg.device,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": cfg.dry_run, "dtype": cfg.dtype}
+    if dev.type == "cuda":
+        env.update(device_name=torch.cuda.get_device_name(dev), cuda=torch.version.cuda)
+    else:
+        env["device_name"] = platform.processor() or "cpu"
+    return env
+
+
+def run_gpu_suite(cfg: GpuBenchConfig, log=None) -> dict:
+    """Run the parts in order; after each, rewrite bench-gpu.json and bench-gpu.md under cfg.out."""
+    unknown = [p for p in cfg.parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"--parts {','.join(unknown)}: choose from {','.join(PARTS)}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"settings": {**asdict(cfg), "sizes": asdict(cfg.sizes)}, "environment": environment(cfg), "parts": {}}
+    for p in cfg.parts:
+        began = time.monotonic()
+        if log is not None:
+            log(f"bench gpu: part ({p}) {PARTS[p]}, budget {cfg.budgets[p]:g} s")
+        try:
+            part = RUNNERS[p](cfg, log)
+        except Exception as e:  # noqa: BLE001 - one part failing must not lose the others
+            part = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        part["seconds_total"] = time.monotonic() - began
+        result["parts"][PARTS[p]] = part
+        (out / "bench-gpu.json").write_text(json.dumps(result, indent=2))
+        (out / "bench-gpu.md").write_text(markdown(result))
+    return result
+
+
+def _status(part: dict) -> str | None:
+    return part.get("skipped") or (f"error: {part['error']}" if "error" in part else None)
+
+
+def markdown(result: dict) -> str:
+    """The suite's results as markdown tables, parts in the order they ran."""
+    env = result["environment"]
+    lines = [f"# ppflow bench gpu{' (dry run: tiny sizes, not a measurement)' if env['dry_run'] else ''}", "",
+             (f"{env['device_name']}, {env['dtype']}, torch {env['torch']}"
+             f"{', CUDA ' + env['cuda'] if env.get('cuda') else ''}, {env['date']}"), ""]
+    titles = {"sampling": "(a) sampling", "attention": "(b) training step: per-stage SDPA vs dense block-diagonal mask",
+              "flux": "(c) FLUX base vs PPFlux (random weights)", "compile": "(d) training step: torch.compile per "
+              "block on/off"}
+    for key, part in result["parts"].items():
+        lines += [f"## {titles[key]}", ""]
+        if _status(part):
+            lines += [_status(part), ""]
+            continue
+        lines += {"sampling": _md_sampling, "flux": _md_flux}.get(key, _md_train)(part, result) + [""]
+    return "\n".join(lines)
+
+
+def _md_sampling(a: dict, result: dict) -> list[str]:
+    steps = result["settings"]["sizes"]["sample_steps"]
+    lines = [f"Timed over {steps} steps (median), extrapolated per step.", "",
+             "| run | s per step | 250 steps s | 50 steps s | peak memory |", "|---|---|---|---|---|"]
+    for label, r in a["runs"].items():
+        x = r["extrapolated_seconds"]
+        lines.append(f"| {label} | {r['seconds'] / steps:.4f} | {x['250']:.2f} | {x['50']:.2f} | "
+                     f"{format_bytes(r['peak_memory_bytes'])} |")
+    lines += ["", f"| vs {a['baseline']} | speed-up | FLOPs bound | efficiency |", "|---|---|---|---|"]
+    for name, m in a["models"].items():
+        lines.append(f"| {name} | {m['speedup']:.3f} | {m['bound']:.3f} | {m['efficiency']:.2f} |")
+        if "cfg" in m:
+            c = m["cfg"]
+            lines.append(f"| {name}, stage CFG vs CFG everywhere | {c['speedup']:.3f} | {c['bound']:.3f} | "
+                         f"{c['efficiency']:.2f} |")
+    return lines
+
+
+def _md_train(part: dict, result: dict) -> list[str]:
+    s = part["settings"]
+    lines = [f"Batch {s['batch']} ({s['time_sampling']}), {s['timed_rounds']} timed steps ({s['estimator']}).", "",
+             "| run | s per step | peak memory |", "|---|---|---|"]
+    for label, r in part["runs"].items():
+        lines.append(f"| {label} | {r['seconds']:.4f} | {format_bytes(r['peak_memory_bytes'])} |")
+    for label, m in part["ratios"].items():
+        lines += ["", f"{label}: {m['speedup']:.3f}x the speed, {m['memory_ratio']:.2f}x the memory."]
+    return lines
+
+
+def _md_flux(c: dict, result: dict) -> list[str]:
+    lines = ["| px | FLUX s per step | PPFlux s per step | speed-up | FLOPs bound | efficiency |",
+             "|---|---|---|---|---|---|"]
+    for res, r in c["resolutions"].items():
+        if _status(r):
+            lines.append(f"| {res} | {_status(r)} | | | | |")
+            continue
+        base, ppf = list(r["per_step"].values())[:2]
+        lines.append(f"| {res} | {base:.4f} | {ppf:.4f} | {r['speedup']:.3f} | {r['bound']:.3f} | "
+                     f"{r['efficiency']:.2f} |")
+    return lines
