@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a PPFlow model or its SiT baseline (single process or under torchrun)"),
     "extract-latents": ("extract_latents", "encode an image folder with a VAE into a latent cache"),
     "sample": ("sample", "sample images from a checkpoint (PNG grid or ADM npz; shards under torchrun)"),
-    "bench": ("bench", "benchmark sampling speed of PPFlow against the one-stage baseline (sample, flux)"),
+    "bench": ("bench", "speed and memory of PPFlow against the one-stage baseline (sample, train, gpu, flux)"),
     "eval": ("eval", "FID / sFID / IS / precision / recall of samples against a reference"),
     "profile": ("profile", "held-out loss per noise level t of one or more models (where a PPFlow model loses)"),
     "schedule": ("schedule", "schedule search: the best pyramid schedule for a sampling-FLOPs budget, from data"),
