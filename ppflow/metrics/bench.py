@@ -34,7 +34,7 @@ from .timing import (
 )
 from .workers import start
 
-SAMPLE_EFFICIENCY_GUESS = 0.7  # sampling FLOP/s relative to one big matmul, for the time estimate only
+SAMPLE_EFFICIENCY_GUESS = 0.85  # sampling FLOP/s relative to one big matmul, for the time estimate only
 
 
 @dataclass

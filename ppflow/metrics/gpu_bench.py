@@ -15,6 +15,7 @@ and markdown files are rewritten after every part, so a partial run still leaves
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import time
@@ -174,6 +175,9 @@ def run_gpu_suite(cfg: GpuBenchConfig, log=None) -> dict:
         except Exception as e:  # noqa: BLE001 - one part failing must not lose the others
             part = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         part["seconds_total"] = time.monotonic() - began
+        gc.collect()  # part (c) runs in this process: free its FLUX before the next part's children start
+        if torch.device(cfg.device).type == "cuda":
+            torch.cuda.empty_cache()
         result["parts"][PARTS[p]] = part
         (out / "bench-gpu.json").write_text(json.dumps(result, indent=2))
         (out / "bench-gpu.md").write_text(markdown(result))

@@ -26,7 +26,7 @@ from .packed_mask import ATTENTION_MODES, use_attention
 from .timing import DTYPES, ESTIMATORS, Progress, canonical_dtype, compile_blocks, format_duration, matmul_gflops, say
 from .workers import start
 
-TRAIN_EFFICIENCY_GUESS = 0.5  # training step FLOP/s relative to one big matmul, for the time estimate only
+TRAIN_EFFICIENCY_GUESS = 0.85  # training step FLOP/s relative to one big matmul, for the time estimate only
 
 
 @dataclass
