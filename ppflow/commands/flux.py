@@ -154,10 +154,10 @@ def add_arguments(p) -> None:
     d.add_argument("--out", default=None, help="report folder (default runs/flux-demo[-quick])")
     d.add_argument("--threads", type=at_least(1), default=1, help="torch threads")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--base-steps", type=at_least(1), default=None, help="steps of the from-scratch base (default 1500)")
+    d.add_argument("--base-steps", type=at_least(1), default=None, help="steps of the from-scratch base (default 900)")
     d.add_argument("--finetune-steps", type=at_least(1), default=None,
-                   help="steps of each fine-tune, PPFlux and FLUX-ft (default 300)")
-    d.add_argument("--eval-per-class", type=at_least(1), default=None, help="samples per prompt (default 100)")
+                   help="steps of each fine-tune, PPFlux and FLUX-ft (default 270)")
+    d.add_argument("--eval-per-class", type=at_least(1), default=None, help="samples per prompt (default 50)")
 
 
 def main(args) -> int:

@@ -152,7 +152,11 @@ class FluxTrainer:
             opt_cls = bnb.optim.AdamW8bit
         else:
             opt_cls = torch.optim.AdamW
-        self.opt = opt_cls(list(self.params), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        extra = [not n.startswith("base.") for n in self.names]  # PPFlow projections + stage embedding
+        groups = [{"params": [p for p, e in zip(self.params, extra) if e is x], "lr_scale": scale}
+                  for x, scale in ((False, 1.0), (True, cfg.train.extras_lr_scale))]
+        self.opt = opt_cls([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                           weight_decay=o.weight_decay)
         self.layout = Layout(cfg.batch_size, self.info.world_size, self.info.rank, cfg.grad_accum)
         self.plan = BatchPlan(len(self.data), cfg.batch_size, cfg.seed)
         self.step, self.pos, self.elapsed = 0, DataPosition(), 0.0
@@ -210,7 +214,7 @@ class FluxTrainer:
     def train_step(self, stream) -> float:
         cfg, dev, f = self.cfg, self.info.device, self.cfg.flow
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
+            g["lr"] = self.lr_at(self.step) * g["lr_scale"]
         S = self.model.schedule.num_stages
         step_loss, sums, counts = 0.0, [0.0] * S, [0] * S
         L = self.grid[0] * self.grid[1]

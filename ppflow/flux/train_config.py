@@ -71,6 +71,8 @@ class FluxTrainSection:
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj",
         "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out"],
         metadata={"help": "module names LoRA adapts (FLUX attention and MLP layers)"})
+    extras_lr_scale: float = _opt(1.0, "learning-rate multiplier of the PPFlow projections and stage embedding "
+                                        "(new layers; the base keeps optim.lr)")
     eight_bit_adam: bool = _opt(False, "bitsandbytes AdamW8bit (CUDA, needs bitsandbytes)")
 
 
@@ -109,6 +111,8 @@ def validate_flux(cfg: FluxTrainConfig) -> None:
     t, f = cfg.train, cfg.flow
     checks = [
         (t.mode in MODES, f"train.mode {t.mode!r} is not one of {MODES}"),
+        (t.extras_lr_scale > 0 and math.isfinite(t.extras_lr_scale),
+         f"train.extras_lr_scale must be a positive number, got {t.extras_lr_scale}"),
         (t.lora_rank >= 1, f"train.lora_rank must be >= 1, got {t.lora_rank}"),
         (f.time_sampling in TIME_MODES, f"flow.time_sampling {f.time_sampling!r} is not one of {TIME_MODES}"),
         (f.density in DENSITIES, f"flow.density {f.density!r} is not one of {DENSITIES}"),
