@@ -27,8 +27,8 @@ def add_arguments(p) -> None:
     d = SamplingBenchConfig()
     p.description = ("Time PPFlow models against their one-stage SiT baseline (random weights, the same inputs), "
                      "alternating the models and taking medians, each model in a child process of its own. "
-                     "'sample': full sampling runs, then stage CFG (scale 1 in the first stage) against CFG "
-                     "everywhere. 'train': optimizer steps (forward + backward + AdamW) on packed mixed-stage "
+                     "'sample': full sampling runs (--cfg: also stage CFG, scale 1 in the first stage, against "
+                     "CFG everywhere). 'train': optimizer steps (forward + backward + AdamW) on packed mixed-stage "
                      "batches. Both print per model the measured speed-up, the FLOPs bound, efficiency = "
                      "speed-up / bound, and peak memory (CUDA max allocated, or the child's peak RSS on a CPU); "
                      "the defaults finish in a few minutes on 2 CPU cores and print an estimate first, "
@@ -50,9 +50,11 @@ def add_arguments(p) -> None:
                    help="timed runs or steps per model, median (default: sample 2, train 2, --thorough 5 / 7; flux 5)")
     p.add_argument("--warmup", type=at_least(0), default=None, help="untimed runs per model first (default 1)")
     p.add_argument("--thorough", action="store_true",
-                   help="the documented settings (sample: 10 steps x 5 repeats; train: 7 steps after 2 warm-up)")
+                   help="the longer settings (sample: 10 steps x 5 repeats, with --cfg; train: 7 steps after 2 warm-up)")
     p.add_argument("--cfg-scale", type=finite, default=d.cfg_scale, help="guidance scale of the CFG comparison")
-    p.add_argument("--no-cfg", action="store_true", help="sample: skip the CFG comparison")
+    p.add_argument("--cfg", action="store_true",
+                   help="sample: also compare stage CFG with CFG everywhere (triples the time; on with --thorough)")
+    p.add_argument("--no-cfg", action="store_true", help="sample: no CFG comparison, even with --thorough")
     p.add_argument("--estimator", choices=("median", "min"), default=d.estimator,
                    help="statistic of the timed runs; 'min' resists other jobs on a shared CPU")
     p.add_argument("--dtype", type=_dtype, default=None,
@@ -108,7 +110,8 @@ def sample_config(args) -> SamplingBenchConfig:
     return SamplingBenchConfig(
         **_common(args), batch=args.batch or d.batch, method=args.method,
         steps=_pick(args, "steps", d.steps, SAMPLE_THOROUGH), repeats=_pick(args, "repeats", d.repeats, SAMPLE_THOROUGH),
-        warmup=_pick(args, "warmup", d.warmup, SAMPLE_THOROUGH), cfg=not args.no_cfg, cfg_scale=args.cfg_scale)
+        warmup=_pick(args, "warmup", d.warmup, SAMPLE_THOROUGH), cfg=(args.cfg or args.thorough) and not args.no_cfg,
+        cfg_scale=args.cfg_scale)
 
 
 def train_config(args):

@@ -19,7 +19,8 @@ def gpu_main(args) -> int:
         parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
         budgets = {p: args.budget for p in BUDGETS} if args.budget else dict(BUDGETS)
         cfg = GpuBenchConfig(out=args.out, dry_run=args.dry_run, device=device, dtype=args.dtype or "bfloat16",
-                             parts=parts, budgets=budgets, isolate=not args.no_isolate, seed=args.seed)
+                             parts=parts, budgets=budgets, seed=args.seed,
+                             isolate=not (args.no_isolate or args.dry_run))  # dry run: one process, < 1 min
         log = (lambda msg: print(msg, file=sys.stderr))
         result = run_gpu_suite(cfg, log=log)
     except ValueError as e:

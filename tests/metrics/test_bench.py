@@ -9,7 +9,7 @@ from ppflow.metrics.flops import evaluation_flops
 from ppflow.models import create_config
 
 QUICK = ["--size", "tiny", "--latent-size", "16", "--batch", "2", "--steps", "3", "--repeats", "1", "--warmup", "0",
-         "--no-isolate"]
+         "--no-isolate", "--cfg"]
 
 
 def test_bench_sample_json_structure_and_exact_bounds(capsys):
