@@ -39,7 +39,7 @@ class DemoConfig:
     image_size: int = 32  # 28x28 padded to 32x32
     models: list[DemoModel] = field(default_factory=lambda: [
         DemoModel("SiT baseline", "SiT-mini/4", "1:4x4"),
-        DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip"}),
+        DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip", "stage_init": "pooled"}),
         DemoModel("PPF-2, CFG everywhere", "PPF-mini-2", "0.5:8x8,1:4x4", same_as="PPF-2", cfg_scales=[2.0, 2.0]),
     ])
     steps: int = 1400  # training steps of the baseline (~4 min for SiT-mini/4 on 2 cores)

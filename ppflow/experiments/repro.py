@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .demo import Demo, DemoConfig, DemoModel
 
-PRESETS = ("fmnist", "smoke")
+PRESETS = ("fmnist", "smoke", "switch")
 SKIP = {"coarse_output": "noise_skip"}
 
 
@@ -48,11 +48,28 @@ def repro_models(size: str, base: int, cfg_scale: float = 2.0) -> list[DemoModel
     ]
 
 
+def switch_models(size: str, cfg_scale: float = 2.0) -> list[DemoModel]:
+    """The stage-machinery experiment: what costs quality at the switch (same-patch control, margin, stage init)."""
+    s2, same, both = "0.5:8x8,1:4x4", "0.5:4x4,1:4x4", [cfg_scale] * 2
+    pooled = {"stage_init": "pooled"}
+    return [
+        DemoModel("SiT", f"SiT-{size}/4", "1:4x4"),
+        DemoModel("control", f"PPF-{size}-2", same, cfg_scales=both),
+        DemoModel("control, margin 0.1", f"PPF-{size}-2", same, cfg_scales=both, train={"flow.stage_margin": 0.1}),
+        DemoModel("control, pooled init", f"PPF-{size}-2", same, cfg_scales=both, model=pooled),
+        DemoModel("PPF-2", f"PPF-{size}-2", s2, model=SKIP),
+        DemoModel("PPF-2, CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2", cfg_scales=both),
+        DemoModel("PPF-2 pooled init", f"PPF-{size}-2", s2, model={**SKIP, **pooled}),
+        DemoModel("PPF-2 pooled init, CFG everywhere", f"PPF-{size}-2", s2, same_as="PPF-2 pooled init",
+                  cfg_scales=both),
+    ]
+
+
 def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoConfig:
     """The experiment behind docs/results.md (`fmnist`) or a seconds-long pipeline check (`smoke`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-    size = "mini" if preset == "fmnist" else "tiny"
+    size = "tiny" if preset == "smoke" else "mini"
     base = kw.get("steps") or (1400 if preset == "fmnist" else 4)
     settings = {"models": repro_models(size, base, kw.get("cfg_scale", 2.0)), "steps": base,
                 "title": "ppflow: the PPFlow main table at Fashion-MNIST scale", "inception": True,
@@ -64,6 +81,11 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                 "grid_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "PPF-2 adapted +25%, lstsq skip"],
                 "profile_models": ["SiT", "PPF-2", "PPF-3", "PPF-2, paper's v output", "same-patch control",
                                    "PPF-2 adapted +25%, lstsq skip", "swap: PPF-2 coarse + SiT fine"]}
+    if preset == "switch":
+        settings.update(models=switch_models(size, kw.get("cfg_scale", 2.0)), inception=False, num_eval=500,
+                        pareto_steps=[], timing_models=["SiT"], timing_repeats=1, profile_num=512,
+                        grid_models=None, inception_models=None, pareto_models=None, profile_models=None,
+                        title="ppflow: what the stage machinery costs at the switch (Fashion-MNIST)")
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,

@@ -100,3 +100,16 @@ def test_regeneration_keeps_the_hand_written_findings():
     out = keep_findings(new, old)
     assert out.index("new text") < out.index("- PPF wins") < out.index("new table") and "old table" not in out
     assert keep_findings(new, "no markers") == new
+
+
+def test_switch_preset_trains_the_controls_it_names():
+    """`ppflow repro --preset switch`: the margin and pooled-init contestants reach `ppflow train` as options."""
+    from ppflow.experiments.demo import Demo
+    from ppflow.experiments.repro import repro_config
+
+    demo = Demo(repro_config("switch", out="unused"))
+    o = {m.label: demo.train_overrides(m) for m in demo.cfg.models if not m.same_as}
+    assert o["control, margin 0.1"]["flow.stage_margin"] == 0.1 and "flow.stage_margin" not in o["control"]
+    assert o["PPF-2 pooled init"]["model.stage_init"] == "pooled" and "model.stage_init" not in o["PPF-2"]
+    assert o["control"]["max_steps"] == o["SiT"]["max_steps"] < o["PPF-2"]["max_steps"]  # equal compute
+    assert demo.model_config(demo.spec("control, pooled init")).stage_init == "pooled"
