@@ -203,8 +203,7 @@ class FluxTrainer:
             tqdm.write(msg, file=sys.stdout)
 
     def lr_at(self, step: int) -> float:
-        w = self.cfg.optim.warmup_steps
-        return self.cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+        return self.cfg.optim.lr_at(step)
 
     def pack(self, z: torch.Tensor) -> torch.Tensor:
         B, C, H, W = z.shape

@@ -66,6 +66,11 @@ class OptimSection:
     grad_clip: float | None = _opt(1.0, "clip the global gradient norm to this value (none = no clipping)")
     warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps (0 = none)")
 
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant."""
+        w = self.warmup_steps
+        return self.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+
 
 @dataclass
 class EmaSection:

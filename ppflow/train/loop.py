@@ -422,8 +422,7 @@ class Trainer:
             tqdm.write(msg, file=sys.stdout)
 
     def lr_at(self, step: int) -> float:
-        w = self.cfg.optim.warmup_steps
-        return self.cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+        return self.cfg.optim.lr_at(step)
 
     def autocast(self):
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.bf16)
