@@ -9,6 +9,7 @@ from ..cli import at_least, non_negative
 from ..convert.adaptation import adapt
 from ..convert.native import is_pretrained_dir, save_pretrained
 from ..metrics.flops import schedule_flops
+from ..models.output import OUTPUTS
 from ..models.schedule import PRESETS, ScheduleError
 from .convert import LOAD_ERRORS, add_load_arguments, load_with_info, semantics_note
 
@@ -27,9 +28,11 @@ def add_arguments(p) -> None:
     p.add_argument("--level-init-std", type=non_negative, default=0.0,
                    help="start of the level embedding: 0 keeps the finest stage equal to the source; 0.02 is the "
                         "official code's N(0, 0.02^2)")
-    p.add_argument("--coarse-output", choices=("v", "x", "noise_skip"), default="v",
+    p.add_argument("--coarse-output", choices=OUTPUTS, default="v",
                    help="what the coarse stages emit: v (the paper), x (clean sample), noise_skip (within-block noise "
-                        "handled analytically; the adapted coarse stage then starts far closer to the source)")
+                        "handled analytically; the adapted coarse stage then starts far closer to the source), snr "
+                        "(noise_skip, and the coarse stage runs at the noise level its pooled tokens have: the adapted "
+                        "coarse stage starts as the source denoising the pooled image at that level)")
     p.add_argument("--init", choices=("pooled", "lstsq"), default="pooled",
                    help="pooled: the paper's average/copy init; lstsq: then refit each coarse unpatchify by least "
                         "squares on --calib-data images (seconds; the coarse stage starts far closer to its optimum)")

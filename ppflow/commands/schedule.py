@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..models.output import OUTPUTS
 from .convert import LOAD_ERRORS
 
 
@@ -33,7 +34,7 @@ def add_arguments(p) -> None:
     s.add_argument("--max-stages", type=int, default=3, help="at most this many stages")
     s.add_argument("--guidance", choices=("none", "all", "stage"), default="none",
                    help="how you sample: no CFG, CFG in every stage, or stage CFG (none in the coarsest stage)")
-    s.add_argument("--coarse-output", choices=("v", "x", "noise_skip"), default="noise_skip",
+    s.add_argument("--coarse-output", choices=OUTPUTS, default="noise_skip",
                    help="coarse-stage output of the probe (and of the model you will train)")
     s.add_argument("--probe-steps", type=int, default=200, help="probe fine-tune steps (0: profile the source as is)")
     s.add_argument("--probe-lr", type=float, default=1e-4, help="probe learning rate")

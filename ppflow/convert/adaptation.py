@@ -49,7 +49,9 @@ def adapt(
     the source's patch. `level_init_std`: 0 (default) starts the level embedding at zero so the
     finest stage equals the source; 0.02 is the official N(0, 0.02^2) start. `coarse_output`: what the coarse
     stages emit (`v` as the paper, or `noise_skip`, which makes the adapted coarse stage start as the source's
-    denoiser at the stage's resolution, exact in the noise; see models/output.py). `init`: `pooled` (the
+    denoiser at the stage's resolution, exact in the noise; or `snr`, which also matches the noise level, so the
+    adapted coarse stage starts as the source denoising the pooled image at the level that image has; see
+    models/output.py). `init`: `pooled` (the
     official average/copy init) or `lstsq` (pooled, then each coarse unpatchify refitted by least squares on
     `calibration` = (images (N, C, H, W), labels (N,) or None), see `fit_readout`). `format`,
     `weights`, `overrides` are passed to `load_model` when `source` is a path.

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .layers import DiTBlock, LabelEmbedder, Packing, TimestepEmbedder, sincos_2d
-from .output import OUTPUTS, to_velocity
+from .output import OUTPUTS, pooling_ratio, snr_scale, snr_time, to_velocity
 from .patchify import PatchEmbed, Unpatchify, average_init, copy_init
 from .schedule import PyramidSchedule
 
@@ -39,7 +39,7 @@ class ModelConfig:
     level_embedding: bool | None = None  # learned stage embedding; None = only with >1 stage
     level_init_std: float = 0.02  # official PPFlow init of the level embedding (adaptation uses 0)
     time_map: str = "identity"  # what the t-embedder sees: 'identity' (flow t) or 'dit' (999*(1-t))
-    coarse_output: str = "v"  # what coarse stages emit: 'v' (paper) | 'x' (clean sample) | 'noise_skip' (models/output.py)
+    coarse_output: str = "v"  # what coarse stages emit: 'v' (paper) | 'x' (clean sample) | 'noise_skip' | 'snr' (models/output.py)
     stage_init: str = "independent"  # from-scratch init of coarse projections: 'independent' (official) | 'pooled' (finest's, average/copy)
     vae: str | None = None  # diffusers AutoencoderKL (hub name or folder) for latent models; None = pixel space
     name: str = ""  # display name, e.g. 'PPF-B-2'
@@ -185,9 +185,17 @@ class PPFlowTransformer(nn.Module):
             return 999.0 * (1.0 - t)
         return t
 
+    def stage_time(self, t: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        """The time a stage's backbone is conditioned on: t, or with coarse_output 'snr' its pooled tokens' time."""
+        if self.config.coarse_output != "snr":
+            return t
+        ratios = torch.tensor([pooling_ratio(self.schedule.factors(s)) for s in range(self.schedule.num_stages)],
+                              device=t.device, dtype=t.dtype)
+        return snr_time(t, ratios[stage])  # (N,)
+
     def conditioning(self, t: torch.Tensor, y: torch.Tensor | None, stage: torch.Tensor) -> torch.Tensor:
         """c = t_emb + y_emb + level_emb[stage], (N, D)."""
-        c = self.t_embedder(self.time_input(t))  # (N, D)
+        c = self.t_embedder(self.time_input(self.stage_time(t, stage)))  # (N, D)
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full_like(stage, self.y_embedder.null_label)
@@ -239,7 +247,10 @@ class PPFlowTransformer(nn.Module):
             c = c.index_select(0, order)  # (N, D) in packed order
 
         tokens, groups = [], []
-        for s, xg in parts:
+        for (s, xg), tg in zip(parts, ts):
+            if self.config.coarse_output == "snr" and self.schedule.factors(s) != (1, 1):
+                k = snr_scale(tg, pooling_ratio(self.schedule.factors(s)))  # (n,)
+                xg = xg * k.to(xg.dtype).view(-1, 1, 1, 1)  # (n, C, H, W) pooled noise at its own level
             emb = self.x_embedder[s](xg) + self.pos_embed(s, H, W, x.device).to(xg.dtype)  # (n, L, D)
             groups.append((emb.shape[0], emb.shape[1]))
             tokens.append(emb.reshape(-1, emb.shape[-1]))  # (n*L, D)
