@@ -11,7 +11,7 @@ class DemoModel:
 
     `adapt_from`: start from that contestant's trained weights, adapted to this schedule (average/copy init), and
     train `steps` more (default: the config's steps). `same_as`: reuse that contestant's trained model (an
-    evaluation-only variant, e.g. other CFG scales). `cfg_scales`: per-stage scales instead of the default.
+    evaluation-only variant, e.g. other CFG scales, or with `checkpoint` an earlier step). `cfg_scales`: per-stage scales instead of the default.
     """
 
     label: str
@@ -26,6 +26,7 @@ class DemoModel:
     init: str = "pooled"  # adaptation init: pooled (official average/copy) | lstsq (+ least-squares coarse readout)
     swap: list[str] | None = None  # stage swap: stage s served by the trained contestant swap[s] (no training)
     train: dict = field(default_factory=dict)  # further `ppflow train` options, e.g. {"flow.stage_margin": 0.1}
+    checkpoint: int | None = None  # with same_as: that run's EMA kept at this step (its train needs keep_every)
 
 
 @dataclass

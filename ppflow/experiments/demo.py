@@ -60,8 +60,10 @@ class Demo:
                     from ..sampling.swap import StageSwap
 
                     models[m.label] = StageSwap([models[k] for k in m.swap]).eval()
+                elif m.same_as:
+                    models[m.label] = self.kept(m) if m.checkpoint else models[m.same_as]
                 else:
-                    models[m.label] = models[m.same_as] if m.same_as else self.train(m, models)
+                    models[m.label] = self.train(m, models)
             self.loss_plot()
             self.profile(models)
             self.grids(models)
@@ -107,13 +109,16 @@ class Demo:
                              input_size=self.cfg.image_size, **m.model)
 
     def train_flops_fraction(self, m: DemoModel) -> float:
-        """Training FLOPs per step of `m` relative to the baseline's (stage-stratified batch, analytic)."""
+        """Training FLOPs per step of `m` relative to the baseline's (stage-stratified batch with its shares, analytic)."""
         from ..flow.time_sampling import stage_shares
         from ..metrics.flops import train_flops
 
         def per_step(d: DemoModel) -> float:
             c = self.model_config(d)
-            counts = [self.cfg.batch_size * w for w in stage_shares(c.get_schedule())]
+            shares = d.train.get("flow.shares")  # e.g. "1,0": a coarse-only fine-tune
+            if isinstance(shares, str) and shares not in ("span", "density"):
+                shares = [float(v) for v in shares.split(",")]
+            counts = [self.cfg.batch_size * w for w in stage_shares(c.get_schedule(), shares)]
             return train_flops(c, counts)["paper"]
 
         return per_step(m) / per_step(self.cfg.models[0])
@@ -191,6 +196,17 @@ class Demo:
         res["final_loss"] = _last(run_dir / "metrics.csv", "loss")
         res.setdefault("train_steps_per_sec", _last(run_dir / "metrics.csv", "steps_per_sec"))
         return model
+
+    def kept(self, m: DemoModel) -> torch.nn.Module:
+        """The EMA weights that `m.same_as`'s run kept at step `m.checkpoint`."""
+        from ..convert import load_model
+
+        path = Path(self.results[m.same_as]["run_dir"]) / f"ema-{m.checkpoint:07d}"
+        if not path.exists():
+            raise FileNotFoundError(f"{m.label}: {path} does not exist; give {m.same_as} train={{'keep_every': N}} "
+                                    f"with N dividing {m.checkpoint} (and its save_every)")
+        self.results[m.label]["train_compute"] = m.checkpoint / self.cfg.steps
+        return load_model(path).eval()
 
     def calibration(self, num: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `num` training images and labels (least-squares adaptation init)."""
@@ -360,7 +376,7 @@ class Demo:
             return "stage swap: " + " + ".join(f"t in ({st.t_start:g}, {st.t_end:g}] from {k}"
                                                for st, k in zip(sched.stages, m.swap))
         if m.same_as:
-            return f"= {m.same_as}"
+            return f"= {m.same_as}" + (f" at step {m.checkpoint}" if m.checkpoint else "")
         if m.adapt_from:
             return f"adapted from {m.adapt_from}, +{self.steps(m)} steps" + (f" at lr {m.lr:g}" if m.lr else "")
         return f"scratch, {self.steps(m)} steps"

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..flow import flow_matching_loss, sample_times
 from .batches import generator
+from .config import OptimSection
 
 
 class TrainStep:
@@ -26,7 +27,7 @@ class TrainStep:
         self.model, self.batch, self.seed, self.time_sampling = model, batch, seed, time_sampling
         self.device = next(model.parameters()).device
         self.autocast_dtype = autocast_dtype
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        self.opt = OptimSection(lr=lr).adamw(model.parameters())  # as ppflow train builds it (fused where it can)
         self.last_counts: list[int] = []
 
     def inputs(self, i: int):

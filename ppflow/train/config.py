@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import torch
 import yaml
 
 from ..data.registry import DataConfig
@@ -65,11 +66,30 @@ class OptimSection:
     eps: float = _opt(1e-8, "AdamW epsilon")
     grad_clip: float | None = _opt(1.0, "clip the global gradient norm to this value (none = no clipping)")
     warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps (0 = none)")
+    fused: bool | None = _opt(None, "AdamW's fused kernel: true | false | none = auto (fused when every parameter is "
+                                    "a plain CPU/CUDA tensor, e.g. not FSDP-sharded; 3-4x faster update on CPU)")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant."""
         w = self.warmup_steps
         return self.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+
+    def adamw(self, params) -> torch.optim.AdamW:
+        """The AdamW these settings describe (`fused` resolved for `params`)."""
+        params = list(params)
+        return torch.optim.AdamW(params, lr=self.lr, betas=tuple(self.betas), eps=self.eps,
+                                 weight_decay=self.weight_decay, fused=use_fused_adamw(params, self.fused))
+
+
+def use_fused_adamw(params, fused: bool | None = None) -> bool | None:
+    """`fused`, or for None whether torch's fused AdamW takes `params` (plain float CPU/CUDA tensors, no DTensor)."""
+    if fused is not None:
+        return fused
+    params = [p["params"] if isinstance(p, dict) else [p] for p in params]
+    flat = [p for group in params for p in group]
+    ok = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+             for p in flat)
+    return True if ok and flat else None
 
 
 @dataclass

@@ -378,7 +378,7 @@ class Trainer:
         self.raw = unwrap(self.model)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.opt = o.adamw(self.params)
         self.step = 0
         self.pos = DataPosition()
         self.window = Window(self.schedule.num_stages)
