@@ -8,8 +8,8 @@ from . import command_line
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke", "switch"],
-                   help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); smoke: a seconds-long pipeline check")
+    p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke", "switch", "adapt"],
+                   help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); adapt: a 5600-step SiT adapted to PPF-2 with +10%%/+25%% of its training compute, shared backbone vs coarse-only + stage swap (docs/adaptation.md; ~50 min); smoke: a seconds-long pipeline check")
     p.add_argument("--out", default=None, help="output folder (default runs/repro-<preset>)")
     p.add_argument("--steps", type=int, default=None, help="training steps of the from-scratch models "
                                                            "(adapted ones get 10%% of it)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .demo import Demo, DemoConfig, DemoModel
 
-PRESETS = ("fmnist", "smoke", "switch")
+PRESETS = ("fmnist", "smoke", "switch", "adapt")
 SKIP = {"coarse_output": "noise_skip"}
 
 
@@ -65,6 +65,42 @@ def switch_models(size: str, cfg_scale: float = 2.0) -> list[DemoModel]:
     ]
 
 
+def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None = None) -> list[DemoModel]:
+    """Adaptation from a trained SiT with +10% / +25% of its training compute (`ppflow repro --preset adapt`).
+
+    `shared`: the paper's adaptation (one backbone fine-tuned on both stages). `coarse-only`: a copy of the
+    adapted model trained on the coarse stage alone (`flow.shares 1,0`), sampled as a stage swap with the untouched
+    SiT serving the fine stage (the same sampling FLOPs; twice the weights in memory). Every model is sampled
+    with CFG in both stages; PPF steps are the budget over the step's training FLOPs (filled in by the preset).
+    """
+    s2, both, keep = "0.5:8x8,1:4x4", [cfg_scale] * 2, keep or max(1, base // 4)
+    lr = 1e-3  # the from-scratch rate: at 1e-4 the coarse stage barely moves in a +25% budget (pilot: FID 152 vs 114)
+    skip, only = {"coarse_output": "noise_skip"}, {"flow.shares": "1,0"}
+    rows = [DemoModel("SiT", f"SiT-{size}/4", "1:4x4", train={"keep_every": keep})]
+    rows += [DemoModel(f"SiT at {k}", f"SiT-{size}/4", "1:4x4", same_as="SiT", checkpoint=k)
+             for k in range(keep, base, keep)]
+    for pct in (10, 25):
+        shared = dict(adapt_from="SiT", lr=lr, cfg_scales=both)
+        if pct == 10:
+            rows.append(DemoModel("+10% shared, pooled v (paper)", f"PPF-{size}-2", s2, **shared))
+        rows.append(DemoModel(f"+{pct}% shared, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq", **shared))
+        rows.append(DemoModel(f"+{pct}% coarse-only, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq",
+                              adapt_from="SiT", lr=lr, cfg_scales=both, train=only))
+        rows.append(DemoModel(f"+{pct}% coarse-only + SiT fine", "StageSwap", s2, cfg_scales=both,
+                              swap=[f"+{pct}% coarse-only, lstsq skip", "SiT"]))
+    return rows
+
+
+def budget_steps(cfg: DemoConfig) -> DemoConfig:
+    """Adapted rows named '+P% ...': steps = P% of the baseline's training compute over their step's FLOPs."""
+    demo = Demo(cfg)
+    for m in cfg.models:
+        if m.adapt_from and m.label.startswith("+") and "%" in m.label:
+            pct = float(m.label[1:m.label.index("%")]) / 100
+            m.steps = max(1, round(pct * cfg.steps / demo.train_flops_fraction(m)))
+    return cfg
+
+
 def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoConfig:
     """The experiment behind docs/results.md (`fmnist`) or a seconds-long pipeline check (`smoke`)."""
     if preset not in PRESETS:
@@ -86,13 +122,22 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                         pareto_steps=[], timing_models=["SiT"], timing_repeats=1, profile_num=512,
                         grid_models=None, inception_models=None, pareto_models=None, profile_models=None,
                         title="ppflow: what the stage machinery costs at the switch (Fashion-MNIST)")
+    if preset == "adapt":
+        base = kw.get("steps") or 5600
+        settings.update(models=adapt_models(size, base, kw.get("cfg_scale", 2.0)), steps=base, inception=False,
+                        num_eval=500, pareto_steps=[], timing_models=["SiT", "+10% shared, lstsq skip",
+                                                                      "+10% coarse-only + SiT fine"],
+                        timing_repeats=2, profile_num=256, grid_models=None, inception_models=None,
+                        pareto_models=None, profile_models=None,
+                        title="ppflow: adapting a trained SiT to PPF-2 (Fashion-MNIST)")
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,
                         threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4],
                         timing_models=["SiT", "PPF-2", "PPF-3"])
     settings.update({k: v for k, v in kw.items() if k != "steps"})
-    return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
+    cfg = DemoConfig(out=out or f"runs/repro-{preset}", **settings)
+    return budget_steps(cfg) if preset == "adapt" else cfg
 
 
 def run_repro(cfg: DemoConfig, docs: str | None = None) -> Path:

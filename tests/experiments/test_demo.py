@@ -113,3 +113,38 @@ def test_switch_preset_trains_the_controls_it_names():
     assert o["PPF-2 pooled init"]["model.stage_init"] == "pooled" and "model.stage_init" not in o["PPF-2"]
     assert o["control"]["max_steps"] == o["SiT"]["max_steps"] < o["PPF-2"]["max_steps"]  # equal compute
     assert demo.model_config(demo.spec("control, pooled init")).stage_init == "pooled"
+
+
+def test_adapt_preset_budgets_kept_checkpoints_and_coarse_only_swap(tmp_path):
+    """`--preset adapt` at smoke size: +P% rows get P% of the baseline's training compute in their own step
+    cost, the kept SiT checkpoints are evaluated, and a coarse-only fine-tune leaves the fine projections alone."""
+    import torch
+
+    from ppflow.convert import load_model
+    from ppflow.experiments.demo import Demo, DemoConfig
+    from ppflow.experiments.repro import adapt_models, budget_steps
+
+    cfg = DemoConfig.quick(out=str(tmp_path / "a"), steps=20, num_eval=10, eval_batch=10, profile_bins=4,
+                           models=adapt_models("tiny", 20, keep=10), timing_models=["SiT"])
+    cfg = budget_steps(cfg)
+    demo = Demo(cfg)
+    steps = {m.label: m.steps for m in cfg.models}
+    only = demo.spec("+25% coarse-only, lstsq skip")
+    assert demo.train_flops_fraction(only) < 0.35 < demo.train_flops_fraction(demo.spec("+25% shared, lstsq skip"))
+    assert steps["+25% coarse-only, lstsq skip"] == round(0.25 * 20 / demo.train_flops_fraction(only))
+    assert steps["+25% coarse-only, lstsq skip"] > steps["+25% shared, lstsq skip"] > 5  # 5 = 25% of 20 SiT steps
+    demo.run()
+    res = json.loads((tmp_path / "a" / "results.json").read_text())["results"]
+    assert res["SiT at 10"]["train_compute"] == 0.5 and res["SiT at 10"]["classifier_fid"] is not None
+    assert res["SiT at 10"]["classifier_fid"] != res["SiT"]["classifier_fid"]  # the kept weights, not the last
+    for pct in (10, 25):
+        assert res[f"+{pct}% coarse-only, lstsq skip"]["train_compute"] == pytest.approx(1 + pct / 100, abs=0.03)
+    swap = res["+25% coarse-only + SiT fine"]
+    assert swap["profile_loss"][2:] == pytest.approx(res["SiT"]["profile_loss"][2:], rel=1e-5)
+    assert swap["profile_loss"][:2] == res["+25% coarse-only, lstsq skip"]["profile_loss"][:2]
+    sit = load_model(res["SiT"]["run_dir"]).state_dict()  # the EMA weights the adaptation started from
+    coarse = load_model(res["+25% coarse-only, lstsq skip"]["run_dir"]).state_dict()
+    for a, b in (("final_layer.unpatchify.1.linear.weight", "final_layer.unpatchify.0.linear.weight"),
+                 ("x_embedder.1.proj.weight", "x_embedder.0.proj.weight")):
+        assert torch.equal(coarse[a], sit[b])  # the fine stage's projections never got a gradient
+    assert not torch.equal(coarse["blocks.0.attn.qkv.weight"], sit["blocks.0.attn.qkv.weight"])
