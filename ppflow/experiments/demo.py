@@ -130,7 +130,7 @@ class Demo:
             **{f"model.{k}": v for k, v in m.model.items()},
             "data.name": c.data, "data.image_size": c.image_size, "batch_size": c.batch_size,
             "max_steps": self.steps(m), "optim.lr": m.lr or c.lr, "optim.warmup_steps": c.warmup, "ema.decay": c.ema_decay,
-            "flow.label_dropout": c.label_dropout, "save_every": max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
+            "flow.label_dropout": c.label_dropout, "save_every": m.train.get("keep_every") or max(50, self.steps(m) // 4), "log_every": max(1, self.steps(m) // 100),
             "sample.every": 0, "seed": c.seed, "out": str(self.out / "runs" / _slug(m.label)),
             "device": "cpu", "tensorboard": False, **m.train,
         }
