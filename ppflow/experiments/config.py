@@ -27,6 +27,7 @@ class DemoModel:
     swap: list[str] | None = None  # stage swap: stage s served by the trained contestant swap[s] (no training)
     train: dict = field(default_factory=dict)  # further `ppflow train` options, e.g. {"flow.stage_margin": 0.1}
     checkpoint: int | None = None  # with same_as: that run's EMA kept at this step (its train needs keep_every)
+    budget: float | None = None  # instead of steps: training compute as a fraction of the baseline's training
 
 
 @dataclass

@@ -86,9 +86,11 @@ class Demo:
         tqdm.write(msg, file=sys.stderr)
 
     def steps(self, m: DemoModel) -> int:
-        """Explicit steps, else the baseline's; under equal compute scaled by the baseline's training FLOPs."""
+        """Explicit steps or a compute budget, else the baseline's; under equal compute scaled by training FLOPs."""
         if m.steps is not None:
             return m.steps
+        if m.budget is not None:  # e.g. 0.1 = a tenth of the baseline's training compute, in this model's steps
+            return max(1, round(m.budget * self.cfg.steps / self.train_flops_fraction(m)))
         if self.cfg.protocol == "equal-steps" or m.adapt_from:
             return self.cfg.steps
         return round(self.cfg.steps / self.train_flops_fraction(m))

@@ -71,7 +71,7 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     `shared`: the paper's adaptation (one backbone fine-tuned on both stages). `coarse-only`: a copy of the
     adapted model trained on the coarse stage alone (`flow.shares 1,0`), sampled as a stage swap with the untouched
     SiT serving the fine stage (the same sampling FLOPs; twice the weights in memory). Every model is sampled
-    with CFG in both stages; PPF steps are the budget over the step's training FLOPs (filled in by the preset).
+    with CFG in both stages; PPF steps are the budget over the step's training FLOPs (`DemoModel.budget`).
     """
     s2, both, keep = "0.5:8x8,1:4x4", [cfg_scale] * 2, keep or max(1, base // 4)
     lr = 1e-3  # the from-scratch rate: at 1e-4 the coarse stage barely moves in a +25% budget (pilot: FID 152 vs 114)
@@ -80,25 +80,15 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     rows += [DemoModel(f"SiT at {k}", f"SiT-{size}/4", "1:4x4", same_as="SiT", checkpoint=k)
              for k in range(keep, base, keep)]
     for pct in (10, 25):
-        shared = dict(adapt_from="SiT", lr=lr, cfg_scales=both)
+        shared = dict(adapt_from="SiT", lr=lr, cfg_scales=both, budget=pct / 100)
         if pct == 10:
             rows.append(DemoModel("+10% shared, pooled v (paper)", f"PPF-{size}-2", s2, **shared))
         rows.append(DemoModel(f"+{pct}% shared, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq", **shared))
         rows.append(DemoModel(f"+{pct}% coarse-only, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq",
-                              adapt_from="SiT", lr=lr, cfg_scales=both, train=only))
+                              adapt_from="SiT", lr=lr, cfg_scales=both, budget=pct / 100, train=only))
         rows.append(DemoModel(f"+{pct}% coarse-only + SiT fine", "StageSwap", s2, cfg_scales=both,
                               swap=[f"+{pct}% coarse-only, lstsq skip", "SiT"]))
     return rows
-
-
-def budget_steps(cfg: DemoConfig) -> DemoConfig:
-    """Adapted rows named '+P% ...': steps = P% of the baseline's training compute over their step's FLOPs."""
-    demo = Demo(cfg)
-    for m in cfg.models:
-        if m.adapt_from and m.label.startswith("+") and "%" in m.label:
-            pct = float(m.label[1:m.label.index("%")]) / 100
-            m.steps = max(1, round(pct * cfg.steps / demo.train_flops_fraction(m)))
-    return cfg
 
 
 def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoConfig:
@@ -136,8 +126,7 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                         threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4],
                         timing_models=["SiT", "PPF-2", "PPF-3"])
     settings.update({k: v for k, v in kw.items() if k != "steps"})
-    cfg = DemoConfig(out=out or f"runs/repro-{preset}", **settings)
-    return budget_steps(cfg) if preset == "adapt" else cfg
+    return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
 
 
 def run_repro(cfg: DemoConfig, docs: str | None = None) -> Path:
