@@ -141,7 +141,9 @@ def test_from_pretrained_loads_flux_and_the_extras(components, tmp_path):
     for loaded in (PPFluxPipeline.from_pretrained(tmp_path / "flux", ppflow=tmp_path / "ppf"),
                    PPFluxPipeline.from_pretrained(tmp_path / "ppf")):
         loaded.set_progress_bar_config(disable=True)
-        assert np.array_equal(loaded(**CALL, generator=_seed()).images, want)
+        # equal weights, but loaded ones may sit at unaligned addresses (safetensors mmap), where CPU BLAS rounds
+        # differently: equal to float32 rounding (a wrong or missing weight moves pixels by far more)
+        np.testing.assert_allclose(loaded(**CALL, generator=_seed()).images, want, rtol=0, atol=1e-5)
     fresh = PPFluxPipeline.from_pretrained(tmp_path / "flux", schedule="ppf3")
     assert fresh.transformer.schedule.num_stages == 3
     fresh.save_pretrained(tmp_path / "again")  # extras + a reference to the FLUX folder it came from
