@@ -158,6 +158,8 @@ def add_arguments(p) -> None:
     d.add_argument("--finetune-steps", type=at_least(1), default=None,
                    help="steps of each fine-tune, PPFlux and FLUX-ft (default 270)")
     d.add_argument("--eval-per-class", type=at_least(1), default=None, help="samples per prompt (default 50)")
+    d.add_argument("--coarse-output", choices=("v", "noise_skip"), default=None,
+                   help="PPFlux coarse stages' output (default: the demo's, see docs/flux.md)")
 
 
 def main(args) -> int:
@@ -174,7 +176,7 @@ def main(args) -> int:
         from ..flux.demo import DemoConfig, run_demo
 
         cfg = DemoConfig.quick() if args.quick else DemoConfig()
-        for key in ("base_steps", "finetune_steps", "eval_per_class"):
+        for key in ("base_steps", "finetune_steps", "eval_per_class", "coarse_output"):
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
         run_demo(out=args.out or ("runs/flux-demo-quick" if args.quick else None), threads=args.threads,

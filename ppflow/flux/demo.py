@@ -42,6 +42,7 @@ class DemoConfig:
     batch_size: int = 64
     lr: float = 1e-3
     finetune_lr: float = 3e-4
+    coarse_output: str = "v"  # PPFlux coarse stages: 'v' (paper) or 'noise_skip'
     extras_lr_scale: float = 30.0  # the new coarse projections learn 30x faster (measured: at 1x the coarse stage's
     # loss went 1.08 -> 0.92 in 150 steps, at 10x to 0.23, at 30x to 0.21; FLUX-ft's at those sigmas: 0.17)
     dim_heads: int = 2  # attention heads of 32 dims
@@ -176,7 +177,7 @@ def _train(cfg: DemoConfig, out: Path, base: str, schedule: str, steps: int, lr:
     t.model.base, t.model.schedule, t.data.cache, t.data.resolution = base, schedule, cache, cfg.image_size
     t.train.mode, t.optim.lr, t.optim.warmup_steps = "full", lr, min(100, steps // 10)
     t.ema.decay, t.ema.warmup = 0.999, True
-    t.train.extras_lr_scale = cfg.extras_lr_scale
+    t.train.extras_lr_scale, t.model.coarse_output = cfg.extras_lr_scale, cfg.coarse_output
     start = time.perf_counter()
     result = train_flux(t)
     return result, time.perf_counter() - start

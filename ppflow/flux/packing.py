@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 INITS = ("pooled", "tiled")
+COARSE_OUTPUTS = ("v", "noise_skip")
+MIN_SIGMA = 0.05  # noise_skip divides by sigma; coarse stages sit at high sigma, the clamp only guards pinning
 
 
 def group_tokens(x: torch.Tensor, grid: tuple[int, int], factors: tuple[int, int]) -> torch.Tensor:
@@ -60,6 +62,25 @@ def _pooled_index(factors: tuple[int, int], channels: int) -> torch.Tensor:
                                      torch.arange(2), indexing="ij")
     py, px = (2 * a + dy) // fh, (2 * b + dx) // fw  # latent row/col inside the coarse patch, pooled by (fh, fw)
     return (c * 4 + py * 2 + px).reshape(-1)  # (fh*fw*channels,)
+
+
+def block_mean(x: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    """P x on coarse tokens (B, N, fh*fw*C4): each latent pixel replaced by the mean of its (fh, fw) block."""
+    n = factors[0] * factors[1]
+    idx = _pooled_index(factors, x.shape[-1] // n).to(x.device)  # (fh*fw*C4,) pooled channel of each channel
+    pooled = x.new_zeros(*x.shape[:-1], x.shape[-1] // n).index_add_(-1, idx, x) / n  # (B, N, C4)
+    return pooled.index_select(-1, idx)  # (B, N, fh*fw*C4)
+
+
+def noise_skip(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    """FLUX-convention `noise_skip` (target noise - x0): v = f + (x - P x) / sigma, on coarse tokens (B, N, K).
+
+    x = sigma * noise + (1 - sigma) * x0; for data constant on (fh, fw) blocks (I - P) x = sigma (I - P) noise,
+    so the within-block part of the target is given analytically and the network handles what a base token
+    would (SiT's `noise_skip` in ppflow.models.output, with t = 1 - sigma and the target's sign flipped).
+    """
+    inv = 1.0 / sigma.to(out.dtype).clamp_min(MIN_SIGMA).view(-1, 1, 1)  # (B, 1, 1)
+    return out + (x - block_mean(x, factors)).to(out.dtype) * inv  # (B, N, K)
 
 
 @torch.no_grad()

@@ -88,7 +88,8 @@ def build_ppflux(cfg: FluxTrainConfig):
             raise ConfigError(f"{m.ppflux} has schedule {model.ppflow_config.schedule!r}, not model.schedule "
                               f"{m.schedule!r}; pass --model.schedule {model.ppflow_config.schedule}")
     else:
-        model = PPFluxTransformer.from_flux(base, m.schedule, m.init, boundaries=m.boundaries)
+        model = PPFluxTransformer.from_flux(base, m.schedule, m.init, boundaries=m.boundaries,
+                                            coarse_output=m.coarse_output)
     model.ppflow_config.base_model, model.ppflow_config.base_subfolder = m.base, m.subfolder
     t = cfg.train
     if t.mode == "lora":

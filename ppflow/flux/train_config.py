@@ -30,6 +30,8 @@ class FluxModelSection:
                                  "GPU); trainable weights are kept in float32")
     boundaries: str = _opt("unshifted", "stage boundaries: unshifted (mapped through the resolution shift, as "
                                         "PPFluxPipeline does) | sigma (the network's sigma as is)")
+    coarse_output: str = _opt("v", "what coarse stages output: v (paper) | noise_skip (the within-block part of "
+                                   "x / sigma is added analytically; measured better in ppflow flux demo)")
 
 
 @dataclass
@@ -105,7 +107,7 @@ class FluxTrainConfig:
 def validate_flux(cfg: FluxTrainConfig) -> None:
     """Value checks types cannot express; each error names the option and a fix."""
     from ..flow.time_sampling import DENSITIES
-    from .packing import INITS
+    from .packing import COARSE_OUTPUTS, INITS
     from .sigmas import BOUNDARY_SPACES
 
     t, f = cfg.train, cfg.flow
@@ -119,6 +121,8 @@ def validate_flux(cfg: FluxTrainConfig) -> None:
         (math.isfinite(f.guidance), f"flow.guidance must be a finite number, got {f.guidance}"),
         (cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r} is not float32 or bfloat16"),
         (cfg.model.init in INITS, f"model.init {cfg.model.init!r} is not one of {INITS}"),
+        (cfg.model.coarse_output in COARSE_OUTPUTS,
+         f"model.coarse_output {cfg.model.coarse_output!r} is not one of {COARSE_OUTPUTS}"),
         (cfg.model.boundaries in BOUNDARY_SPACES, (f"model.boundaries {cfg.model.boundaries!r} is not one of "
                                                   f"{BOUNDARY_SPACES}")),
         (cfg.data.resolution >= 16, f"data.resolution must be >= 16 pixels, got {cfg.data.resolution}"),

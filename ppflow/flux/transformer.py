@@ -20,7 +20,8 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from torch import nn
 
 from ..models.schedule import PyramidSchedule
-from .packing import INITS, group_ids, group_tokens, infer_grid, init_patchify, init_unpatchify, ungroup_tokens
+from .packing import (COARSE_OUTPUTS, INITS, group_ids, group_tokens, infer_grid, init_patchify, init_unpatchify,
+                      noise_skip, ungroup_tokens)
 from .sigmas import BOUNDARY_SPACES, FluxShift, sigma_boundaries, stage_of_sigma
 
 CONFIG_NAME = "ppflux_config.json"
@@ -40,6 +41,7 @@ class PPFluxConfig:
     base_model: str | None = None  # hub id or folder of the base transformer (or of its pipeline)
     base_subfolder: str | None = None  # e.g. 'transformer' when base_model is a pipeline
     lora: dict | None = None  # peft LoraConfig of the base when it was fine-tuned with LoRA
+    coarse_output: str = "v"  # coarse stages: 'v' (paper) | 'noise_skip' (within-block noise analytic, packing.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.shift, dict):
@@ -48,6 +50,8 @@ class PPFluxConfig:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
         if self.boundaries not in BOUNDARY_SPACES:
             raise ValueError(f"unknown boundaries {self.boundaries!r}; choose one of {BOUNDARY_SPACES}")
+        if self.coarse_output not in COARSE_OUTPUTS:
+            raise ValueError(f"unknown coarse_output {self.coarse_output!r}; choose one of {COARSE_OUTPUTS}")
         self.get_schedule()  # validates
 
     def get_schedule(self) -> PyramidSchedule:
@@ -206,8 +210,9 @@ class PPFluxTransformer(nn.Module):
             raise ValueError("ControlNet residuals are per fine token: use them only in the finest stage")
         self._stage_cache_context(stage)
         embed, proj = (self.patch_embed[key], self.proj[key]) if coarse else (base.x_embedder, base.proj_out)
-        x = group_tokens(hidden_states, grid, factors)  # (B, L/n, n*64)
-        x = embed(x)  # (B, L/n, D)
+        x_in = group_tokens(hidden_states, grid, factors)  # (B, L/n, n*64)
+        x = embed(x_in)  # (B, L/n, D)
+        sigma = timestep.reshape(-1).expand(x.shape[0])  # (B,) the network's sigma
         timestep = timestep.to(x.dtype) * 1000  # (B,)
         guidance = guidance.to(x.dtype) * 1000 if guidance is not None else None  # (B,)
         temb = (base.time_text_embed(timestep, pooled_projections) if guidance is None
@@ -240,6 +245,8 @@ class PPFluxTransformer(nn.Module):
                 x = x + _controlnet(controlnet_single_block_samples, i, len(base.single_transformer_blocks), False)
         x = base.norm_out(x, temb)  # (B, L/n, D)
         x = proj(x)  # (B, L/n, n*64)
+        if coarse and self.ppflow_config.coarse_output == "noise_skip":
+            x = noise_skip(x, x_in, sigma, factors)  # (B, L/n, n*64)
         return ungroup_tokens(x, grid, factors)  # (B, L, 64)
 
     def _stage_cache_context(self, stage: int) -> None:

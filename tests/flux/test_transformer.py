@@ -191,3 +191,40 @@ def test_bad_inputs_are_one_line_errors(flux):
         model(**kw)
     with pytest.raises(FileNotFoundError, match="not a PPFlux folder"):
         PPFluxTransformer.from_pretrained("/nonexistent", base=flux)
+
+
+def test_block_mean_is_the_latent_average_pooled_and_broadcast():
+    from diffusers import FluxPipeline
+
+    from ppflow.flux.packing import block_mean
+
+    latent = torch.randn(2, 4, 16, 16)
+    x = group_tokens(FluxPipeline._pack_latents(latent, 2, 4, 16, 16), GRID, (2, 2))  # (B, 16, 64)
+    up = F.interpolate(F.avg_pool2d(latent, 2), scale_factor=2, mode="nearest")  # P x as latent pixels
+    want = group_tokens(FluxPipeline._pack_latents(up, 2, 4, 16, 16), GRID, (2, 2))
+    torch.testing.assert_close(block_mean(x, (2, 2)), want)
+
+
+def test_noise_skip_adds_the_within_block_noise_exactly(flux, tmp_path):
+    from diffusers import FluxPipeline
+
+    plain = PPFluxTransformer.from_flux(flux, "ppf2")
+    _randomize_extras(plain)
+    skip = PPFluxTransformer.from_flux(flux, "ppf2", coarse_output="noise_skip")
+    skip.load_state_dict(plain.state_dict())
+    x0 = F.interpolate(torch.randn(2, 4, 8, 8), scale_factor=2, mode="nearest")  # constant on 2x2 latent blocks
+    noise = torch.randn(2, 4, 16, 16)
+    kw = flux_inputs(sigma=0.8)  # coarse stage
+    x = 0.8 * noise + 0.2 * x0
+    kw["hidden_states"] = FluxPipeline._pack_latents(x, 2, 4, 16, 16)
+    within = noise - F.interpolate(F.avg_pool2d(noise, 2), scale_factor=2, mode="nearest")  # (I - P) noise
+    with torch.no_grad():
+        got = skip(**kw)[0] - plain(**kw)[0]
+        torch.testing.assert_close(got, FluxPipeline._pack_latents(within, 2, 4, 16, 16), rtol=1e-5, atol=1e-5)
+        kw["timestep"] = torch.full((2,), 0.3)  # finest stage: plain v
+        assert torch.equal(skip(**kw)[0], plain(**kw)[0])
+    skip.save_pretrained(tmp_path / "ppf")
+    loaded = PPFluxTransformer.from_pretrained(tmp_path / "ppf", base=flux)
+    assert loaded.ppflow_config.coarse_output == "noise_skip"
+    with pytest.raises(ValueError, match="unknown coarse_output 'x'"):
+        PPFluxTransformer.from_flux(flux, "ppf2", coarse_output="x")
