@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from . import command_line
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke", "switch", "adapt"],
-                   help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); adapt: a 5600-step SiT adapted to PPF-2 with +10%%/+25%% of its training compute, shared backbone vs coarse-only + stage swap (docs/adaptation.md; ~50 min); smoke: a seconds-long pipeline check")
+    p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke", "switch", "adapt", "search"],
+                   help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); adapt: a 5600-step SiT adapted to PPF-2 with +10%%/+25%% of its training compute, shared backbone vs coarse-only + stage swap (docs/adaptation.md; ~90 min); search: hand-set PPF-2/PPF-3 vs the schedule `ppflow schedule search` found for the same test-FLOPs budget (docs/schedules.md; ~70 min); smoke: a seconds-long pipeline check")
     p.add_argument("--out", default=None, help="output folder (default runs/repro-<preset>)")
     p.add_argument("--steps", type=int, default=None, help="training steps of the from-scratch models "
                                                            "(adapted ones get 10%% of it)")
@@ -18,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--data-path", default=None, help="folder with the Fashion-MNIST *-ubyte.gz files")
     p.add_argument("--docs", default=None, metavar="MD", help="also write the report here, e.g. docs/results.md")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--searched", action="append", default=None, metavar="NAME=SCHEDULE",
+                   help="--preset search: the searched schedule for PPF-2 or PPF-3's budget, e.g. "
+                        "PPF-2=0.45:8x8,1:4x4 (default: the ones docs/schedules.md reports)")
 
 
 def main(args) -> int:
@@ -27,9 +31,25 @@ def main(args) -> int:
                             "threads": args.threads}.items() if v is not None}
     if args.no_inception:
         kw["inception"] = False
+    if args.searched:
+        if args.preset != "search":
+            print("ppflow repro: error: --searched is for --preset search", file=sys.stderr)
+            return 2
+        pairs = [item.partition("=") for item in args.searched]
+        bad = [item for item, (a, eq, b) in zip(args.searched, pairs) if not eq or a not in ("PPF-2", "PPF-3") or not b]
+        if bad:
+            print(f"ppflow repro: error: --searched takes PPF-2=SCHEDULE or PPF-3=SCHEDULE, got {bad[0]!r}",
+                  file=sys.stderr)
+            return 2
+        kw["searched"] = {a: b for a, _, b in pairs}
     kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads"),
                                  ("no_inception",))
-    cfg = repro_config(args.preset, args.out, **kw)
+    kw["command"] += "".join(f" --searched {shlex.quote(item)}" for item in args.searched or [])
+    try:
+        cfg = repro_config(args.preset, args.out, **kw)
+    except ValueError as e:
+        print(f"ppflow repro: error: {e}", file=sys.stderr)
+        return 2
     try:
         run_repro(cfg, args.docs)
     except FileNotFoundError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .demo import Demo, DemoConfig, DemoModel
 
-PRESETS = ("fmnist", "smoke", "switch", "adapt")
+PRESETS = ("fmnist", "smoke", "switch", "adapt", "search")
 SKIP = {"coarse_output": "noise_skip"}
 
 
@@ -91,12 +91,37 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     return rows
 
 
+# `ppflow schedule search` on the 1400-step SiT-mini/4 (see docs/schedules.md for the command), CFG in every stage:
+# the schedules it chose for the hand-set PPF-2's and PPF-3's test-FLOPs fractions
+SEARCHED = {"PPF-2": "0.4:8x8,0.55:8x4,1:4x4", "PPF-3": "0.5:8x8,0.75:8x4,1:4x4"}
+
+
+def search_models(size: str, searched: dict[str, str], cfg_scale: float = 2.0) -> list[DemoModel]:
+    """Hand-set PPF-2 / PPF-3 against the searched schedule of the same test-FLOPs budget (`--preset search`).
+
+    Every PPF row uses the demo's options (`noise_skip`, pooled stage init) and CFG in every stage, and trains
+    from scratch with the baseline's training compute (the paper's protocol).
+    """
+    opts = {**SKIP, "stage_init": "pooled"}
+    hand = {"PPF-2": "0.5:8x8,1:4x4", "PPF-3": "0.5:8x8,0.75:4x8,1:4x4"}
+    rows = [DemoModel("SiT", f"SiT-{size}/4", "1:4x4")]
+    for name, schedule in hand.items():
+        n = len(schedule.split(","))
+        rows.append(DemoModel(f"{name} hand-set", f"PPF-{size}-{n}", schedule, model=opts, cfg_scales=[cfg_scale] * n))
+        found = searched.get(name)
+        if found:
+            k = len(found.split(","))
+            rows.append(DemoModel(f"{name} budget, searched", f"PPF-{size}-{k}", found, model=opts,
+                                  cfg_scales=[cfg_scale] * k))
+    return rows
+
+
 def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoConfig:
     """The experiment behind docs/results.md (`fmnist`) or a seconds-long pipeline check (`smoke`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     size = "tiny" if preset == "smoke" else "mini"
-    base = kw.get("steps") or (1400 if preset == "fmnist" else 4)
+    base = kw.get("steps") or (4 if preset == "smoke" else 1400)
     settings = {"models": repro_models(size, base, kw.get("cfg_scale", 2.0)), "steps": base,
                 "title": "ppflow: the PPFlow main table at Fashion-MNIST scale", "inception": True,
                 "num_eval": 300, "inception_ref": 500, "pareto_steps": [8, 12, 16],
@@ -120,12 +145,22 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                         timing_repeats=2, profile_num=256, grid_models=None, inception_models=None,
                         pareto_models=None, profile_models=None,
                         title="ppflow: adapting a trained SiT to PPF-2 (Fashion-MNIST)")
+    if preset == "search":
+        searched = {**SEARCHED, **(kw.get("searched") or {})}
+        if set(searched) != {"PPF-2", "PPF-3"} or not all(searched.values()):
+            raise ValueError("--preset search needs the searched schedules: pass --searched PPF-2=SCHEDULE "
+                             "--searched PPF-3=SCHEDULE (from `ppflow schedule search`)")
+        models = search_models(size, searched, kw.get("cfg_scale", 2.0))
+        settings.update(models=models, inception=False, num_eval=500, pareto_steps=[], profile_num=512,
+                        timing_models=[m.label for m in models], timing_repeats=2, grid_models=None,
+                        inception_models=None, pareto_models=None, profile_models=None,
+                        title="ppflow: searched vs hand-set schedules at the paper's budgets (Fashion-MNIST)")
     if preset == "smoke":
         settings.update(data_limit=512, batch_size=16, warmup=0, ema_decay=0.9, sample_steps=4, num_eval=20,
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,
                         threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4],
                         timing_models=["SiT", "PPF-2", "PPF-3"])
-    settings.update({k: v for k, v in kw.items() if k != "steps"})
+    settings.update({k: v for k, v in kw.items() if k not in ("steps", "searched")})
     return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
 
 

@@ -147,3 +147,28 @@ def test_adapt_preset_budgets_kept_checkpoints_and_coarse_only_swap(tmp_path):
                  ("x_embedder.1.proj.weight", "x_embedder.0.proj.weight")):
         assert torch.equal(coarse[a], sit[b])  # the fine stage's projections never got a gradient
     assert not torch.equal(coarse["blocks.0.attn.qkv.weight"], sit["blocks.0.attn.qkv.weight"])
+
+
+def test_search_preset_pits_each_searched_schedule_against_the_hand_set_one():
+    """`--preset search`: a searched row per budget beside the hand-set one, same options, equal training compute."""
+    from ppflow.cli import main
+    from ppflow.experiments.demo import Demo
+    from ppflow.experiments.repro import repro_config
+
+    searched = {"PPF-2": "0.4:8x8,1:4x4", "PPF-3": "0.3:8x8,0.6:4x8,1:4x4"}
+    demo = Demo(repro_config("search", out="unused", searched=searched))
+    rows = {m.label: m for m in demo.cfg.models}
+    assert list(rows) == ["SiT", "PPF-2 hand-set", "PPF-2 budget, searched", "PPF-3 hand-set", "PPF-3 budget, searched"]
+    assert rows["PPF-3 budget, searched"].schedule == searched["PPF-3"]
+    assert rows["PPF-2 budget, searched"].model == rows["PPF-2 hand-set"].model == {"coarse_output": "noise_skip",
+                                                                                     "stage_init": "pooled"}
+    assert rows["PPF-3 budget, searched"].cfg_scales == [2.0] * 3
+    o = {label: demo.train_overrides(m) for label, m in rows.items()}
+    assert o["SiT"]["max_steps"] < o["PPF-2 hand-set"]["max_steps"]  # equal compute: cheaper steps, more of them
+    assert o["PPF-2 budget, searched"]["model.schedule"] == searched["PPF-2"]
+    assert len(Demo(repro_config("search", out="unused")).cfg.models) == 5  # the schedules docs/schedules.md found
+    assert [repro_config(p, out="unused").steps for p in ("fmnist", "switch", "search", "adapt", "smoke")] == \
+        [1400, 1400, 1400, 5600, 4]  # the baseline's steps (switch/search once fell to the smoke size)
+    with pytest.raises(ValueError, match="needs the searched schedules"):
+        repro_config("search", out="unused", searched={"PPF-2": ""})
+    assert main(["repro", "--preset", "fmnist", "--searched", "PPF-2=1:4x4"]) == 2
