@@ -10,6 +10,16 @@ from ..models.output import OUTPUTS
 from .convert import LOAD_ERRORS
 
 
+def _raw_weights(path: str, model):
+    """A probe run's raw weights (a short run's EMA is mostly its start); `model` itself for a weights folder."""
+    from ..convert import load_model
+
+    try:
+        return load_model(path, weights="model")
+    except ValueError:  # a save_pretrained folder: one set of weights
+        return model
+
+
 def add_arguments(p) -> None:
     p.description = (
         "Find the pyramid schedule for a sampling-FLOPs budget from data instead of by hand. (1) A short probe "
@@ -24,7 +34,7 @@ def add_arguments(p) -> None:
                        description=p.description)
     s.add_argument("--from", dest="source", required=True,
                    help="one-stage model (SiT/DiT file, ppflow folder or run), or a probe run whose stages are "
-                        "exactly the candidate patches (then use --probe-steps 0)")
+                        "exactly the candidate patches (then use --probe-steps 0; its raw weights are profiled, not the EMA)")
     s.add_argument("--data", required=True, help="training/held-out data: fashion-mnist | digits | imagefolder | latents")
     s.add_argument("--data-path", default=None, help="folder of the data")
     s.add_argument("--budget", type=float, required=True, help="test-FLOPs fraction of the one-stage baseline, e.g. 0.55")
@@ -100,7 +110,7 @@ def main(args) -> int:
         if source.schedule.num_stages == 1:
             probe = adapt(source, spec, coarse_output=args.coarse_output)
         elif set(source.schedule.patches) == set(patches):
-            probe = source
+            probe = _raw_weights(args.source, source)  # as a fresh probe is profiled
         else:
             raise ValueError(f"{args.source} has stages {source.schedule.to_string()}; give a one-stage model or a "
                              f"probe whose stages are exactly the candidates ({spec})")

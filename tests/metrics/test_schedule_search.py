@@ -95,6 +95,11 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     best = res["schedules"][0]
     assert best["flops_fraction"] <= 0.7 and PyramidSchedule.from_string(best["schedule"]).base_patch == (2, 2)
     assert (tmp_path / "out" / "search.png").exists() and (tmp_path / "out" / "probe" / "checkpoints" / "last.pt").exists()
+    # the probe run itself, profiled again: its raw weights, as the probe above (its EMA is mostly the start)
+    again = ["schedule", "search", "--from", str(tmp_path / "out" / "probe"), *argv[4:8], "--probe-steps", "0",
+             *argv[10:16], "--out", str(tmp_path / "again"), "--json"]
+    assert main(again) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["curves"] == res["curves"]
     assert main([*argv[:6], "--budget", "0"]) == 2
     assert "--budget 0.0 must be a fraction" in capsys.readouterr().err
     assert main([*argv[:6], "--budget", "0.5", "--patches", "4x4"]) == 2
