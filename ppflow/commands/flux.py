@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..cli import at_least, positive
+from ..flux.packing import COARSE_OUTPUTS
 
 PAPER_NOTE = (
     "paper: measured two-stage speed-ups on FLUX.1-dev. At 512 px the text-free bound equals the paper's 1.61x;\n"
@@ -158,7 +159,7 @@ def add_arguments(p) -> None:
     d.add_argument("--finetune-steps", type=at_least(1), default=None,
                    help="steps of each fine-tune, PPFlux and FLUX-ft (default 270)")
     d.add_argument("--eval-per-class", type=at_least(1), default=None, help="samples per prompt (default 50)")
-    d.add_argument("--coarse-output", choices=("v", "noise_skip"), default=None,
+    d.add_argument("--coarse-output", choices=COARSE_OUTPUTS, default=None,
                    help="PPFlux coarse stages' output (default: the demo's, see docs/flux.md)")
 
 

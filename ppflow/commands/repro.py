@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from ..experiments.repro import repro_config, run_repro
+    from ..experiments.repro import SEARCHED, repro_config, run_repro
 
     kw = {k: v for k, v in {"steps": args.steps, "num_eval": args.num_eval, "data_path": args.data_path,
                             "threads": args.threads}.items() if v is not None}
@@ -36,7 +36,7 @@ def main(args) -> int:
             print("ppflow repro: error: --searched is for --preset search", file=sys.stderr)
             return 2
         pairs = [item.partition("=") for item in args.searched]
-        bad = [item for item, (a, eq, b) in zip(args.searched, pairs) if not eq or a not in ("PPF-2", "PPF-3") or not b]
+        bad = [item for item, (a, eq, b) in zip(args.searched, pairs) if not eq or a not in SEARCHED or not b]
         if bad:
             print(f"ppflow repro: error: --searched takes PPF-2=SCHEDULE or PPF-3=SCHEDULE, got {bad[0]!r}",
                   file=sys.stderr)

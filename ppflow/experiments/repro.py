@@ -103,16 +103,15 @@ def search_models(size: str, searched: dict[str, str], cfg_scale: float = 2.0) -
     from scratch with the baseline's training compute (the paper's protocol).
     """
     opts = {**SKIP, "stage_init": "pooled"}
+
+    def row(label: str, schedule: str) -> DemoModel:
+        n = len(schedule.split(","))
+        return DemoModel(label, f"PPF-{size}-{n}", schedule, model=opts, cfg_scales=[cfg_scale] * n)
+
     hand = {"PPF-2": "0.5:8x8,1:4x4", "PPF-3": "0.5:8x8,0.75:4x8,1:4x4"}
     rows = [DemoModel("SiT", f"SiT-{size}/4", "1:4x4")]
     for name, schedule in hand.items():
-        n = len(schedule.split(","))
-        rows.append(DemoModel(f"{name} hand-set", f"PPF-{size}-{n}", schedule, model=opts, cfg_scales=[cfg_scale] * n))
-        found = searched.get(name)
-        if found:
-            k = len(found.split(","))
-            rows.append(DemoModel(f"{name} budget, searched", f"PPF-{size}-{k}", found, model=opts,
-                                  cfg_scales=[cfg_scale] * k))
+        rows += [row(f"{name} hand-set", schedule), row(f"{name} budget, searched", searched[name])]
     return rows
 
 
@@ -147,7 +146,7 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                         title="ppflow: adapting a trained SiT to PPF-2 (Fashion-MNIST)")
     if preset == "search":
         searched = {**SEARCHED, **(kw.get("searched") or {})}
-        if set(searched) != {"PPF-2", "PPF-3"} or not all(searched.values()):
+        if set(searched) != set(SEARCHED) or not all(searched.values()):
             raise ValueError("--preset search needs the searched schedules: pass --searched PPF-2=SCHEDULE "
                              "--searched PPF-3=SCHEDULE (from `ppflow schedule search`)")
         models = search_models(size, searched, kw.get("cfg_scale", 2.0))
