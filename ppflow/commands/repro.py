@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data-path", default=None, help="folder with the Fashion-MNIST *-ubyte.gz files")
     p.add_argument("--docs", default=None, metavar="MD", help="also write the report here, e.g. docs/results.md")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--seed", type=int, default=None, help="seed of every model's training and of the sampling noise "
+                                                          "(default 0); a second seed measures the spread")
     p.add_argument("--searched", action="append", default=None, metavar="NAME=SCHEDULE",
                    help="--preset search: the searched schedule for PPF-2 or PPF-3's budget, e.g. "
                         "PPF-2=0.45:8x8,1:4x4 (default: the ones docs/schedules.md reports)")
@@ -28,7 +30,7 @@ def main(args) -> int:
     from ..experiments.repro import SEARCHED, repro_config, run_repro
 
     kw = {k: v for k, v in {"steps": args.steps, "num_eval": args.num_eval, "data_path": args.data_path,
-                            "threads": args.threads}.items() if v is not None}
+                            "threads": args.threads, "seed": args.seed}.items() if v is not None}
     if args.no_inception:
         kw["inception"] = False
     if args.searched:
@@ -42,7 +44,7 @@ def main(args) -> int:
                   file=sys.stderr)
             return 2
         kw["searched"] = {a: b for a, _, b in pairs}
-    kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads"),
+    kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads", "seed"),
                                  ("no_inception",))
     kw["command"] += "".join(f" --searched {shlex.quote(item)}" for item in args.searched or [])
     try:

@@ -27,7 +27,8 @@ def add_arguments(p) -> None:
         "flow.time_sampling all_t so each patch size has a loss at every t; (2) the held-out loss curve of every "
         "patch size over t (as `ppflow profile --all-stages`); (3) an exact search over switch points (the bin "
         "edges) and patch sizes, coarse to fine, minimizing the excess loss over the finest patch subject to the "
-        "analytic test-FLOPs fraction <= --budget. Prints the schedule string for `ppflow train --model.schedule` "
+        "analytic test-FLOPs fraction <= --budget; (4) with several probes (--probe-seeds), the schedule with the "
+        "fewest stages whose excess is within one standard error of the least (--tolerance). Prints the schedule string for `ppflow train --model.schedule` "
         "or `ppflow adapt --schedule`, its FLOPs fraction, the runner-ups, and writes curves and a plot to --out.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser("search", help="probe, profile and search (see ppflow schedule --help)",
@@ -48,6 +49,13 @@ def add_arguments(p) -> None:
                    help="coarse-stage output of the probe (and of the model you will train)")
     s.add_argument("--probe-steps", type=int, default=200, help="probe fine-tune steps (0: profile the source as is)")
     s.add_argument("--probe-lr", type=float, default=1e-4, help="probe learning rate")
+    s.add_argument("--probe-seeds", type=int, default=None,
+                   help="probes trained with seeds --seed, --seed+1, ...; their spread is the search's resolution "
+                        "(default 2; 1 with --probe-steps 0). Probes already in --out are reused, so a second "
+                        "--budget costs only the profile")
+    s.add_argument("--tolerance", default="auto",
+                   help="choose the fewest-stage schedule whose excess is within this of the least: 'auto' = one "
+                        "standard error over the probes (0 with one probe), or a number (0: the least excess)")
     s.add_argument("--batch-size", type=int, default=32, help="probe batch size")
     s.add_argument("--num", type=int, default=512, help="held-out images of the profile")
     s.add_argument("--bins", type=int, default=20, help="t bins: the candidate switch points are their edges")
@@ -61,6 +69,18 @@ def add_arguments(p) -> None:
 def _fail(msg: str) -> int:
     print(f"ppflow schedule search: error: {msg}", file=sys.stderr)
     return 2
+
+
+def parse_tolerance(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--tolerance {text!r} is neither 'auto' nor a number") from None
+    if value < 0:
+        raise ValueError(f"--tolerance {text} must be >= 0")
+    return value
 
 
 def parse_patches(text: str) -> list[tuple[int, int]]:
@@ -88,15 +108,24 @@ def main(args) -> int:
     from ..convert.adaptation import adapt
     from ..data.registry import DataConfig, build_dataset
     from ..eval.profile import loss_profile
-    from ..metrics.schedule_search import search_schedules
+    from ..metrics.schedule_search import schedule_excess, search_schedules, simplest_within
     from ..models.schedule import PyramidSchedule, ScheduleError
     from ..train.loop import train
     from ..utils.plots import line_plot
 
     if not 0 < args.budget <= 1:
         return _fail(f"--budget {args.budget} must be a fraction in (0, 1]")
-    if args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1:
-        return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1")
+    if args.probe_seeds is None:
+        args.probe_seeds = 2 if args.probe_steps else 1
+    if args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1 or args.probe_seeds < 1:
+        return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1, --probe-seeds >= 1")
+    if args.probe_steps == 0 and args.probe_seeds > 1:
+        return _fail("--probe-steps 0 profiles one model: give --probe-seeds 1, or --probe-steps N to train "
+                     f"{args.probe_seeds} probes (probes already in --out are reused)")
+    try:
+        tolerance = parse_tolerance(args.tolerance)
+    except ValueError as e:
+        return _fail(str(e))
     out = Path(args.out)
     try:
         source = load_model(args.source)
@@ -116,21 +145,26 @@ def main(args) -> int:
                              f"probe whose stages are exactly the candidates ({spec})")
     except (*LOAD_ERRORS, ScheduleError) as e:
         return _fail(str(e))
+    probes = {"probe": probe}
     if args.probe_steps:
         init = out / "probe-init"
         probe.save_pretrained(init)
-        run = out / "probe"
-        overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
-                     "max_steps": args.probe_steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
-                     "flow.time_sampling": "all_t", "model.learn_sigma": probe.config.learn_sigma,
-                     "save_every": args.probe_steps, "log_every": max(1, args.probe_steps // 20), "sample.every": 0,
-                     "seed": args.seed, "out": str(run), "device": args.device, "tensorboard": False}
-        if args.data_path:
-            overrides["data.path"] = args.data_path
-        if not (run / "checkpoints" / "last.pt").exists():
-            train(None, overrides=overrides)
-        probe = load_model(run, weights="model")  # the raw weights: a short run's EMA is mostly its start
-    probe = probe.eval()
+        probes = {}
+        for i in range(args.probe_seeds):
+            name = "probe" if i == 0 else f"probe-{i + 1}"
+            run = out / name
+            overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
+                         "max_steps": args.probe_steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
+                         "flow.time_sampling": "all_t", "model.learn_sigma": probe.config.learn_sigma,
+                         "save_every": args.probe_steps, "log_every": max(1, args.probe_steps // 20),
+                         "sample.every": 0, "seed": args.seed + i, "out": str(run), "device": args.device,
+                         "tensorboard": False}
+            if args.data_path:
+                overrides["data.path"] = args.data_path
+            if not (run / "checkpoints" / "last.pt").exists():
+                train(None, overrides=overrides)
+            probes[name] = load_model(run, weights="model")  # the raw weights: a short run's EMA is mostly its start
+    probes = {name: m.eval() for name, m in probes.items()}
     try:
         held = build_dataset(DataConfig(name=args.data, path=args.data_path, limit=args.num,
                                         split="test" if args.data == "fashion-mnist" else "train",
@@ -140,33 +174,56 @@ def main(args) -> int:
         return _fail(f"cannot read --data {args.data}: {e}")
     x1, y = held.get_batch(torch.arange(len(held)))
     x1 = held.encode(x1, torch.Generator().manual_seed(args.seed))
-    prof = loss_profile({"probe": probe}, x1, y if probe.config.num_classes else None, bins=args.bins,
-                        seed=args.seed, all_stages=True, progress=not args.json)
-    curves = {patch: prof.curves[f"probe [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
-    found = search_schedules(prof.edges, curves, source.config, args.budget, max_stages=args.max_stages,
-                             guidance=args.guidance, top=args.top)
-    prof.write(out, title="held-out loss per patch size (probe, stage pinned)")
+    prof = loss_profile(probes, x1, y if probe.config.num_classes else None, bins=args.bins, seed=args.seed,
+                        all_stages=True, progress=not args.json)  # the same draws for every probe: paired
+    per = [{patch: prof.curves[f"{name} [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
+           for name in probes]
+    curves = {patch: [sum(c[patch][k] for c in per) / len(per) for k in range(args.bins)] for patch in per[0]}
+    search = dict(budget=args.budget, max_stages=args.max_stages, guidance=args.guidance)
+    found = search_schedules(prof.edges, curves, source.config, top=args.top, **search)
+    by_count = [c for n in range(1, args.max_stages + 1)
+                for c in search_schedules(prof.edges, curves, source.config, top=1, num_stages=n, **search)]
+    candidates = found + [c for c in by_count if c.schedule not in {f.schedule for f in found}]
+    per_probe = {c.schedule: [schedule_excess(prof.edges, cv, c.schedule) for cv in per] for c in candidates}
+    choice = simplest_within(candidates, per_probe, tolerance) if candidates else None
+    prof.write(out, title="held-out loss per patch size (probes, stage pinned)")
+
+    def row(c):
+        return {"schedule": c.schedule, "num_stages": c.num_stages, "flops_fraction": c.flops_fraction,
+                "excess": c.excess, "excess_per_probe": per_probe[c.schedule],
+                "stderr_vs_least": choice.stderr[c.schedule]}
+
     result = {"budget": args.budget, "guidance": args.guidance, "probe_steps": args.probe_steps,
-              "bin_edges": prof.edges, "curves": {f"{a}x{b}": v for (a, b), v in curves.items()},
-              "schedules": [{"schedule": c.schedule, "flops_fraction": c.flops_fraction, "excess": c.excess}
-                            for c in found]}
+              "probes": len(probes), "tolerance": args.tolerance, "bin_edges": prof.edges,
+              "curves": {f"{a}x{b}": v for (a, b), v in curves.items()},
+              "chosen": row(choice.chosen) if choice else None,
+              "schedules": [row(c) for c in sorted(candidates, key=lambda c: c.excess)]}
     (out / "search.json").write_text(json.dumps(result, indent=2))
-    if found:
-        best = PyramidSchedule.from_string(found[0].schedule)
+    if choice:
+        chosen = PyramidSchedule.from_string(choice.chosen.schedule)
         line_plot({f"{a}x{b}": (prof.centers, v) for (a, b), v in curves.items()}, out / "search.png",
-                  title=f"loss per patch size; dashed: chosen switch points of {found[0].schedule}",
-                  xlabel="t (0 = noise, 1 = data)", ylabel="velocity MSE", log_y=True, vlines=best.boundaries)
+                  title=f"loss per patch size (mean of {len(probes)} probes); dashed: switch points of "
+                        f"{choice.chosen.schedule}",
+                  xlabel="t (0 = noise, 1 = data)", ylabel="velocity MSE", log_y=True, vlines=chosen.boundaries)
     if args.json:
         print(json.dumps(result))
-        return 0 if found else 1
-    if not found:
+        return 0 if choice else 1
+    if not choice:
         print(f"no schedule on this grid fits test FLOPs <= {args.budget:g}; raise --budget or add coarser --patches")
         return 1
-    print(f"best schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {found[0].schedule}")
-    print(f"  test FLOPs {100 * found[0].flops_fraction:.1f}% of the baseline, predicted excess loss "
-          f"{found[0].excess:.5f} (weighted by how a uniform sampler visits t)")
-    for c in found[1:]:
-        print(f"  runner-up: {c.schedule:40s} FLOPs {100 * c.flops_fraction:5.1f}%  excess {c.excess:.5f}")
-    print(f"use it: ppflow train --model.schedule {found[0].schedule} ...  or  ppflow adapt --schedule "
-          f"{found[0].schedule} ...; curves and plot in {out}")
+    c, best = choice.chosen, choice.best
+    print(f"schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {c.schedule}")
+    print(f"  test FLOPs {100 * c.flops_fraction:.1f}% of the baseline, predicted excess loss {c.excess:.5f} "
+          f"(weighted by how a uniform sampler visits t; mean of {len(probes)} probes)")
+    if c is not best:
+        print(f"  least excess: {best.schedule} ({best.excess:.5f}, {best.num_stages} stages): "
+              f"{c.excess - best.excess:.5f} less, within "
+              + ("one standard error " f"({choice.stderr[c.schedule]:.5f})" if tolerance is None
+                 else f"--tolerance {tolerance:g}") + f", so the {c.num_stages}-stage schedule is chosen")
+    for other in sorted(candidates, key=lambda o: o.excess):
+        if other is not c:
+            print(f"  other: {other.schedule:40s} {other.num_stages} stages  FLOPs {100 * other.flops_fraction:5.1f}%"
+                  f"  excess {other.excess:.5f} (+-{choice.stderr[other.schedule]:.5f} vs the least)")
+    print(f"use it: ppflow train --model.schedule {c.schedule} ...  or  ppflow adapt --schedule "
+          f"{c.schedule} ...; curves and plot in {out}")
     return 0

@@ -111,7 +111,11 @@ def search_models(size: str, searched: dict[str, str], cfg_scale: float = 2.0) -
     hand = {"PPF-2": "0.5:8x8,1:4x4", "PPF-3": "0.5:8x8,0.75:4x8,1:4x4"}
     rows = [DemoModel("SiT", f"SiT-{size}/4", "1:4x4")]
     for name, schedule in hand.items():
-        rows += [row(f"{name} hand-set", schedule), row(f"{name} budget, searched", searched[name])]
+        rows.append(row(f"{name} hand-set", schedule))
+        found = row(f"{name} budget, searched", searched[name])
+        if searched[name] == schedule:  # the search chose the hand-set schedule: the same model, not trained twice
+            found.same_as = f"{name} hand-set"
+        rows.append(found)
     return rows
 
 

@@ -6,6 +6,11 @@ whose boundaries lie on the bin edges and whose last stage is the finest patch. 
 sum over bins of weight x (loss of the stage's patch - loss of the finest patch); its cost is the analytic test-FLOPs
 fraction (paper convention, `metrics.flops.schedule_flops`). The search is an exact dynamic program over
 (bin edge, last patch, stages used) that keeps every Pareto-optimal (cost, excess) partial schedule.
+
+Choosing among the results (`simplest_within`): curves from several probes (training seeds) give each schedule's
+excess a spread; the schedule with the fewest stages whose excess is within one standard error of the least is
+chosen (the one-standard-error rule of model selection), since every extra switch costs trained models a loss bump
+the all_t probe cannot see (docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class Candidate:
     flops_fraction: float
     excess: float
 
+    @property
+    def num_stages(self) -> int:
+        return self.schedule.count(",") + 1
+
 
 def _mult(stage: int, guidance: str) -> int:
     return 1 if guidance == "none" or (guidance == "stage" and stage == 0) else 2
@@ -53,9 +62,11 @@ def search_schedules(
     guidance: str = "none",
     weights: Sequence[float] | None = None,
     top: int = 5,
+    num_stages: int | None = None,
 ) -> list[Candidate]:
     """Pareto-optimal schedules within `budget` (test-FLOPs fraction), least excess first, at most `top`.
 
+    `num_stages`: only schedules with exactly that many stages (default: any count up to `max_stages`).
     `curves[patch][k]`: held-out loss of that patch in bin k; the finest patch (most tokens) is the base.
     `weights[k]`: how much the sampler visits bin k (default: the bin width, a uniform grid). `config`: the model
     whose FLOPs count (its schedule is replaced by each candidate's). `guidance`: see GUIDANCE.
@@ -67,6 +78,8 @@ def search_schedules(
         raise ValueError(f"every curve needs one value per bin ({B} bins from {len(edges)} edges)")
     if max_stages < 1:
         raise ValueError(f"max_stages must be >= 1, got {max_stages}")
+    if num_stages is not None and not 1 <= num_stages <= max_stages:
+        raise ValueError(f"num_stages must be in [1, max_stages={max_stages}], got {num_stages}")
     weights = [b - a for a, b in itertools.pairwise(edges)] if weights is None else list(weights)
     patches = sorted(curves, key=_tokens)  # coarsest first
     base = patches[-1]
@@ -105,7 +118,7 @@ def search_schedules(
                             c = cost + (edges[j] - edges[i]) * cost_per_t[q] * _mult(n, guidance) / base_mult
                             _add(front, (j, q, n + 1), (c, ex + prefix[q][j] - prefix[q][i], stages + ((j, q),)))
     final: dict = {}
-    for n in range(1, max_stages + 1):
+    for n in range(1, max_stages + 1) if num_stages is None else (num_stages,):
         for pt in front.get((B, base, n), []):
             if pt[0] <= budget + 1e-12:
                 _add(final, "all", pt)  # Pareto-optimal over every stage count
@@ -122,6 +135,54 @@ def search_schedules(
         if len(out) == top:
             break
     return out
+
+
+def schedule_excess(edges: Sequence[float], curves: Mapping[Patch, Sequence[float]], schedule: str,
+                    weights: Sequence[float] | None = None) -> float:
+    """Predicted excess of `schedule` (boundaries on `edges`) under `curves`, scored as `search_schedules` does."""
+    weights = [b - a for a, b in itertools.pairwise(edges)] if weights is None else list(weights)
+    base = max(curves, key=_tokens)
+    sched = PyramidSchedule.from_string(schedule)
+    total = 0.0
+    for k, (a, b) in enumerate(itertools.pairwise(edges)):
+        patch = sched.patches[int(sched.stage_of(0.5 * (a + b)))]
+        if patch not in curves:
+            raise ValueError(f"no curve for patch {patch[0]}x{patch[1]} of {schedule}")
+        total += weights[k] * (curves[patch][k] - curves[base][k])
+    return total
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen schedule, the least-excess one, the tolerance used and each candidate's standard error."""
+
+    chosen: Candidate
+    best: Candidate
+    tolerance: float | None  # fixed tolerance; None: one standard error of each paired difference
+    stderr: dict[str, float]  # schedule -> standard error over probes of (its excess - the best's)
+
+
+def simplest_within(candidates: Sequence[Candidate], per_probe: Mapping[str, Sequence[float]],
+                    tolerance: float | None = None) -> Choice:
+    """The fewest-stage candidate whose mean excess is within tolerance of the least (ties: less excess).
+
+    `per_probe[schedule]`: its excess under each probe's curves (the same probes, in the same order, for every
+    candidate; the candidates' `excess` is their mean). `tolerance` None: one standard error of the candidate's
+    paired difference to the best over the probes (with one probe: 0, the plain minimum).
+    """
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    best = min(candidates, key=lambda c: (c.excess, c.flops_fraction))
+    stderr = {}
+    for c in candidates:
+        d = [a - b for a, b in zip(per_probe[c.schedule], per_probe[best.schedule], strict=True)]
+        n = len(d)
+        mean = sum(d) / n
+        stderr[c.schedule] = (sum((v - mean) ** 2 for v in d) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    ok = [c for c in candidates
+          if c.excess - best.excess <= (stderr[c.schedule] if tolerance is None else tolerance) + 1e-12]
+    chosen = min(ok, key=lambda c: (c.num_stages, c.excess, c.flops_fraction))
+    return Choice(chosen, best, tolerance, stderr)
 
 
 def _scales(n: int, guidance: str) -> list[float] | None:

@@ -172,3 +172,7 @@ def test_search_preset_pits_each_searched_schedule_against_the_hand_set_one():
     with pytest.raises(ValueError, match="needs the searched schedules"):
         repro_config("search", out="unused", searched={"PPF-2": ""})
     assert main(["repro", "--preset", "fmnist", "--searched", "PPF-2=1:4x4"]) == 2
+    same = {m.label: m for m in repro_config("search", out="unused", searched={"PPF-2": "0.5:8x8,1:4x4"}).models}
+    assert same["PPF-2 budget, searched"].same_as == "PPF-2 hand-set"  # the hand-set schedule found: not trained twice
+    assert same["PPF-3 budget, searched"].same_as is None
+    assert repro_config("search", out="unused", seed=1).seed == 1

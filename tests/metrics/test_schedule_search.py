@@ -5,7 +5,7 @@ import random
 import pytest
 
 from ppflow.metrics.flops import schedule_flops
-from ppflow.metrics.schedule_search import search_schedules
+from ppflow.metrics.schedule_search import Candidate, schedule_excess, search_schedules, simplest_within
 from ppflow.models import create_config
 
 CONFIG = create_config("PPF-mini-2", in_channels=1, num_classes=10, input_size=32, learn_sigma=False)
@@ -54,6 +54,55 @@ def test_dp_returns_the_brute_force_optimum(seed, guidance):
         assert [c.excess for c in got] == pytest.approx([w[0] for w in want[:3]], abs=1e-12)
 
 
+def test_fixed_stage_count_and_excess_of_a_schedule_match_brute_force():
+    rng = random.Random(7)
+    edges = [k / 6 for k in range(7)]
+    curves = {(4, 4): [1.0] * 6, (4, 8): [1.0 + rng.uniform(0, 0.3) for _ in range(6)],
+              (8, 8): [1.0 + rng.uniform(0, 0.6) for _ in range(6)]}
+    want = brute_force(edges, curves, 0.7, 3, "none")
+    for n in (2, 3):
+        got = search_schedules(edges, curves, CONFIG, 0.7, num_stages=n, top=50)
+        assert got and all(c.num_stages == n for c in got)
+        exact = sorted((e, s) for e, _, s in _all_schedules(edges, curves, 0.7, n))
+        assert got[0].excess == pytest.approx(exact[0][0], abs=1e-12)
+    for c in search_schedules(edges, curves, CONFIG, 0.7, top=10):
+        assert schedule_excess(edges, curves, c.schedule) == pytest.approx(c.excess, abs=1e-12)
+    assert want[0][0] == pytest.approx(search_schedules(edges, curves, CONFIG, 0.7)[0].excess, abs=1e-12)
+    with pytest.raises(ValueError, match="num_stages"):
+        search_schedules(edges, curves, CONFIG, 0.7, max_stages=2, num_stages=3)
+
+
+def _all_schedules(edges, curves, budget, n):
+    B, base = len(edges) - 1, (4, 4)
+    for cuts in itertools.combinations(range(1, B), n - 1):
+        for ps in itertools.product(PATCHES, repeat=n):
+            if ps[-1] != base or any(a[0] * a[1] <= b[0] * b[1] for a, b in itertools.pairwise(ps)):
+                continue
+            s = ",".join(f"{edges[j]:g}:{p[0]}x{p[1]}" for j, p in zip([*cuts, B], ps))
+            f = schedule_flops(dataclasses.replace(CONFIG, schedule=s, level_embedding=None))["paper_fraction"]
+            if f <= budget + 1e-12:
+                yield schedule_excess(edges, curves, s), f, s
+
+
+def test_simplest_within_one_standard_error():
+    three = Candidate("0.4:8x8,0.55:4x8,1:4x4", 0.61, 0.0074)
+    two = Candidate("0.5:8x8,1:4x4", 0.62, 0.0081)
+    # two probes: the 3-stage schedule wins by 0.0007 on average, but by 0.0018 and -0.0004: SE 0.0011
+    noisy = {three.schedule: [0.0070, 0.0078], two.schedule: [0.0088, 0.0074]}
+    choice = simplest_within([three, two], noisy)
+    assert choice.chosen == two and choice.best == three
+    assert choice.stderr[two.schedule] == pytest.approx(0.0011, abs=1e-12)
+    # the same mean gap resolved by both probes (0.0007 each time): the least excess stands
+    sure = {three.schedule: [0.0070, 0.0078], two.schedule: [0.0077, 0.0085]}
+    assert simplest_within([three, two], sure).chosen == three
+    assert simplest_within([three, two], noisy, tolerance=0.0).chosen == three  # plain minimum
+    assert simplest_within([three, two], sure, tolerance=0.001).chosen == two  # fixed tolerance
+    one = {three.schedule: [0.0074], two.schedule: [0.0081]}
+    assert simplest_within([three, two], one).chosen == three  # one probe: no spread, the minimum
+    with pytest.raises(ValueError, match="no candidates"):
+        simplest_within([], {})
+
+
 def test_a_known_switch_point_is_recovered():
     """Coarse patches are free up to t = 0.3 and costly after: at a budget that allows it, switch exactly there."""
     edges = [k / 10 for k in range(11)]
@@ -99,7 +148,24 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     again = ["schedule", "search", "--from", str(tmp_path / "out" / "probe"), *argv[4:8], "--probe-steps", "0",
              *argv[10:16], "--out", str(tmp_path / "again"), "--json"]
     assert main(again) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["curves"] == res["curves"]
+    first = json.loads((tmp_path / "out" / "profile.json").read_text())["loss"]  # per probe; res: their mean
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["curves"]
+    assert got == {k: pytest.approx(first[f"probe [{k}]"], rel=1e-12) for k in res["curves"]}
+    assert res["probes"] == 2 and (tmp_path / "out" / "probe-2" / "checkpoints" / "last.pt").exists()
+    assert res["curves"]["2x2"] == pytest.approx([(a + b) / 2 for a, b in zip(first["probe [2x2]"],
+                                                                                first["probe-2 [2x2]"])])
+    assert res["chosen"]["schedule"] in {r["schedule"] for r in res["schedules"]}
+    assert main([*argv[:6], "--budget", "0.7", "--tolerance", "some"]) == 2
+    assert "--tolerance 'some' is neither" in capsys.readouterr().err
+    assert main([*again[:8], "--probe-steps", "0", "--probe-seeds", "2"]) == 2
+    assert "--probe-steps 0 profiles one model" in capsys.readouterr().err
+    text = ["schedule", "search", "--from", str(src), *argv[4:16], "--out", str(tmp_path / "out"),
+            "--tolerance", "1"]  # probes reused; any excess within 1: the fewest stages
+    assert main(text) == 0
+    printed = capsys.readouterr().out
+    assert "schedule for test FLOPs <= 0.7" in printed and "use it: ppflow train --model.schedule" in printed
+    chosen = printed.split("guidance): ")[1].split()[0]
+    assert chosen.count(",") + 1 == min(r["num_stages"] for r in res["schedules"])
     assert main([*argv[:6], "--budget", "0"]) == 2
     assert "--budget 0.0 must be a fraction" in capsys.readouterr().err
     assert main([*argv[:6], "--budget", "0.5", "--patches", "4x4"]) == 2
