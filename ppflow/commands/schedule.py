@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -56,6 +57,12 @@ def add_arguments(p) -> None:
     s.add_argument("--tolerance", default="auto",
                    help="choose the fewest-stage schedule whose excess is within this of the least: 'auto' = one "
                         "standard error over the probes (0 with one probe), or a number (0: the least excess)")
+    s.add_argument("--verify", type=int, default=0, metavar="K",
+                   help="train the K least-excess schedules and the best one of each stage count, each adapted from "
+                        "--from and fine-tuned --verify-steps with its own stage-stratified schedule, and choose the "
+                        "one with the least held-out loss: sees what the all_t probe cannot (the loss bump at each "
+                        "switch). 0: choose from the probes alone")
+    s.add_argument("--verify-steps", type=int, default=400, help="fine-tune steps of each verified schedule")
     s.add_argument("--batch-size", type=int, default=32, help="probe batch size")
     s.add_argument("--num", type=int, default=512, help="held-out images of the profile")
     s.add_argument("--bins", type=int, default=20, help="t bins: the candidate switch points are their edges")
@@ -101,6 +108,22 @@ def probe_schedule(patches: list[tuple[int, int]]) -> str:
     return ",".join(f"{(i + 1) / n:g}:{p[0]}x{p[1]}" for i, p in enumerate(order))
 
 
+def _finetune(init: Path, run: Path, args, steps: int, seed: int, time_sampling: str, learn_sigma: bool):
+    """`init` fine-tuned `steps` steps into `run` (reused when finished); its raw weights, not the EMA."""
+    from ..convert import load_model
+    from ..train.loop import train
+
+    overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
+                 "max_steps": steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
+                 "flow.time_sampling": time_sampling, "model.learn_sigma": learn_sigma, "save_every": steps, "log_every": max(1, steps // 20),
+                 "sample.every": 0, "seed": seed, "out": str(run), "device": args.device, "tensorboard": False}
+    if args.data_path:
+        overrides["data.path"] = args.data_path
+    if not (run / "checkpoints" / "last.pt").exists():
+        train(None, overrides=overrides)
+    return load_model(run, weights="model").eval()  # a short run's EMA is mostly its start
+
+
 def main(args) -> int:
     import torch
 
@@ -110,15 +133,16 @@ def main(args) -> int:
     from ..eval.profile import loss_profile
     from ..metrics.schedule_search import schedule_excess, search_schedules, simplest_within
     from ..models.schedule import PyramidSchedule, ScheduleError
-    from ..train.loop import train
     from ..utils.plots import line_plot
 
     if not 0 < args.budget <= 1:
         return _fail(f"--budget {args.budget} must be a fraction in (0, 1]")
     if args.probe_seeds is None:
         args.probe_seeds = 2 if args.probe_steps else 1
-    if args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1 or args.probe_seeds < 1:
-        return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1, --probe-seeds >= 1")
+    if (args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1 or args.probe_seeds < 1
+            or args.verify < 0 or args.verify_steps < 1):
+        return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1, --probe-seeds >= 1, "
+                     "--verify >= 0, --verify-steps >= 1")
     if args.probe_steps == 0 and args.probe_seeds > 1:
         return _fail("--probe-steps 0 profiles one model: give --probe-seeds 1, or --probe-steps N to train "
                      f"{args.probe_seeds} probes (probes already in --out are reused)")
@@ -138,6 +162,8 @@ def main(args) -> int:
         PyramidSchedule.from_string(spec).check_latent(*source.config.input_size)
         if source.schedule.num_stages == 1:
             probe = adapt(source, spec, coarse_output=args.coarse_output)
+        elif args.verify:
+            raise ValueError(f"--verify adapts --from to each schedule: give the one-stage model, not {args.source}")
         elif set(source.schedule.patches) == set(patches):
             probe = _raw_weights(args.source, source)  # as a fresh probe is profiled
         else:
@@ -152,18 +178,8 @@ def main(args) -> int:
         probes = {}
         for i in range(args.probe_seeds):
             name = "probe" if i == 0 else f"probe-{i + 1}"
-            run = out / name
-            overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
-                         "max_steps": args.probe_steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
-                         "flow.time_sampling": "all_t", "model.learn_sigma": probe.config.learn_sigma,
-                         "save_every": args.probe_steps, "log_every": max(1, args.probe_steps // 20),
-                         "sample.every": 0, "seed": args.seed + i, "out": str(run), "device": args.device,
-                         "tensorboard": False}
-            if args.data_path:
-                overrides["data.path"] = args.data_path
-            if not (run / "checkpoints" / "last.pt").exists():
-                train(None, overrides=overrides)
-            probes[name] = load_model(run, weights="model")  # the raw weights: a short run's EMA is mostly its start
+            probes[name] = _finetune(init, out / name, args, args.probe_steps, args.seed + i, "all_t",
+                                     probe.config.learn_sigma)
     probes = {name: m.eval() for name, m in probes.items()}
     try:
         held = build_dataset(DataConfig(name=args.data, path=args.data_path, limit=args.num,
@@ -179,7 +195,7 @@ def main(args) -> int:
     per = [{patch: prof.curves[f"{name} [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
            for name in probes]
     curves = {patch: [sum(c[patch][k] for c in per) / len(per) for k in range(args.bins)] for patch in per[0]}
-    search = dict(budget=args.budget, max_stages=args.max_stages, guidance=args.guidance)
+    search = {"budget": args.budget, "max_stages": args.max_stages, "guidance": args.guidance}
     found = search_schedules(prof.edges, curves, source.config, top=args.top, **search)
     by_count = [c for n in range(1, args.max_stages + 1)
                 for c in search_schedules(prof.edges, curves, source.config, top=1, num_stages=n, **search)]
@@ -187,14 +203,32 @@ def main(args) -> int:
     per_probe = {c.schedule: [schedule_excess(prof.edges, cv, c.schedule) for cv in per] for c in candidates}
     choice = simplest_within(candidates, per_probe, tolerance) if candidates else None
     prof.write(out, title="held-out loss per patch size (probes, stage pinned)")
+    verified = {}
+    if choice and args.verify:
+        by_excess = sorted(candidates, key=lambda c: c.excess)
+        todo = by_excess[:args.verify] + [c for c in by_count if c not in by_excess[:args.verify]]
+        models = {}
+        for c in todo:
+            slug = out / "verify" / c.schedule.replace(":", "_").replace(",", "-")
+            adapt(source, c.schedule, coarse_output=args.coarse_output).save_pretrained(slug.with_name(slug.name + "-init"))
+            models[c.schedule] = _finetune(slug.with_name(slug.name + "-init"), slug, args, args.verify_steps,
+                                           args.seed, "stratified", source.config.learn_sigma)
+        vprof = loss_profile(models, x1, y if probe.config.num_classes else None, bins=args.bins, seed=args.seed,
+                             progress=not args.json)  # each model in its own stage per t, the same draws
+        vprof.write(out / "verify", title=f"held-out loss of each schedule after {args.verify_steps} steps")
+        widths = [b - a for a, b in zip(prof.edges, prof.edges[1:])]
+        verified = {k: sum(w * v for w, v in zip(widths, curve)) for k, curve in vprof.curves.items()}
+        winner = min(verified, key=verified.get)
+        choice = dataclasses.replace(choice, chosen=next(c for c in todo if c.schedule == winner))
 
     def row(c):
         return {"schedule": c.schedule, "num_stages": c.num_stages, "flops_fraction": c.flops_fraction,
                 "excess": c.excess, "excess_per_probe": per_probe[c.schedule],
-                "stderr_vs_least": choice.stderr[c.schedule]}
+                "stderr_vs_least": choice.stderr[c.schedule], "verified_loss": verified.get(c.schedule)}
 
     result = {"budget": args.budget, "guidance": args.guidance, "probe_steps": args.probe_steps,
-              "probes": len(probes), "tolerance": args.tolerance, "bin_edges": prof.edges,
+              "probes": len(probes), "tolerance": args.tolerance, "verify_steps": args.verify_steps if verified else 0,
+              "bin_edges": prof.edges,
               "curves": {f"{a}x{b}": v for (a, b), v in curves.items()},
               "chosen": row(choice.chosen) if choice else None,
               "schedules": [row(c) for c in sorted(candidates, key=lambda c: c.excess)]}
@@ -215,15 +249,19 @@ def main(args) -> int:
     print(f"schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {c.schedule}")
     print(f"  test FLOPs {100 * c.flops_fraction:.1f}% of the baseline, predicted excess loss {c.excess:.5f} "
           f"(weighted by how a uniform sampler visits t; mean of {len(probes)} probes)")
-    if c is not best:
+    if verified:
+        print(f"  verified: the least held-out loss ({verified[c.schedule]:.5f}) of {len(verified)} schedules, "
+              f"each adapted and fine-tuned {args.verify_steps} steps")
+    elif c is not best:
         print(f"  least excess: {best.schedule} ({best.excess:.5f}, {best.num_stages} stages): "
-              f"{c.excess - best.excess:.5f} less, within "
+              f"{c.excess - best.excess:.5f} more excess is within "
               + ("one standard error " f"({choice.stderr[c.schedule]:.5f})" if tolerance is None
                  else f"--tolerance {tolerance:g}") + f", so the {c.num_stages}-stage schedule is chosen")
     for other in sorted(candidates, key=lambda o: o.excess):
         if other is not c:
+            v = f"  verified loss {verified[other.schedule]:.5f}" if other.schedule in verified else ""
             print(f"  other: {other.schedule:40s} {other.num_stages} stages  FLOPs {100 * other.flops_fraction:5.1f}%"
-                  f"  excess {other.excess:.5f} (+-{choice.stderr[other.schedule]:.5f} vs the least)")
+                  f"  excess {other.excess:.5f} (+-{choice.stderr[other.schedule]:.5f} vs the least){v}")
     print(f"use it: ppflow train --model.schedule {c.schedule} ...  or  ppflow adapt --schedule "
           f"{c.schedule} ...; curves and plot in {out}")
     return 0

@@ -80,7 +80,7 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     rows += [DemoModel(f"SiT at {k}", f"SiT-{size}/4", "1:4x4", same_as="SiT", checkpoint=k)
              for k in range(keep, base, keep)]
     for pct in (10, 25):
-        shared = dict(adapt_from="SiT", lr=lr, cfg_scales=both, budget=pct / 100)
+        shared = {"adapt_from": "SiT", "lr": lr, "cfg_scales": both, "budget": pct / 100}
         if pct == 10:
             rows.append(DemoModel("+10% shared, pooled v (paper)", f"PPF-{size}-2", s2, **shared))
         rows.append(DemoModel(f"+{pct}% shared, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq", **shared))

@@ -20,8 +20,17 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from torch import nn
 
 from ..models.schedule import PyramidSchedule
-from .packing import (COARSE_OUTPUTS, INITS, group_ids, group_tokens, infer_grid, init_patchify, init_unpatchify,
-                      noise_skip, ungroup_tokens)
+from .packing import (
+    COARSE_OUTPUTS,
+    INITS,
+    group_ids,
+    group_tokens,
+    infer_grid,
+    init_patchify,
+    init_unpatchify,
+    noise_skip,
+    ungroup_tokens,
+)
 from .sigmas import BOUNDARY_SPACES, FluxShift, sigma_boundaries, stage_of_sigma
 
 CONFIG_NAME = "ppflux_config.json"

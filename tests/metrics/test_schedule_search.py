@@ -166,6 +166,14 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     assert "schedule for test FLOPs <= 0.7" in printed and "use it: ppflow train --model.schedule" in printed
     chosen = printed.split("guidance): ")[1].split()[0]
     assert chosen.count(",") + 1 == min(r["num_stages"] for r in res["schedules"])
+    verify = [*text[:-2], "--verify", "1", "--verify-steps", "2", "--json"]  # probes reused
+    assert main(verify) == 0
+    v = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    losses = {r["schedule"]: r["verified_loss"] for r in v["schedules"] if r["verified_loss"] is not None}
+    assert len(losses) >= 2 and v["chosen"]["schedule"] == min(losses, key=losses.get) and v["verify_steps"] == 2
+    assert len(list((tmp_path / "out" / "verify").glob("*-init"))) == len(losses)
+    assert main([*again[:-1], "--verify", "1"]) == 2
+    assert "--verify adapts --from to each schedule" in capsys.readouterr().err
     assert main([*argv[:6], "--budget", "0"]) == 2
     assert "--budget 0.0 must be a fraction" in capsys.readouterr().err
     assert main([*argv[:6], "--budget", "0.5", "--patches", "4x4"]) == 2
