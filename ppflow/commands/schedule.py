@@ -62,6 +62,13 @@ def add_arguments(p) -> None:
                         "--from and fine-tuned --verify-steps with its own stage-stratified schedule, and choose the "
                         "one with the least held-out loss: sees what the all_t probe cannot (the loss bump at each "
                         "switch). 0: choose from the probes alone")
+    s.add_argument("--compare", action="append", default=[], metavar="SCHEDULE",
+                   help="also score (and with --verify, train) this schedule, e.g. the one you use now "
+                        "'0.5:8x8,0.75:4x8,1:4x4'; it can be chosen like a searched one (repeatable)")
+    s.add_argument("--no-mirrors", dest="mirrors", action="store_false",
+                   help="with --verify, do not also train the K schedules with their non-square patches transposed "
+                        "(4x8 <-> 8x4, the same FLOPs): the all_t probe ranks such twins consistently but wrongly "
+                        "(docs/schedules.md)")
     s.add_argument("--verify-steps", type=int, default=400, help="fine-tune steps of each verified schedule")
     s.add_argument("--batch-size", type=int, default=32, help="probe batch size")
     s.add_argument("--num", type=int, default=512, help="held-out images of the profile")
@@ -131,7 +138,7 @@ def main(args) -> int:
     from ..convert.adaptation import adapt
     from ..data.registry import DataConfig, build_dataset
     from ..eval.profile import loss_profile
-    from ..metrics.schedule_search import schedule_excess, search_schedules, simplest_within
+    from ..metrics.schedule_search import mirror, schedule_excess, score_schedule, search_schedules, simplest_within
     from ..models.schedule import PyramidSchedule, ScheduleError
     from ..utils.plots import line_plot
 
@@ -160,6 +167,15 @@ def main(args) -> int:
             raise ValueError(f"--patches must include the model's base patch {p}x{q}")
         spec = probe_schedule(patches)
         PyramidSchedule.from_string(spec).check_latent(*source.config.input_size)
+        for other in args.compare:
+            extra = set(PyramidSchedule.from_string(other).patches) - set(patches)
+            if extra:
+                raise ValueError(f"--compare {other} uses patches {sorted(extra)} that are not candidates; add them "
+                                 f"to --patches")
+            flat = {patch: [0.0] for patch in patches}  # FLOPs only: the curves come from the probes
+            cost = score_schedule([0.0, 1.0], flat, source.config, other, args.guidance).flops_fraction
+            if cost > args.budget + 1e-12:
+                raise ValueError(f"--compare {other} needs {100 * cost:.1f}% test FLOPs, over --budget {args.budget:g}")
         if source.schedule.num_stages == 1:
             probe = adapt(source, spec, coarse_output=args.coarse_output)
         elif args.verify:
@@ -200,13 +216,24 @@ def main(args) -> int:
     by_count = [c for n in range(1, args.max_stages + 1)
                 for c in search_schedules(prof.edges, curves, source.config, top=1, num_stages=n, **search)]
     candidates = found + [c for c in by_count if c.schedule not in {f.schedule for f in found}]
+    compared = [score_schedule(prof.edges, curves, source.config, other, args.guidance) for other in args.compare]
+    candidates += [c for c in compared if c.schedule not in {o.schedule for o in candidates}]
+    twins = []  # the K least-excess schedules transposed, trained beside them with --verify
+    if args.verify and args.mirrors:
+        for c in sorted(candidates, key=lambda c: c.excess)[:args.verify]:
+            twin = mirror(c.schedule)
+            if twin not in {o.schedule for o in candidates + twins} and set(
+                    PyramidSchedule.from_string(twin).patches) <= set(patches):
+                twins.append(score_schedule(prof.edges, curves, source.config, twin, args.guidance))
+    candidates += twins
     per_probe = {c.schedule: [schedule_excess(prof.edges, cv, c.schedule) for cv in per] for c in candidates}
     choice = simplest_within(candidates, per_probe, tolerance) if candidates else None
     prof.write(out, title="held-out loss per patch size (probes, stage pinned)")
     verified = {}
     if choice and args.verify:
         by_excess = sorted(candidates, key=lambda c: c.excess)
-        todo = by_excess[:args.verify] + [c for c in by_count if c not in by_excess[:args.verify]]
+        todo = by_excess[:args.verify] + [c for c in by_count + compared + twins if c not in by_excess[:args.verify]]
+        todo = list({c.schedule: c for c in todo}.values())
         models = {}
         for c in todo:
             slug = out / "verify" / c.schedule.replace(":", "_").replace(",", "-")
@@ -224,7 +251,9 @@ def main(args) -> int:
     def row(c):
         return {"schedule": c.schedule, "num_stages": c.num_stages, "flops_fraction": c.flops_fraction,
                 "excess": c.excess, "excess_per_probe": per_probe[c.schedule],
-                "stderr_vs_least": choice.stderr[c.schedule], "verified_loss": verified.get(c.schedule)}
+                "stderr_vs_least": choice.stderr[c.schedule], "verified_loss": verified.get(c.schedule),
+                "compared": c.schedule in {o.schedule for o in compared},
+                "mirror": c.schedule in {o.schedule for o in twins}}
 
     result = {"budget": args.budget, "guidance": args.guidance, "probe_steps": args.probe_steps,
               "probes": len(probes), "tolerance": args.tolerance, "verify_steps": args.verify_steps if verified else 0,
@@ -260,6 +289,8 @@ def main(args) -> int:
     for other in sorted(candidates, key=lambda o: o.excess):
         if other is not c:
             v = f"  verified loss {verified[other.schedule]:.5f}" if other.schedule in verified else ""
+            v += "  (--compare)" if other.schedule in {o.schedule for o in compared} else ""
+            v += "  (mirror)" if other.schedule in {o.schedule for o in twins} else ""
             print(f"  other: {other.schedule:40s} {other.num_stages} stages  FLOPs {100 * other.flops_fraction:5.1f}%"
                   f"  excess {other.excess:.5f} (+-{choice.stderr[other.schedule]:.5f} vs the least){v}")
     print(f"use it: ppflow train --model.schedule {c.schedule} ...  or  ppflow adapt --schedule "

@@ -152,6 +152,27 @@ def schedule_excess(edges: Sequence[float], curves: Mapping[Patch, Sequence[floa
     return total
 
 
+def score_schedule(edges: Sequence[float], curves: Mapping[Patch, Sequence[float]], config: ModelConfig,
+                   schedule: str, guidance: str = "none") -> Candidate:
+    """Any schedule (e.g. a hand-set one) as a `Candidate`: its exact test-FLOPs fraction and predicted excess."""
+    if guidance not in GUIDANCE:
+        raise ValueError(f"guidance {guidance!r} is not one of {GUIDANCE}")
+    sched = PyramidSchedule.from_string(schedule)
+    base = max(curves, key=_tokens)
+    if sched.patches[-1] != base:
+        raise ValueError(f"schedule {schedule} must end with the finest patch {base[0]}x{base[1]}")
+    flops = schedule_flops(dataclasses.replace(config, schedule=schedule, level_embedding=None),
+                           cfg_scales=_scales(sched.num_stages, guidance),
+                           baseline_cfg_scale=None if guidance == "none" else 2.0)["paper_fraction"]
+    return Candidate(sched.to_string(), flops, schedule_excess(edges, curves, schedule))
+
+
+def mirror(schedule: str) -> str:
+    """`schedule` with every non-square patch transposed (4x8 <-> 8x4): the same tokens, so the same FLOPs."""
+    sched = PyramidSchedule.from_string(schedule)
+    return ",".join(f"{s.t_end:g}:{s.patch[1]}x{s.patch[0]}" for s in sched.stages)
+
+
 @dataclass(frozen=True)
 class Choice:
     """The chosen schedule, the least-excess one, the tolerance used and each candidate's standard error."""

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from ppflow.metrics.flops import schedule_flops
-from ppflow.metrics.schedule_search import Candidate, schedule_excess, search_schedules, simplest_within
+from ppflow.metrics.schedule_search import (Candidate, mirror, schedule_excess, search_schedules,
+                                            simplest_within)
 from ppflow.models import create_config
 
 CONFIG = create_config("PPF-mini-2", in_channels=1, num_classes=10, input_size=32, learn_sigma=False)
@@ -82,6 +83,12 @@ def _all_schedules(edges, curves, budget, n):
             f = schedule_flops(dataclasses.replace(CONFIG, schedule=s, level_embedding=None))["paper_fraction"]
             if f <= budget + 1e-12:
                 yield schedule_excess(edges, curves, s), f, s
+
+
+def test_mirror_transposes_non_square_patches():
+    assert mirror("0.5:8x8,0.75:8x4,1:4x4") == "0.5:8x8,0.75:4x8,1:4x4"
+    assert mirror("0.3:16x8,0.6:8x4,1:4x4") == "0.3:8x16,0.6:4x8,1:4x4"
+    assert mirror("0.5:8x8,1:4x4") == "0.5:8x8,1:4x4"
 
 
 def test_simplest_within_one_standard_error():
@@ -166,11 +173,25 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     assert "schedule for test FLOPs <= 0.7" in printed and "use it: ppflow train --model.schedule" in printed
     chosen = printed.split("guidance): ")[1].split()[0]
     assert chosen.count(",") + 1 == min(r["num_stages"] for r in res["schedules"])
-    verify = [*text[:-2], "--verify", "1", "--verify-steps", "2", "--json"]  # probes reused
+    hand = "0.5:4x4,1:2x2"  # a user's own schedule, trained and ranked beside the searched ones
+    verify = [*text[:-2], "--verify", "2", "--verify-steps", "2", "--compare", hand, "--json"]  # probes reused
     assert main(verify) == 0
     v = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     losses = {r["schedule"]: r["verified_loss"] for r in v["schedules"] if r["verified_loss"] is not None}
     assert len(losses) >= 2 and v["chosen"]["schedule"] == min(losses, key=losses.get) and v["verify_steps"] == 2
+    assert hand in losses and [r["compared"] for r in v["schedules"]].count(True) == 1
+    searched = [r["schedule"] for r in v["schedules"] if not r["mirror"]]  # least excess first
+    twins = [r["schedule"] for r in v["schedules"] if r["mirror"]]  # the 2 least-excess ones transposed, trained too
+    assert twins == [mirror(t) for t in searched[:2] if mirror(t) not in searched] and all(t in losses for t in twins)
+    assert twins  # this tiny search has a non-square stage among its two best
+    tiny = dataclasses.replace(create_model("SiT-tiny/2", schedule=hand, in_channels=1, num_classes=10,
+                                            input_size=16, learn_sigma=False).config, level_embedding=None)
+    assert next(r for r in v["schedules"] if r["schedule"] == hand)["flops_fraction"] == pytest.approx(
+        schedule_flops(tiny)["paper_fraction"], rel=1e-12)
+    assert main([*text[:-2], "--compare", "0.25:4x4,1:2x2"]) == 2  # 81% > 70%
+    assert "--compare 0.25:4x4,1:2x2 needs" in capsys.readouterr().err
+    assert main([*text[:-2], "--compare", "0.5:8x8,1:2x2"]) == 2
+    assert "not candidates; add them to --patches" in capsys.readouterr().err
     assert len(list((tmp_path / "out" / "verify").glob("*-init"))) == len(losses)
     assert main([*again[:-1], "--verify", "1"]) == 2
     assert "--verify adapts --from to each schedule" in capsys.readouterr().err
