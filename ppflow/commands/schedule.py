@@ -57,11 +57,12 @@ def add_arguments(p) -> None:
     s.add_argument("--tolerance", default="auto",
                    help="choose the fewest-stage schedule whose excess is within this of the least: 'auto' = one "
                         "standard error over the probes (0 with one probe), or a number (0: the least excess)")
-    s.add_argument("--verify", type=int, default=0, metavar="K",
+    s.add_argument("--verify", type=int, default=None, metavar="K",
                    help="train the K least-excess schedules and the best one of each stage count, each adapted from "
                         "--from and fine-tuned --verify-steps with its own stage-stratified schedule, and choose the "
                         "one with the least held-out loss: sees what the all_t probe cannot (the loss bump at each "
-                        "switch). 0: choose from the probes alone")
+                        "switch, and a probe bias measured in docs/schedules.md). Default 3 (0 when --from is a probe "
+                        "run, which cannot be adapted); 0: choose from the probes alone")
     s.add_argument("--compare", action="append", default=[], metavar="SCHEDULE",
                    help="also score (and with --verify, train) this schedule, e.g. the one you use now "
                         "'0.5:8x8,0.75:4x8,1:4x4'; it can be chosen like a searched one (repeatable)")
@@ -147,7 +148,7 @@ def main(args) -> int:
     if args.probe_seeds is None:
         args.probe_seeds = 2 if args.probe_steps else 1
     if (args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1 or args.probe_seeds < 1
-            or args.verify < 0 or args.verify_steps < 1):
+            or (args.verify or 0) < 0 or args.verify_steps < 1):
         return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1, --probe-seeds >= 1, "
                      "--verify >= 0, --verify-steps >= 1")
     if args.probe_steps == 0 and args.probe_seeds > 1:
@@ -176,6 +177,8 @@ def main(args) -> int:
             cost = score_schedule([0.0, 1.0], flat, source.config, other, args.guidance).flops_fraction
             if cost > args.budget + 1e-12:
                 raise ValueError(f"--compare {other} needs {100 * cost:.1f}% test FLOPs, over --budget {args.budget:g}")
+        if args.verify is None:
+            args.verify = 3 if source.schedule.num_stages == 1 else 0
         if source.schedule.num_stages == 1:
             probe = adapt(source, spec, coarse_output=args.coarse_output)
         elif args.verify:

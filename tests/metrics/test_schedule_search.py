@@ -144,7 +144,8 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     randomize(create_model("SiT-tiny/2", schedule="1:2x2", in_channels=1, num_classes=10, input_size=16,
                            learn_sigma=False)).save_pretrained(src)
     argv = ["schedule", "search", "--from", str(src), "--data", "digits", "--budget", "0.7", "--probe-steps", "2",
-            "--batch-size", "8", "--num", "16", "--bins", "4", "--out", str(tmp_path / "out"), "--json"]
+            "--batch-size", "8", "--num", "16", "--bins", "4", "--out", str(tmp_path / "out"), "--json",
+            "--verify", "0"]  # the probes' choice; verified below
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(res["curves"]) == {"4x4", "2x4", "4x2", "2x2"} and len(res["curves"]["2x2"]) == 4
@@ -167,7 +168,7 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     assert main([*again[:8], "--probe-steps", "0", "--probe-seeds", "2"]) == 2
     assert "--probe-steps 0 profiles one model" in capsys.readouterr().err
     text = ["schedule", "search", "--from", str(src), *argv[4:16], "--out", str(tmp_path / "out"),
-            "--tolerance", "1"]  # probes reused; any excess within 1: the fewest stages
+            "--verify", "0", "--tolerance", "1"]  # probes reused; any excess within 1: the fewest stages
     assert main(text) == 0
     printed = capsys.readouterr().out
     assert "schedule for test FLOPs <= 0.7" in printed and "use it: ppflow train --model.schedule" in printed
@@ -193,6 +194,9 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     assert main([*text[:-2], "--compare", "0.5:8x8,1:2x2"]) == 2
     assert "not candidates; add them to --patches" in capsys.readouterr().err
     assert len(list((tmp_path / "out" / "verify").glob("*-init"))) == len(losses)
+    assert main([*text[:-4], "--verify-steps", "2", "--json"]) == 0  # a one-stage --from: verified by default
+    v = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sum(r["verified_loss"] is not None for r in v["schedules"]) >= 3 and v["verify_steps"] == 2
     assert main([*again[:-1], "--verify", "1"]) == 2
     assert "--verify adapts --from to each schedule" in capsys.readouterr().err
     assert main([*argv[:6], "--budget", "0"]) == 2
