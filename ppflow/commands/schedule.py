@@ -21,6 +21,31 @@ def _raw_weights(path: str, model):
         return model
 
 
+def _fingerprint(model) -> str:
+    """SHA-256 of a model's weights: the key under which its profile is reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _profile(models: dict, out: Path, key: dict, title: str, compute):
+    """`compute()` (a LossProfile) written to `out`, or the one already there when `key` and the weights match."""
+    from ..eval.profile import LossProfile
+
+    key = {**key, "models": {name: _fingerprint(m) for name, m in models.items()}}
+    stamp = out / "profile-key.json"
+    if stamp.exists() and (out / "profile.json").exists() and json.loads(stamp.read_text()) == key:
+        return LossProfile.from_dict(json.loads((out / "profile.json").read_text()))
+    prof = compute()
+    prof.write(out, title=title)
+    stamp.write_text(json.dumps(key, indent=2))
+    return prof
+
+
 def add_arguments(p) -> None:
     p.description = (
         "Find the pyramid schedule for a sampling-FLOPs budget from data instead of by hand. (1) A short probe "
@@ -209,8 +234,10 @@ def main(args) -> int:
         return _fail(f"cannot read --data {args.data}: {e}")
     x1, y = held.get_batch(torch.arange(len(held)))
     x1 = held.encode(x1, torch.Generator().manual_seed(args.seed))
-    prof = loss_profile(probes, x1, y if probe.config.num_classes else None, bins=args.bins, seed=args.seed,
-                        all_stages=True, progress=not args.json)  # the same draws for every probe: paired
+    key = {"data": args.data, "data_path": args.data_path, "num": args.num, "bins": args.bins, "seed": args.seed}
+    prof = _profile(probes, out, {**key, "all_stages": True}, "held-out loss per patch size (probes, stage pinned)",
+                    lambda: loss_profile(probes, x1, y if probe.config.num_classes else None, bins=args.bins,
+                                         seed=args.seed, all_stages=True, progress=not args.json))  # same draws: paired
     per = [{patch: prof.curves[f"{name} [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
            for name in probes]
     curves = {patch: [sum(c[patch][k] for c in per) / len(per) for k in range(args.bins)] for patch in per[0]}
@@ -231,7 +258,6 @@ def main(args) -> int:
     candidates += twins
     per_probe = {c.schedule: [schedule_excess(prof.edges, cv, c.schedule) for cv in per] for c in candidates}
     choice = simplest_within(candidates, per_probe, tolerance) if candidates else None
-    prof.write(out, title="held-out loss per patch size (probes, stage pinned)")
     verified = {}
     if choice and args.verify:
         by_excess = sorted(candidates, key=lambda c: c.excess)
@@ -243,9 +269,9 @@ def main(args) -> int:
             adapt(source, c.schedule, coarse_output=args.coarse_output).save_pretrained(slug.with_name(slug.name + "-init"))
             models[c.schedule] = _finetune(slug.with_name(slug.name + "-init"), slug, args, args.verify_steps,
                                            args.seed, "stratified", source.config.learn_sigma)
-        vprof = loss_profile(models, x1, y if probe.config.num_classes else None, bins=args.bins, seed=args.seed,
-                             progress=not args.json)  # each model in its own stage per t, the same draws
-        vprof.write(out / "verify", title=f"held-out loss of each schedule after {args.verify_steps} steps")
+        vprof = _profile(models, out / "verify", key, f"held-out loss of each schedule after {args.verify_steps} steps",
+                         lambda: loss_profile(models, x1, y if probe.config.num_classes else None, bins=args.bins,
+                                              seed=args.seed, progress=not args.json))  # each in its own stage per t
         widths = [b - a for a, b in zip(prof.edges, prof.edges[1:])]
         verified = {k: sum(w * v for w, v in zip(widths, curve)) for k, curve in vprof.curves.items()}
         winner = min(verified, key=verified.get)

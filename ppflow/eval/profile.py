@@ -51,6 +51,12 @@ class LossProfile:
         return {"bin_edges": self.edges, "samples_per_bin": self.samples_per_bin,
                 "boundaries": self.boundaries, "loss": self.curves}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> LossProfile:
+        """The inverse of `to_dict` (a profile.json)."""
+        return cls(list(d["bin_edges"]), {k: list(v) for k, v in d["loss"].items()}, dict(d.get("boundaries", {})),
+                   int(d.get("samples_per_bin", 0)))
+
     def write(self, out: str | os.PathLike, title: str = "held-out loss per noise level") -> dict[str, Path]:
         """profile.csv, profile.json, profile.png (loss) and, with two or more curves, profile_ratio.png."""
         from ..utils.plots import line_plot

@@ -132,7 +132,7 @@ def test_budget_respected_exactly_and_bad_inputs():
         search_schedules(edges, curves, CONFIG, 0.5, guidance="some")
 
 
-def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
+def test_schedule_search_cli_probe_profile_search(tmp_path, capsys, monkeypatch):
     import json
 
     from ppflow.cli import main
@@ -169,7 +169,13 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys):
     assert "--probe-steps 0 profiles one model" in capsys.readouterr().err
     text = ["schedule", "search", "--from", str(src), *argv[4:16], "--out", str(tmp_path / "out"),
             "--verify", "0", "--tolerance", "1"]  # probes reused; any excess within 1: the fewest stages
+    import ppflow.eval.profile as profile_module
+
+    calls = []
+    real = profile_module.loss_profile
+    monkeypatch.setattr(profile_module, "loss_profile", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(text) == 0
+    assert calls == []  # the same probes, data and bins: their profile is reused, not recomputed
     printed = capsys.readouterr().out
     assert "schedule for test FLOPs <= 0.7" in printed and "use it: ppflow train --model.schedule" in printed
     chosen = printed.split("guidance): ")[1].split()[0]
