@@ -10,7 +10,7 @@ from . import command_line
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke", "switch", "adapt", "search"],
-                   help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); adapt: a 5600-step SiT adapted to PPF-2 with +10%%/+25%% of its training compute, shared backbone vs coarse-only + stage swap (docs/adaptation.md; ~90 min); search: hand-set PPF-2/PPF-3 vs the schedule `ppflow schedule search` found for the same test-FLOPs budget (docs/schedules.md; ~70 min); smoke: a seconds-long pipeline check")
+                   help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); adapt: a 5600-step SiT adapted to PPF-2 with +10%%/+25%% of its training compute, shared backbone vs coarse-only + stage swap (docs/adaptation.md; ~90 min); search: hand-set PPF-2/PPF-3 vs the schedules `ppflow schedule search` found for the same test-FLOPs budget, with and without its verify step (docs/schedules.md; ~80 min); smoke: a seconds-long pipeline check")
     p.add_argument("--out", default=None, help="output folder (default runs/repro-<preset>)")
     p.add_argument("--steps", type=int, default=None, help="training steps of the from-scratch models "
                                                            "(adapted ones get 10%% of it)")
@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--searched", action="append", default=None, metavar="NAME=SCHEDULE",
                    help="--preset search: the searched schedule for PPF-2 or PPF-3's budget, e.g. "
                         "PPF-2=0.45:8x8,1:4x4 (default: the ones docs/schedules.md reports)")
+    p.add_argument("--probe-only", action="append", default=None, metavar="NAME=SCHEDULE",
+                   help="--preset search: the schedule the probes alone (`schedule search --verify 0`) chose for "
+                        "PPF-2 or PPF-3's budget, a third row per budget (default: the ones docs/schedules.md reports)")
 
 
 def main(args) -> int:
@@ -33,20 +36,24 @@ def main(args) -> int:
                             "threads": args.threads, "seed": args.seed}.items() if v is not None}
     if args.no_inception:
         kw["inception"] = False
-    if args.searched:
+    for flag, key in (("--searched", "searched"), ("--probe-only", "probe_only")):
+        items = getattr(args, key)
+        if not items:
+            continue
         if args.preset != "search":
-            print("ppflow repro: error: --searched is for --preset search", file=sys.stderr)
+            print(f"ppflow repro: error: {flag} is for --preset search", file=sys.stderr)
             return 2
-        pairs = [item.partition("=") for item in args.searched]
-        bad = [item for item, (a, eq, b) in zip(args.searched, pairs) if not eq or a not in SEARCHED or not b]
+        pairs = [item.partition("=") for item in items]
+        bad = [item for item, (a, eq, b) in zip(items, pairs) if not eq or a not in SEARCHED or not b]
         if bad:
-            print(f"ppflow repro: error: --searched takes PPF-2=SCHEDULE or PPF-3=SCHEDULE, got {bad[0]!r}",
+            print(f"ppflow repro: error: {flag} takes PPF-2=SCHEDULE or PPF-3=SCHEDULE, got {bad[0]!r}",
                   file=sys.stderr)
             return 2
-        kw["searched"] = {a: b for a, _, b in pairs}
+        kw[key] = {a: b for a, _, b in pairs}
     kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads", "seed"),
                                  ("no_inception",))
     kw["command"] += "".join(f" --searched {shlex.quote(item)}" for item in args.searched or [])
+    kw["command"] += "".join(f" --probe-only {shlex.quote(item)}" for item in args.probe_only or [])
     try:
         cfg = repro_config(args.preset, args.out, **kw)
     except ValueError as e:

@@ -91,16 +91,22 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     return rows
 
 
-# `ppflow schedule search` on the 1400-step SiT-mini/4 (see docs/schedules.md for the command), CFG in every stage:
-# the schedules it chose for the hand-set PPF-2's and PPF-3's test-FLOPs fractions
-SEARCHED = {"PPF-2": "0.4:8x8,0.55:8x4,1:4x4", "PPF-3": "0.5:8x8,0.75:8x4,1:4x4"}
+# `ppflow schedule search` on the 1400-step SiT-mini/4 (commands in docs/schedules.md), CFG in every stage, at
+# the hand-set PPF-2's and PPF-3's test-FLOPs fractions: what the default search (probes + verified fine-tunes)
+# chose -- the hand-set schedules at both budgets -- and what the probes alone (`--verify 0`) chose
+HAND_SET = {"PPF-2": "0.5:8x8,1:4x4", "PPF-3": "0.5:8x8,0.75:4x8,1:4x4"}
+SEARCHED = dict(HAND_SET)
+PROBE_ONLY = {"PPF-2": "0.4:8x8,0.55:8x4,1:4x4", "PPF-3": "0.5:8x8,0.75:8x4,1:4x4"}
 
 
-def search_models(size: str, searched: dict[str, str], cfg_scale: float = 2.0) -> list[DemoModel]:
-    """Hand-set PPF-2 / PPF-3 against the searched schedule of the same test-FLOPs budget (`--preset search`).
+def search_models(size: str, searched: dict[str, str], probe_only: dict[str, str] | None = None,
+                  cfg_scale: float = 2.0) -> list[DemoModel]:
+    """Hand-set PPF-2 / PPF-3 against the searched schedules of the same test-FLOPs budget (`--preset search`).
 
-    Every PPF row uses the demo's options (`noise_skip`, pooled stage init) and CFG in every stage, and trains
-    from scratch with the baseline's training compute (the paper's protocol).
+    Per budget: the hand-set row, the searched row and (with `probe_only`) the probe-only search's row; a row
+    whose schedule is already in the table is that model, not trained twice. Every PPF row uses the demo's options
+    (`noise_skip`, pooled stage init) and CFG in every stage, and trains from scratch with the baseline's training
+    compute (the paper's protocol).
     """
     opts = {**SKIP, "stage_init": "pooled"}
 
@@ -108,14 +114,18 @@ def search_models(size: str, searched: dict[str, str], cfg_scale: float = 2.0) -
         n = len(schedule.split(","))
         return DemoModel(label, f"PPF-{size}-{n}", schedule, model=opts, cfg_scales=[cfg_scale] * n)
 
-    hand = {"PPF-2": "0.5:8x8,1:4x4", "PPF-3": "0.5:8x8,0.75:4x8,1:4x4"}
     rows = [DemoModel("SiT", f"SiT-{size}/4", "1:4x4")]
-    for name, schedule in hand.items():
+    for name, schedule in HAND_SET.items():
+        trained = {schedule: f"{name} hand-set"}
         rows.append(row(f"{name} hand-set", schedule))
-        found = row(f"{name} budget, searched", searched[name])
-        if searched[name] == schedule:  # the search chose the hand-set schedule: the same model, not trained twice
-            found.same_as = f"{name} hand-set"
-        rows.append(found)
+        for label, found in ((f"{name} budget, searched", searched[name]),
+                             (f"{name} budget, probe-only search", (probe_only or {}).get(name))):
+            if not found:
+                continue
+            rows.append(row(label, found))
+            if found in trained:
+                rows[-1].same_as = trained[found]
+            trained.setdefault(found, label)
     return rows
 
 
@@ -150,10 +160,12 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                         title="ppflow: adapting a trained SiT to PPF-2 (Fashion-MNIST)")
     if preset == "search":
         searched = {**SEARCHED, **(kw.get("searched") or {})}
-        if set(searched) != set(SEARCHED) or not all(searched.values()):
-            raise ValueError("--preset search needs the searched schedules: pass --searched PPF-2=SCHEDULE "
-                             "--searched PPF-3=SCHEDULE (from `ppflow schedule search`)")
-        models = search_models(size, searched, kw.get("cfg_scale", 2.0))
+        probe_only = {**PROBE_ONLY, **(kw.get("probe_only") or {})}
+        for flag, given in (("searched", searched), ("probe-only", probe_only)):
+            if set(given) != set(SEARCHED) or not all(given.values()):
+                raise ValueError(f"--preset search needs the {flag} schedules: pass --{flag} PPF-2=SCHEDULE "
+                                 f"--{flag} PPF-3=SCHEDULE (from `ppflow schedule search`)")
+        models = search_models(size, searched, probe_only, kw.get("cfg_scale", 2.0))
         settings.update(models=models, inception=False, num_eval=500, pareto_steps=[], profile_num=512,
                         timing_models=[m.label for m in models], timing_repeats=2, grid_models=None,
                         inception_models=None, pareto_models=None, profile_models=None,
@@ -163,7 +175,7 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
                         eval_batch=20, classifier_steps=8, timing_batch=8, timing_repeats=1, inception=False,
                         threads=1, profile_num=16, profile_bins=4, pareto_steps=[3, 4],
                         timing_models=["SiT", "PPF-2", "PPF-3"])
-    settings.update({k: v for k, v in kw.items() if k not in ("steps", "searched")})
+    settings.update({k: v for k, v in kw.items() if k not in ("steps", "searched", "probe_only")})
     return DemoConfig(out=out or f"runs/repro-{preset}", **settings)
 
 

@@ -667,7 +667,8 @@ class Trainer:
         sample_every = cfg.save_every if cfg.sample.every is None else cfg.sample.every
         n_params = sum(p.numel() for p in self.raw.parameters())  # DTensor numel is the global size
         dev = f"{info.device.type}, {'bf16 autocast' if self.bf16 else 'fp32'}"
-        self.log(f"ppflow train: {self.mc.name or cfg.model.name} ({n_params / 1e6:.2f}M params, schedule "
+        name = self.mc.name or (f"the model of {cfg.model.init}" if cfg.model.init else cfg.model.name)
+        self.log(f"ppflow train: {name} ({n_params / 1e6:.2f}M params, schedule "
                  f"{self.schedule}) on {self.data.describe()}; global batch {cfg.batch_size} = {info.world_size} "
                  f"process(es) x {cfg.grad_accum} x {self.layout.micro} ({dev}, {self.mode}); run dir {self.run_dir}")
         if self.step >= cfg.max_steps:

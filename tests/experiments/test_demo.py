@@ -156,9 +156,13 @@ def test_search_preset_pits_each_searched_schedule_against_the_hand_set_one():
     from ppflow.experiments.repro import repro_config
 
     searched = {"PPF-2": "0.4:8x8,1:4x4", "PPF-3": "0.3:8x8,0.6:4x8,1:4x4"}
-    demo = Demo(repro_config("search", out="unused", searched=searched))
+    demo = Demo(repro_config("search", out="unused", searched=searched, probe_only={"PPF-2": "0.4:8x8,1:4x4"}))
     rows = {m.label: m for m in demo.cfg.models}
-    assert list(rows) == ["SiT", "PPF-2 hand-set", "PPF-2 budget, searched", "PPF-3 hand-set", "PPF-3 budget, searched"]
+    assert list(rows) == ["SiT", "PPF-2 hand-set", "PPF-2 budget, searched", "PPF-2 budget, probe-only search",
+                          "PPF-3 hand-set", "PPF-3 budget, searched", "PPF-3 budget, probe-only search"]
+    assert rows["PPF-2 budget, probe-only search"].same_as == "PPF-2 budget, searched"  # one schedule, one model
+    assert rows["PPF-3 budget, probe-only search"].schedule == "0.5:8x8,0.75:8x4,1:4x4"  # the default (docs)
+    assert rows["PPF-3 budget, probe-only search"].same_as is None
     assert rows["PPF-3 budget, searched"].schedule == searched["PPF-3"]
     assert rows["PPF-2 budget, searched"].model == rows["PPF-2 hand-set"].model == {"coarse_output": "noise_skip",
                                                                                      "stage_init": "pooled"}
@@ -166,13 +170,18 @@ def test_search_preset_pits_each_searched_schedule_against_the_hand_set_one():
     o = {label: demo.train_overrides(m) for label, m in rows.items()}
     assert o["SiT"]["max_steps"] < o["PPF-2 hand-set"]["max_steps"]  # equal compute: cheaper steps, more of them
     assert o["PPF-2 budget, searched"]["model.schedule"] == searched["PPF-2"]
-    assert len(Demo(repro_config("search", out="unused")).cfg.models) == 5  # the schedules docs/schedules.md found
+    default = repro_config("search", out="unused").models  # the schedules docs/schedules.md found
+    assert [m.label for m in default if not m.same_as] == ["SiT", "PPF-2 hand-set", "PPF-2 budget, probe-only search",
+                                                          "PPF-3 hand-set", "PPF-3 budget, probe-only search"]
     assert [repro_config(p, out="unused").steps for p in ("fmnist", "switch", "search", "adapt", "smoke")] == \
         [1400, 1400, 1400, 5600, 4]  # the baseline's steps (switch/search once fell to the smoke size)
     with pytest.raises(ValueError, match="needs the searched schedules"):
         repro_config("search", out="unused", searched={"PPF-2": ""})
     assert main(["repro", "--preset", "fmnist", "--searched", "PPF-2=1:4x4"]) == 2
-    same = {m.label: m for m in repro_config("search", out="unused", searched={"PPF-2": "0.5:8x8,1:4x4"}).models}
+    assert main(["repro", "--preset", "search", "--probe-only", "PPF-4=1:4x4"]) == 2
+    with pytest.raises(ValueError, match="needs the probe-only schedules"):
+        repro_config("search", out="unused", probe_only={"PPF-3": ""})
+    same = {m.label: m for m in repro_config("search", out="unused", searched={"PPF-3": "0.3:8x8,0.6:4x8,1:4x4"}).models}
     assert same["PPF-2 budget, searched"].same_as == "PPF-2 hand-set"  # the hand-set schedule found: not trained twice
     assert same["PPF-3 budget, searched"].same_as is None
     assert repro_config("search", out="unused", seed=1).seed == 1

@@ -1,6 +1,7 @@
 """Training loop options and bad-input errors (tiny PPF models on digits, CPU)."""
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_sample_grids_and_tensorboard(tmp_path):
     assert list((res.run_dir / "tb").iterdir())
 
 
-def test_init_from_another_run(tmp_path):
+def test_init_from_another_run(tmp_path, capsys):
     first = train(cfg_for(tmp_path / "a", max_steps=2))
     cfg = cfg_for(tmp_path / "b", max_steps=1)
     cfg.model.init = str(first.ema_dir)
@@ -72,6 +73,15 @@ def test_init_from_another_run(tmp_path):
     for k, v in ppflow.load_model(res.ema_dir).state_dict().items():
         torch.testing.assert_close(v, start[k], atol=1e-8, rtol=0)
     assert load_checkpoint(res.checkpoint)["config"]["model"]["init"] == str(first.ema_dir)
+    named = ppflow.load_model(first.ema_dir)
+    nameless = type(named)(dataclasses.replace(named.config, name=""))
+    nameless.save_pretrained(tmp_path / "nameless")  # e.g. an adapted 4x4-base model, which has no paper name
+    capsys.readouterr()
+    cfg = cfg_for(tmp_path / "c", model="SiT-tiny/2", max_steps=1)
+    cfg.model.init = str(tmp_path / "nameless")
+    train(cfg)
+    log = capsys.readouterr()
+    assert f"ppflow train: the model of {tmp_path / 'nameless'} (" in log.out + log.err  # not the unused --model.name
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, capsys):

@@ -25,3 +25,13 @@ def test_save_grid_and_plot(tmp_path):
     assert Image.open(tmp_path / "g.png").size == (2 * (2 * 10 + 2), 2 * (2 * 10 + 2))
     line_plot({"a": ([0, 1, 2], [3.0, 2.0, 1.0]), "b": ([0, 2], [1.0, 1.5])}, tmp_path / "p.png", log_y=True)
     assert Image.open(tmp_path / "p.png").size == (720, 440)
+
+
+def test_plot_legend_gives_ten_series_ten_colours(tmp_path):
+    """Each of ten series has its own legend swatch colour (a verify plot once showed two curves in one blue)."""
+    from ppflow.utils.plots import COLORS
+
+    path = line_plot({f"s{i}": ([0, 1], [i, i + 1.0]) for i in range(10)}, tmp_path / "p.png")
+    img = np.asarray(Image.open(path).convert("RGB"))
+    swatches = {tuple(img[36 + 13 + 16 * i, 720 - 20 - 144]) for i in range(10)}  # the centre of each legend box
+    assert len(swatches) == 10 and swatches <= set(COLORS)
