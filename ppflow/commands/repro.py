@@ -36,6 +36,7 @@ def main(args) -> int:
                             "threads": args.threads, "seed": args.seed}.items() if v is not None}
     if args.no_inception:
         kw["inception"] = False
+    schedules = ""  # the --searched / --probe-only part of the saved command line
     for flag, key in (("--searched", "searched"), ("--probe-only", "probe_only")):
         items = getattr(args, key)
         if not items:
@@ -50,10 +51,10 @@ def main(args) -> int:
                   file=sys.stderr)
             return 2
         kw[key] = {a: b for a, _, b in pairs}
+        schedules += "".join(f" {flag} {shlex.quote(item)}" for item in items)
     kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads", "seed"),
                                  ("no_inception",))
-    kw["command"] += "".join(f" --searched {shlex.quote(item)}" for item in args.searched or [])
-    kw["command"] += "".join(f" --probe-only {shlex.quote(item)}" for item in args.probe_only or [])
+    kw["command"] += schedules
     try:
         cfg = repro_config(args.preset, args.out, **kw)
     except ValueError as e:
