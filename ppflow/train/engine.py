@@ -253,9 +253,9 @@ class Engine:
                 keep = keep_every and self.step % keep_every == 0
                 if keep:
                     ckpt_io.save_checkpoint(state, path.with_name(f"step-{self.step:07d}.pt"))
-                export_folder(lambda folder: task.export(ema_sd, folder), self.run_dir / "ema")
-                if keep:
-                    export_folder(lambda folder: task.export(ema_sd, folder), self.run_dir / f"ema-{self.step:07d}")
+                targets = [self.run_dir / "ema"] + ([self.run_dir / f"ema-{self.step:07d}"] if keep else [])
+                for target in targets:
+                    export_folder(lambda folder, target=target: task.export(ema_sd, folder, target), target)
             except OSError as e:  # a full disk above all: the temporary files are gone, the old files stay
                 failure = self.save_failure(e, path, written)
         failure = broadcast_object(failure, self.info) if self.info.distributed else failure

@@ -186,7 +186,7 @@ class SiTTask(Task):
     def weights(self) -> tuple[dict, dict]:
         return self._full_state(self.raw), self._full_state(self.ema.model)
 
-    def export(self, ema_state: dict, folder: Path) -> None:
+    def export(self, ema_state: dict, folder: Path, target: Path) -> None:
         if self.mode == "fsdp":
             model = PPFlowTransformer(self.mc)
             model.load_state_dict(ema_state)
