@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.pretrained import load_state_strict
 from ..train.batches import derive_seed, generator
 from ..train.config import ConfigError
 from ..train.ema import EMA
@@ -122,8 +123,6 @@ class FluxTask(Task):
         raw = build_ppflux(cfg)
         self.names = [n for n, p in raw.named_parameters() if p.requires_grad]
         if ckpt is not None:
-            from ..convert.native import load_state_strict
-
             load_state_strict(raw, {**raw.state_dict(), **ckpt["model"]}, source="checkpoint 'model'")
         raw.to(dev)
         self.mode = "fsdp" if cfg.parallel == "fsdp" or (cfg.parallel == "auto" and info.distributed) else "none"
