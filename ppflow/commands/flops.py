@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from ..metrics.flops import schedule_flops
+from ..models.flops import schedule_flops
 from ..models import create_config, model_names
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics.flops import schedule_flops
+from ..models.flops import schedule_flops
 from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
@@ -113,7 +113,7 @@ class Demo:
     def train_flops_fraction(self, m: DemoModel) -> float:
         """Training FLOPs per step of `m` relative to the baseline's (stage-stratified batch with its shares, analytic)."""
         from ..flow.time_sampling import stage_shares
-        from ..metrics.flops import train_flops
+        from ..models.flops import train_flops
 
         def per_step(d: DemoModel) -> float:
             c = self.model_config(d)

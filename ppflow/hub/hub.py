@@ -125,7 +125,7 @@ def training_summary(run_dir: Path) -> tuple[dict | None, dict | None]:
 def model_card(model: PPFlowTransformer, repo_id: str, *, training_config: dict | None = None,
                metrics: dict | None = None, base_model: str | None = None) -> str:
     """README.md for a hub repo: what the model is, its schedule and FLOPs, how to load it, how it was trained."""
-    from ..metrics.flops import schedule_flops
+    from ..models.flops import schedule_flops
 
     c = model.config
     H, W = c.input_size

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ppflow.metrics.flops import forward_flops
+from ppflow.models.flops import forward_flops
 from ppflow.models import create_model
 from ppflow.sampling import StageSwap, sample_model
 from tests.conftest import randomize

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from ppflow.metrics.flops import schedule_flops
-from ppflow.metrics.schedule_search import (Candidate, mirror, schedule_excess, search_schedules,
+from ppflow.models.flops import schedule_flops
+from ppflow.experiments.schedule_search import (Candidate, mirror, schedule_excess, search_schedules,
                                             simplest_within)
 from ppflow.models import create_config
 

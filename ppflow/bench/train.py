@@ -5,7 +5,7 @@ backward, AdamW: `ppflow.train.bench.TrainStep`), each in a child process of its
 them take optimizer steps in turns (the order rotates every round) and compares medians. Step i sees
 the same latents, noise and labels in every model. Per model: speed-up = baseline / model seconds
 per step, bound = baseline / model training FLOPs of the steps taken (3x the forward's matrix
-products, `metrics.flops.train_flops`; the AdamW update is not counted), efficiency = speed-up /
+products, `models.flops.train_flops`; the AdamW update is not counted), efficiency = speed-up /
 bound, and the child's peak memory (peak RSS on a CPU, CUDA max allocated on a GPU).
 """
 
@@ -20,9 +20,9 @@ import torch
 
 from ..flow.time_sampling import allocate, stage_shares
 from ..models import create_config, create_model
-from .flops import train_flops
+from ..models.flops import train_flops
 from .memory import format_bytes, memory_kind, peak_bytes, reset_peak, rss_bytes
-from .packed_mask import ATTENTION_MODES, use_attention
+from .attention import ATTENTION_MODES, use_attention
 from .timing import DTYPES, ESTIMATORS, Progress, canonical_dtype, compile_blocks, format_duration, matmul_gflops, say
 from .workers import start
 
@@ -54,7 +54,7 @@ class TrainBenchConfig:
     seed: int = 0
 
     def name(self, name: str) -> str:
-        from .bench import SamplingBenchConfig
+        from .sample import SamplingBenchConfig
 
         return SamplingBenchConfig(size=self.size).name(name)
 
@@ -139,7 +139,7 @@ def run_train_variants(cfg: TrainBenchConfig, variants: list[TrainVariant], log=
             kwargs = {"name": v.name, "common": common, "batch": cfg.batch, "seed": cfg.seed,
                       "time_sampling": cfg.time_sampling, "dtype": dtype, "attention": v.attention,
                       "compile": v.compile, "threads": cfg.threads or torch.get_num_threads(), "device": cfg.device}
-            workers.append(start("ppflow.metrics.train_bench:TrainSubject", kwargs, v.label, cfg.isolate))
+            workers.append(start("ppflow.bench.train:TrainSubject", kwargs, v.label, cfg.isolate))
         for w in workers:
             w.ready()
         times = {v.label: [] for v in variants}

@@ -68,7 +68,7 @@ class Worker:
         self.label = label or target
         self.conn, child = mp.Pipe()
         fd = child.fileno()
-        code = "import sys; from ppflow.metrics.workers import _child_main; _child_main(int(sys.argv[1]))"
+        code = "import sys; from ppflow.bench.workers import _child_main; _child_main(int(sys.argv[1]))"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL)
         child.close()
         self.conn.send((target, kwargs))

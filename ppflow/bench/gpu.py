@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .bench import SamplingBenchConfig, bench_sampling
+from .sample import SamplingBenchConfig, bench_sampling
 from .memory import format_bytes
-from .train_bench import TrainBenchConfig, TrainVariant, run_train_variants
-from .train_bench import ratios as train_ratios
+from .train import TrainBenchConfig, TrainVariant, run_train_variants
+from .train import ratios as train_ratios
 
 PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile"}
 BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0}  # seconds per part: 9.5 min in all

@@ -1,7 +1,7 @@
 """Sampling speed and memory of PPFlow models against their one-stage baseline, next to the FLOPs bound.
 
 All models run full sampling loops on the same noise, each in a child process of its own
-(`metrics.workers`), in turns (the order rotates every repeat), and the medians are compared.
+(`bench.workers`), in turns (the order rotates every repeat), and the medians are compared.
 For each model: speed-up = baseline time / model time, bound = baseline FLOPs / model FLOPs for the
 forwards the runs actually made, efficiency = speed-up / bound (1 = all FLOPs saved turn into time
 saved), and the peak memory of its runs (RSS on a CPU, CUDA max allocated on a GPU).
@@ -19,7 +19,7 @@ import torch
 
 from ..models import create_config, create_model
 from ..sampling import sample_model
-from .flops import cfg_multipliers, evaluation_flops
+from ..models.flops import cfg_multipliers, evaluation_flops
 from .memory import format_bytes, memory_kind, peak_bytes, reset_peak
 from .timing import (
     ESTIMATORS,
@@ -159,7 +159,7 @@ def bench_sampling(cfg: SamplingBenchConfig, log=None, progress: bool | None = N
             kwargs = {"name": n, "common": common, "batch": cfg.batch, "method": cfg.method, "steps": cfg.steps,
                       "dtype": dtype, "compile": cfg.compile, "threads": cfg.threads or torch.get_num_threads(),
                       "device": cfg.device, "seed": cfg.seed}
-            workers[n] = start("ppflow.metrics.bench:SamplingSubject", kwargs, n, cfg.isolate)
+            workers[n] = start("ppflow.bench.sample:SamplingSubject", kwargs, n, cfg.isolate)
         for w in workers.values():
             w.ready()
         bar = Progress(len(variants) * (cfg.warmup + cfg.repeats), "bench sample", progress)
