@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .sample import SamplingBenchConfig, bench_sampling
 from .memory import format_bytes
+from .sample import SamplingBenchConfig, bench_sampling
+from .timing import ratios
 from .train import TrainBenchConfig, TrainVariant, run_train_variants
-from .train import ratios as train_ratios
 
 PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile"}
 BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0}  # seconds per part: 9.5 min in all
@@ -99,7 +99,7 @@ def part_attention(cfg: GpuBenchConfig, log=None) -> dict:
     name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
     variants = [TrainVariant(f"{name} dense-mask", name, "dense-mask"), TrainVariant(f"{name} sdpa", name, "sdpa")]
     r = run_train_variants(_train_cfg(cfg, "b"), variants, log, estimate=False)
-    r["ratios"] = {variants[1].label: train_ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+    r["ratios"] = {variants[1].label: ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
     return r
 
 
@@ -108,7 +108,7 @@ def part_compile(cfg: GpuBenchConfig, log=None) -> dict:
     backend = cfg.sizes.compile_backend
     variants = [TrainVariant(f"{name} eager", name), TrainVariant(f"{name} compiled", name, compile=backend)]
     r = run_train_variants(_train_cfg(cfg, "d"), variants, log, estimate=False)
-    r["ratios"] = {variants[1].label: train_ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+    r["ratios"] = {variants[1].label: ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
     r["compile_backend"] = backend
     return r
 

@@ -8,6 +8,7 @@ has the same interface without a process (tests, or where isolation does not mat
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import subprocess
@@ -127,3 +128,18 @@ class InProcess:
 
 def start(target: str, kwargs: dict, label: str, isolate: bool) -> Worker | InProcess:
     return (Worker if isolate else InProcess)(target, kwargs, label)
+
+
+@contextlib.contextmanager
+def started(subjects: dict[str, tuple[str, dict]], isolate: bool):
+    """{label: worker} for `{label: (target, kwargs)}`, all built (in parallel when isolated); closed at the end."""
+    workers = {}
+    try:
+        for label, (target, kwargs) in subjects.items():
+            workers[label] = start(target, kwargs, label, isolate)
+        for w in workers.values():
+            w.ready()
+        yield workers
+    finally:
+        for w in workers.values():
+            w.close()
