@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from ..cli import at_least, finite, positive
 from ..bench.sample import THOROUGH as SAMPLE_THOROUGH
 from ..bench.sample import SamplingBenchConfig
 from ..bench.timing import canonical_dtype
+from ..cli import at_least, finite, positive
 from ..sampling import METHODS
 
 BENCHMARKS = ("sample", "train", "gpu", "flux")  # flux: ppflow/commands/flux.py; gpu: bench/gpu.py

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..bench.timing import alternate, stopwatch
 from ..models.flops import schedule_flops
 from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
@@ -286,21 +287,20 @@ class Demo:
         base = self.cfg.models[0].label
         timed = {k: m for k, m in models.items()
                  if self.cfg.timing_models is None or k in self.cfg.timing_models or k == base}
-        times: dict[str, list[float]] = {k: [] for k in timed}
         flops: dict[str, float] = {}
         paper: dict[str, float] = {}  # per sample
+
+        def run(label: str, r: int) -> float:
+            model = timed[label]
+            seconds, out = stopwatch(torch.device("cpu"), sample_model, model, noise, y, method=self.cfg.method,
+                                     cfg_scales=self.cfg_scales(label, model), steps=self.cfg.sample_steps,
+                                     full_output=True)
+            flops[label], paper[label] = out.flops["total"] / len(noise), out.flops["paper"] / len(noise)
+            return seconds
+
         with torch.no_grad():
-            for r in tqdm(range(self.cfg.timing_repeats + 1), desc="timing sampling", leave=False):
-                order = list(timed.items())
-                order = order[r % len(order):] + order[: r % len(order)]
-                for label, model in order:
-                    t0 = time.perf_counter()
-                    out = sample_model(model, noise, y, cfg_scales=self.cfg_scales(label, model), method=self.cfg.method,
-                                       steps=self.cfg.sample_steps, full_output=True)
-                    if r > 0:  # the first round warms up
-                        times[label].append(time.perf_counter() - t0)
-                    flops[label] = out.flops["total"] / len(noise)
-                    paper[label] = out.flops["paper"] / len(noise)
+            timings = alternate(list(timed), run, self.cfg.timing_repeats, warmup=1, name="timing sampling",
+                                progress=None)
             for label, model in models.items():  # untimed: count the forwards of a two-sample run
                 if label not in flops:
                     out = sample_model(model, noise[:2], y[:2], cfg_scales=self.cfg_scales(label, model),
@@ -309,10 +309,10 @@ class Demo:
         for label, model in models.items():
             res = self.results[label]
             res["flops_bound"] = flops[base] / flops[label]
-            if label in times:
-                sec = float(np.median(times[label]))
+            if label in timed:
+                sec = timings.summary(label)["seconds"]
                 res["sample_seconds"] = sec
-                res["speedup"] = float(np.median(times[base])) / sec
+                res["speedup"] = timings.summary(base)["seconds"] / sec
                 res["efficiency"] = res["speedup"] / res["flops_bound"]
             if hasattr(model, "stage_flops"):  # a stage swap: from the sampler's exact per-member counts
                 res["test_flops_percent"] = 100 * paper[label] / paper[base]

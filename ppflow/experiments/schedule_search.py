@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..models.backbone import ModelConfig
-from ..models.schedule import Patch, PyramidSchedule
 from ..models.flops import forward_flops, schedule_flops
+from ..models.schedule import Patch, PyramidSchedule
 
 GUIDANCE = ("none", "all", "stage")  # no CFG | CFG in every stage | stage CFG: none in the coarsest stage
 
