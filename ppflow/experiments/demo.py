@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import shlex
 import sys
 import time
@@ -28,8 +27,8 @@ from ..models.flops import schedule_flops
 from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
+from ..utils.report import Report, format_scales, hardware, millions, plain_json, side_by_side
 from .config import DemoConfig, DemoModel
-from .report import Report, format_scales, hardware, millions, plain_json, side_by_side
 
 
 class Demo:
@@ -435,9 +434,8 @@ class Demo:
                 rep.text(n)
         rep.heading("Reproduce")
         rep.code(f"# everything above, in one command:\n{c.command}\n# the steps it runs:\n" + "\n".join(self.commands))
-        (self.out / "results.json").write_text(json.dumps({"config": plain_json(dataclasses.asdict(c)),
-                                                           "results": self.results, "notes": self.notes}, indent=2))
-        return rep.write(self.out)
+        return rep.write(self.out, data={"config": plain_json(dataclasses.asdict(c)), "results": self.results,
+                                         "notes": self.notes}, data_name="results.json")
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..bench.timing import alternate, stopwatch
 from ..data.fashion_mnist import CLASSES, load_fashion_mnist, to_model_space
+from ..utils.report import Report
 
 CLASS_WORDS = tuple(c.split("/")[0].lower() for c in CLASSES)  # 't-shirt', 'trouser', ..., 'ankle boot'
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}")
@@ -293,30 +293,30 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
               "train": {name: {"steps": r.step, "final_loss": r.loss, "seconds": s, "steps_per_sec": r.steps_per_sec}
                         for name, (r, s) in runs.items()},
               "speed": speed, "quality": quality}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(format_report(report))
-    log(format_report(report))
+    rep = format_report(report)
+    rep.write(out_dir, html=False, data=report)
+    log(rep.markdown())
     return report
 
 
-def format_report(r: dict) -> str:
+def format_report(r: dict) -> Report:
+    """The demo's report: training, prompt accuracy and classifier FID per model, then the sampling speed."""
     c, s = r["config"], r["speed"]
-    lines = [f"# ppflow flux demo ({r['seconds']:.0f} s, {r['threads']} thread(s))", "",
-             (f"base: tiny FLUX ({c['double_blocks']} double + {c['single_blocks']} single blocks, dim "
+    rep = Report(f"ppflow flux demo ({r['seconds']:.0f} s, {r['threads']} thread(s))")
+    rep.text(f"base: tiny FLUX ({c['double_blocks']} double + {c['single_blocks']} single blocks, dim "
              f"{32 * c['dim_heads']}) from scratch on {c['image_size']} px Fashion-MNIST "
-             f"({'space-to-depth' if c['space_to_depth'] else 'pixels'}), {c['base_steps']} steps; fine-tunes {c['finetune_steps']} steps "
-             f"each; batch {c['batch_size']}; {c['sample_steps']} Euler steps; PPFlux coarse output "
-             f"{c.get('coarse_output', 'v')}"), "",
-             "| model | train s | steps/s | final loss | prompt accuracy | classifier FID |", "|---|---|---|---|---|---|"]
+             f"({'space-to-depth' if c['space_to_depth'] else 'pixels'}), {c['base_steps']} steps; fine-tunes "
+             f"{c['finetune_steps']} steps each; batch {c['batch_size']}; {c['sample_steps']} Euler steps; PPFlux coarse "
+             f"output {c.get('coarse_output', 'v')}")
+    rows = []
     for name in [*r["train"], *(k for k in r["quality"] if k not in r["train"])]:
-        t = r["train"].get(name, {"seconds": 0, "steps_per_sec": 0, "final_loss": None})
-        q = r["quality"].get(name, {})
-        acc = f"{q['accuracy']:.3f}" if q.get("accuracy") is not None else "-"
-        fid = f"{q['fid']:.2f}" if q.get("fid") is not None else "-"
-        loss = f"{t['final_loss']:.4f}" if t["final_loss"] is not None else "-"
-        train = f"{t['seconds']:.0f} | {t['steps_per_sec']:.2f}" if name in r["train"] else "- | -"
-        lines.append(f"| {name} | {train} | {loss} | {acc} | {fid} |")
-    lines += ["", (f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
-              f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
-              f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")]
-    return "\n".join(lines) + "\n"
+        t, q = r["train"].get(name), r["quality"].get(name, {})
+        rows.append([name, f"{t['seconds']:.0f}" if t else "-", f"{t['steps_per_sec']:.2f}" if t else "-",
+                     f"{t['final_loss']:.4f}" if t and t["final_loss"] is not None else "-",
+                     f"{q['accuracy']:.3f}" if q.get("accuracy") is not None else "-",
+                     f"{q['fid']:.2f}" if q.get("fid") is not None else "-"])
+    rep.table(["model", "train s", "steps/s", "final loss", "prompt accuracy", "classifier FID"], rows)
+    rep.text(f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
+             f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
+             f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")
+    return rep
