@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-ONE_LINER = "ppflow bench gpu --out runs/bench-gpu   # ~10 min on one H100/H200; then read runs/bench-gpu/bench-gpu.md"
-
 
 def gpu_main(args) -> int:
     from ..bench.gpu import BUDGETS, GpuBenchConfig, run_gpu_suite
