@@ -18,21 +18,8 @@ from ..models import create_config, create_model
 from ..models.flops import cfg_multipliers, evaluation_flops
 from ..sampling import sample_model
 from .memory import peak_bytes, reset_peak
-from .timing import (
-    BenchConfig,
-    alternate,
-    autocast,
-    compile_blocks,
-    format_duration,
-    matmul_gflops,
-    ratio_table,
-    ratios,
-    say,
-    stopwatch,
-)
+from .timing import BenchConfig, alternate, autocast, compile_blocks, ratio_table, ratios, say_estimate, stopwatch
 from .workers import started
-
-SAMPLE_EFFICIENCY_GUESS = 0.85  # sampling FLOP/s relative to one big matmul, for the time estimate only
 
 
 @dataclass
@@ -114,11 +101,8 @@ def bench_sampling(cfg: SamplingBenchConfig, log=None, progress: bool | None = N
             variants.append(Variant(f"{n} cfg", n, scales))
     began = time.monotonic()
     if estimate:
-        gflops = _estimate(cfg, variants)
-        rate = matmul_gflops(device, dtype) * SAMPLE_EFFICIENCY_GUESS
-        say(log, f"bench sample: {len(variants)} runs x ({cfg.warmup} warm-up + {cfg.repeats} timed) of {cfg.steps} "
-                 f"steps, batch {cfg.batch}, {gflops / 1e3:.1f} TFLOPs; estimated {format_duration(gflops / rate)} "
-                 f"(from a {rate / SAMPLE_EFFICIENCY_GUESS:.0f} GFLOP/s matmul probe)")
+        say_estimate(log, f"bench sample: {len(variants)} runs x ({cfg.warmup} warm-up + {cfg.repeats} timed) of "
+                          f"{cfg.steps} steps, batch {cfg.batch}", _estimate(cfg, variants), device, dtype)
     kwargs = {"common": cfg.common, "batch": cfg.batch, "method": cfg.method, "steps": cfg.steps, "dtype": dtype,
               "compile": cfg.compile, "threads": cfg.threads or torch.get_num_threads(), "device": cfg.device,
               "seed": cfg.seed}

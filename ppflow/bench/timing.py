@@ -21,6 +21,7 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
           "float16": torch.float16, "fp16": torch.float16}
 CANONICAL = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # eager: dynamo only (fast; for --dry-run checks)
+EFFICIENCY_GUESS = 0.85  # a benchmark's FLOP/s relative to one big matmul, for the time estimate only
 
 
 def canonical_dtype(name: str | None) -> str:
@@ -76,6 +77,13 @@ def matmul_gflops(device: torch.device, dtype: str | None = None, size: tuple[in
         if device.type == "cuda":
             sync(device)
     return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+
+
+def say_estimate(log, what: str, gflops: float, device: torch.device, dtype: str) -> None:
+    """Say `what` with its planned TFLOPs and the time they take at a measured matmul rate."""
+    rate = matmul_gflops(device, dtype) * EFFICIENCY_GUESS
+    say(log, f"{what}, {gflops / 1e3:.1f} TFLOPs; estimated {format_duration(gflops / rate)} "
+             f"(from a {rate / EFFICIENCY_GUESS:.0f} GFLOP/s matmul probe)")
 
 
 def format_duration(seconds: float) -> str:

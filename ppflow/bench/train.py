@@ -21,21 +21,8 @@ from ..models import create_config, create_model
 from ..models.flops import train_flops
 from .attention import ATTENTION_MODES, use_attention
 from .memory import peak_bytes, reset_peak, rss_bytes
-from .timing import (
-    DTYPES,
-    BenchConfig,
-    alternate,
-    canonical_dtype,
-    compile_blocks,
-    format_duration,
-    matmul_gflops,
-    ratio_table,
-    ratios,
-    say,
-)
+from .timing import DTYPES, BenchConfig, alternate, canonical_dtype, compile_blocks, ratio_table, ratios, say_estimate
 from .workers import started
-
-TRAIN_EFFICIENCY_GUESS = 0.85  # training step FLOP/s relative to one big matmul, for the time estimate only
 
 
 @dataclass
@@ -109,11 +96,8 @@ def run_train_variants(cfg: TrainBenchConfig, variants: list[TrainVariant], log=
     configs = {v.label: create_config(v.name, **cfg.common) for v in variants}  # bad names fail here, in one line
     began = time.monotonic()
     if estimate:
-        tflops = planned_tflops(cfg, [v.name for v in variants])
-        rate = matmul_gflops(device, dtype) * TRAIN_EFFICIENCY_GUESS
-        say(log, f"bench train: {len(variants)} models x ({cfg.warmup} warm-up + {cfg.repeats} timed) steps of batch "
-                 f"{cfg.batch}, {tflops:.1f} TFLOPs; estimated {format_duration(tflops * 1e3 / rate)} "
-                 f"(from a {rate / TRAIN_EFFICIENCY_GUESS:.0f} GFLOP/s matmul probe)")
+        say_estimate(log, f"bench train: {len(variants)} models x ({cfg.warmup} warm-up + {cfg.repeats} timed) steps "
+                          f"of batch {cfg.batch}", planned_tflops(cfg, [v.name for v in variants]) * 1e3, device, dtype)
     kwargs = {"common": cfg.common, "batch": cfg.batch, "seed": cfg.seed, "time_sampling": cfg.time_sampling,
               "dtype": dtype, "threads": cfg.threads or torch.get_num_threads(), "device": cfg.device}
     subjects = {v.label: ("ppflow.bench.train:TrainSubject",

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..bench.timing import alternate, stopwatch
-from ..models.flops import schedule_flops
 from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
 from ..utils.report import Report, format_scales, hardware, millions, plain_json, side_by_side
+from .analysis import loss_profile_stage, pareto_stage, speed_stage
 from .config import DemoConfig, DemoModel
 
 
@@ -220,8 +219,6 @@ class Demo:
 
     def profile(self, models: dict[str, torch.nn.Module]) -> None:
         """Held-out loss per t of every trained contestant (and stage swap) on the same test draws."""
-        from .analysis import loss_profile_stage
-
         loss_profile_stage(self, models)
 
     def loss_plot(self) -> None:
@@ -280,47 +277,7 @@ class Demo:
 
     def speed(self, models: dict[str, torch.nn.Module]) -> None:
         """Measured sampling time of each model on the same batch, alternating, vs the FLOPs bound."""
-        g = torch.Generator().manual_seed(self.cfg.seed + 2)
-        noise = torch.randn(self.cfg.timing_batch, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
-        y = torch.arange(self.cfg.timing_batch) % 10
-        base = self.cfg.models[0].label
-        timed = {k: m for k, m in models.items()
-                 if self.cfg.timing_models is None or k in self.cfg.timing_models or k == base}
-        flops: dict[str, float] = {}
-        paper: dict[str, float] = {}  # per sample
-
-        def run(label: str, r: int) -> float:
-            model = timed[label]
-            seconds, out = stopwatch(torch.device("cpu"), sample_model, model, noise, y, method=self.cfg.method,
-                                     cfg_scales=self.cfg_scales(label, model), steps=self.cfg.sample_steps,
-                                     full_output=True)
-            flops[label], paper[label] = out.flops["total"] / len(noise), out.flops["paper"] / len(noise)
-            return seconds
-
-        with torch.no_grad():
-            timings = alternate(list(timed), run, self.cfg.timing_repeats, warmup=1, name="timing sampling",
-                                progress=None)
-            for label, model in models.items():  # untimed: count the forwards of a two-sample run
-                if label not in flops:
-                    out = sample_model(model, noise[:2], y[:2], cfg_scales=self.cfg_scales(label, model),
-                                       method=self.cfg.method, steps=self.cfg.sample_steps, full_output=True)
-                    flops[label], paper[label] = out.flops["total"] / 2, out.flops["paper"] / 2
-        for label, model in models.items():
-            res = self.results[label]
-            res["flops_bound"] = flops[base] / flops[label]
-            if label in timed:
-                sec = timings.summary(label)["seconds"]
-                res["sample_seconds"] = sec
-                res["speedup"] = timings.summary(base)["seconds"] / sec
-                res["efficiency"] = res["speedup"] / res["flops_bound"]
-            if hasattr(model, "stage_flops"):  # a stage swap: from the sampler's exact per-member counts
-                res["test_flops_percent"] = 100 * paper[label] / paper[base]
-            else:
-                res["test_flops_percent"] = 100 * schedule_flops(
-                    model.config, cfg_scales=self.cfg_scales(label, model),
-                    baseline_cfg_scale=self.cfg.cfg_scale)["paper_fraction"]
-                res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
-            res["cfg_scales"] = self.cfg_scales(label, model)
+        speed_stage(self, models)
 
     def metrics(self, models: dict[str, torch.nn.Module]) -> None:
         from ..eval import ClassifierTrainConfig, EvalOptions, evaluate, load_classifier
@@ -353,8 +310,6 @@ class Demo:
 
     def pareto(self, models: dict[str, torch.nn.Module]) -> None:
         """Classifier FID against sampling FLOPs and wall time at each of `pareto_steps`."""
-        from .analysis import pareto_stage
-
         pareto_stage(self, models)
 
     def inception_reference(self):
