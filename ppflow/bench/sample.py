@@ -116,8 +116,8 @@ def bench_sampling(cfg: SamplingBenchConfig, log=None, progress: bool | None = N
             v.forwards, v.flops, v.peak = out["forwards"], out["flops"], max(v.peak, out["peak_memory_bytes"])
             return out["seconds"]
 
-        timings = alternate(list(by), run, cfg.repeats, cfg.warmup, "bench sample", cfg.budget_s, began, log,
-                            progress)
+        timings = alternate(list(by), run, cfg.repeats, cfg.warmup, name="bench sample", budget_s=cfg.budget_s,
+                            began=began, log=log, progress=progress)
     runs = {v.label: {**timings.summary(v.label, cfg.estimator), "forwards": v.forwards, "gflops": v.flops / 1e9,
                       "cfg_scales": v.scales, "peak_memory_bytes": v.peak} for v in variants}
     base = names[0]

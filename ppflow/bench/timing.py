@@ -128,7 +128,7 @@ class Timings:
         return {"seconds": ESTIMATORS[estimator](ts), "median": statistics.median(ts), "min": min(ts), "times": ts}
 
 
-def alternate(labels: Sequence[str], run: Callable[[str, int], float], repeats: int, warmup: int = 1,
+def alternate(labels: Sequence[str], run: Callable[[str, int], float], repeats: int, warmup: int = 1, *,
               name: str = "bench", budget_s: float | None = None, began: float | None = None, log=None,
               progress: bool | None = False, eta: bool = False) -> Timings:
     """Time `run(label, r) -> seconds` of every subject in rounds r = 0, 1, ...; the order rotates every round.

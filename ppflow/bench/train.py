@@ -114,8 +114,8 @@ def run_train_variants(cfg: TrainBenchConfig, variants: list[TrainVariant], log=
                 flops[label] += train_flops(configs[label], c)["total"]
             return seconds
 
-        timings = alternate(list(subjects), run, cfg.repeats, cfg.warmup, "bench train", cfg.budget_s, began, log,
-                            progress, eta=estimate)
+        timings = alternate(list(subjects), run, cfg.repeats, cfg.warmup, name="bench train", budget_s=cfg.budget_s,
+                            began=began, log=log, progress=progress, eta=estimate)
         memory = {label: w.call("memory") for label, w in workers.items()}
     runs = {v.label: {"model": v.name, "attention": v.attention, "compile": v.compile,
                       **timings.summary(v.label, cfg.estimator), "stage_counts": counts[v.label],

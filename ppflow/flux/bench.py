@@ -153,7 +153,7 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
 
     names = [*models, *cached]
     with torch.inference_mode():
-        timings = alternate(names, run, cfg.repeats, cfg.warmup, "bench flux", log=log)
+        timings = alternate(names, run, cfg.repeats, cfg.warmup, name="bench flux", log=log)
     counts = [B * stages.count(s) for s in range(ppf.schedule.num_stages)]
     fl = counts_flops(arch, ppf.schedule, grid, T, counts)
     runs = {n: timings.summary(n, cfg.estimator) for n in names}
