@@ -28,6 +28,7 @@ from .memory import format_bytes
 from .sample import SamplingBenchConfig, bench_sampling
 from .timing import ratios
 from .train import TrainBenchConfig, TrainVariant, run_train_variants
+from .workers import error_line
 
 PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile"}
 BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0}  # seconds per part: 9.5 min in all
@@ -173,7 +174,7 @@ def run_gpu_suite(cfg: GpuBenchConfig, log=None) -> dict:
         try:
             part = RUNNERS[p](cfg, log)
         except Exception as e:  # noqa: BLE001 - one part failing must not lose the others
-            part = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            part = {"error": error_line(e)}
         part["seconds_total"] = time.monotonic() - began
         gc.collect()  # part (c) runs in this process: free its FLUX before the next part's children start
         if torch.device(cfg.device).type == "cuda":

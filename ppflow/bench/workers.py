@@ -15,6 +15,8 @@ import subprocess
 import sys
 from multiprocessing.connection import Connection
 
+from ..io import one_line
+
 
 class WorkerError(RuntimeError):
     """A child process failed; the message is its one-line error."""
@@ -25,16 +27,16 @@ def _build(target: str, kwargs: dict):
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+def error_line(e: BaseException) -> str:
+    """'TypeName: first line of the message' (the type name alone for an empty message)."""
+    return f"{type(e).__name__}: {one_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _serve(conn, target: str, kwargs: dict) -> None:
     try:
         obj = _build(target, kwargs)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", _one_line(e)))
+        conn.send(("error", error_line(e)))
         return
     conn.send(("ok", None))
     while True:
@@ -48,7 +50,7 @@ def _serve(conn, target: str, kwargs: dict) -> None:
         try:
             conn.send(("ok", getattr(obj, method)(*args)))
         except BaseException as e:  # noqa: BLE001
-            conn.send(("error", _one_line(e)))
+            conn.send(("error", error_line(e)))
 
 
 def _child_main(fd: int) -> None:
@@ -114,7 +116,7 @@ class InProcess:
         try:
             self.obj = _build(target, kwargs)
         except (RuntimeError, ValueError) as e:
-            raise WorkerError(f"{self.label}: {_one_line(e)}") from e
+            raise WorkerError(f"{self.label}: {error_line(e)}") from e
 
     def ready(self) -> InProcess:
         return self

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..io import write_text_atomic
+
 
 @dataclass
 class Report:
@@ -92,9 +94,7 @@ class Report:
         if data is not None:
             files[data_name or f"{stem}.json"] = json.dumps(data, indent=2)
         for name, text in files.items():
-            tmp = directory / f"{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, directory / name)
+            write_text_atomic(directory / name, text)
         return directory / f"{stem}.md"
 
 
