@@ -96,20 +96,23 @@ def _train_cfg(cfg: GpuBenchConfig, part: str) -> TrainBenchConfig:
                             budget_s=cfg.budgets[part], seed=cfg.seed)
 
 
-def part_attention(cfg: GpuBenchConfig, log=None) -> dict:
-    name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
-    variants = [TrainVariant(f"{name} dense-mask", name, "dense-mask"), TrainVariant(f"{name} sdpa", name, "sdpa")]
-    r = run_train_variants(_train_cfg(cfg, "b"), variants, log, estimate=False)
-    r["ratios"] = {variants[1].label: ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+def _train_pair(cfg: GpuBenchConfig, part: str, variants: list[TrainVariant], log) -> dict:
+    """Training steps of two variants of one model in turns; ratios of the second against the first."""
+    r = run_train_variants(_train_cfg(cfg, part), variants, log, estimate=False)
+    r["ratios"] = {variants[1].label: ratios(*(r["runs"][v.label] for v in variants))}
     return r
 
 
-def part_compile(cfg: GpuBenchConfig, log=None) -> dict:
+def part_attention(cfg: GpuBenchConfig, log=None) -> dict:
     name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
-    backend = cfg.sizes.compile_backend
-    variants = [TrainVariant(f"{name} eager", name), TrainVariant(f"{name} compiled", name, compile=backend)]
-    r = run_train_variants(_train_cfg(cfg, "d"), variants, log, estimate=False)
-    r["ratios"] = {variants[1].label: ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+    return _train_pair(cfg, "b", [TrainVariant(f"{name} dense-mask", name, "dense-mask"),
+                                  TrainVariant(f"{name} sdpa", name, "sdpa")], log)
+
+
+def part_compile(cfg: GpuBenchConfig, log=None) -> dict:
+    name, backend = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2"), cfg.sizes.compile_backend
+    r = _train_pair(cfg, "d", [TrainVariant(f"{name} eager", name),
+                               TrainVariant(f"{name} compiled", name, compile=backend)], log)
     r["compile_backend"] = backend
     return r
 

@@ -128,17 +128,13 @@ class InProcess:
         self.obj = None
 
 
-def start(target: str, kwargs: dict, label: str, isolate: bool) -> Worker | InProcess:
-    return (Worker if isolate else InProcess)(target, kwargs, label)
-
-
 @contextlib.contextmanager
 def started(subjects: dict[str, tuple[str, dict]], isolate: bool):
     """{label: worker} for `{label: (target, kwargs)}`, all built (in parallel when isolated); closed at the end."""
     workers = {}
     try:
         for label, (target, kwargs) in subjects.items():
-            workers[label] = start(target, kwargs, label, isolate)
+            workers[label] = (Worker if isolate else InProcess)(target, kwargs, label)
         for w in workers.values():
             w.ready()
         yield workers
