@@ -81,16 +81,13 @@ class GatedLoRA(nn.Module):
         return torch.cat([y[:k] + delta, y[k:]], 0)  # (R, out): the fine rows untouched
 
 
-def add_stage_lora(model: nn.Module, rank: int = 16, alpha: float = 16.0, targets=TARGETS,
-                   generator_seed: int | None = None) -> nn.Module:
+def add_stage_lora(model: nn.Module, rank: int = 16, alpha: float = 16.0, targets=TARGETS) -> nn.Module:
     """Freeze `model` (an adapted PPFlowTransformer), wrap the target layers of every block in GatedLoRA and mark
     the adapter's parameters trainable: coarse projections, the stage embedding, the LoRA. Works in place."""
     if model.schedule.num_stages < 2:
         raise ValueError("a speed adapter needs a schedule with a coarse stage, e.g. ppf2")
     gate = StageGate()
     model.requires_grad_(False)
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
     for block in model.blocks:
         for name in targets:
             path = TOKEN_TARGETS.get(name) or SAMPLE_TARGETS[name]

@@ -204,6 +204,10 @@ class SiTTask(Task):
         name = self.mc.name or (f"the model of {cfg.model.init}" if cfg.model.init else cfg.model.name)
         return (f"{name} ({n_params / 1e6:.2f}M params, schedule {self.schedule}) on {self.data.describe()}")
 
+    def ema_model(self) -> torch.nn.Module:
+        """The model with the EMA weights (what grids sample)."""
+        return self.ema.model
+
     def after_save(self, engine: Engine, done: bool) -> None:
         every = self.cfg.save_every if self.cfg.sample.every is None else self.cfg.sample.every
         if every and (engine.step % every == 0 or done):
@@ -222,7 +226,7 @@ class SiTTask(Task):
         y = (torch.arange(sc.count) % self.mc.num_classes).to(dev) if self.mc.num_classes else None
         cfg_scale = sc.cfg_scale if y is not None else 1.0
         with torch.no_grad(), engine.autocast():
-            x = sample_model(self.ema.model, noise, y, cfg_scales=cfg_scale, method=sc.method, steps=sc.steps)
+            x = sample_model(self.ema_model(), noise, y, cfg_scales=cfg_scale, method=sc.method, steps=sc.steps)
         if self.mode == "fsdp":
             self.ema.model.reshard()  # FSDP2 keeps the root's parameters gathered after a forward
         x = x.float()

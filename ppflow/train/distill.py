@@ -1,0 +1,271 @@
+"""Speed-adapter distillation: a stage-gated adapter on a frozen SiT/DiT learns the source's own velocity.
+
+`AdaptTask` is a task of the training engine. The student is the source adapted to a PPFlow schedule with a
+stage-gated LoRA (models/adapter.py); the teacher is the same weights in the finest stage, where the adapter is
+off (no second copy in memory). At a coarse-stage (x_t, t, label) the target is the teacher's full-resolution
+velocity -- with `guided`, its CFG-guided velocity, so the conditional coarse stage needs no unconditional pass
+when sampling -- optionally mixed with the flow-matching target. x_t comes from data and noise, or (`data_free`)
+from the teacher's own ODE trajectories (train/teacher.py). Only the adapter trains, is averaged and is saved:
+RUN/ema is an adapter folder that `ppflow.load_model` applies on the base.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..convert import load_model
+from ..convert.adaptation import adapt
+from ..data import build_dataset
+from ..flow import drop_labels
+from ..flow.time_sampling import sample_times
+from ..io import content_sha256
+from ..models.adapter import TARGETS, AdapterConfig, add_stage_lora, is_adapter_param, save_adapter
+from ..models.backbone import ModelConfig
+from ..models.flops import forward_flops
+from ..models.output import OUTPUTS
+from ..sampling.guidance import guided_velocity
+from .batches import derive_seed, generator
+from .config import ConfigError, TrainConfig, _opt, validate
+from .ema import EMA
+from .engine import TrainResult
+from .launch import run_task
+from .parallel import barrier, broadcast_object, parallel_mode, parallelize, unwrap
+from .sit import SiTTask
+from .teacher import teacher_states
+
+KIND = "adapter"
+
+
+@dataclass
+class AdapterSection:
+    """The speed adapter and how it is distilled from its source (model.init)."""
+
+    schedule: str = _opt("ppf2", "PPFlow schedule; its finest stage is the source itself")
+    rank: int = _opt(16, "LoRA rank")
+    alpha: float = _opt(16.0, "LoRA alpha (scale alpha / rank)")
+    targets: list[str] = field(default_factory=lambda: list(TARGETS), metadata={
+        "help": f"block layers the LoRA adapts: {', '.join(TARGETS)}"})
+    coarse_output: str = _opt("noise_skip", "what coarse stages emit: v | noise_skip | x | snr (models/output.py)")
+    data_free: bool = _opt(True, "x_t from the teacher's own ODE trajectories (no dataset); false: from data")
+    guided: float | None = _opt(None, "distil the teacher's CFG-guided velocity at this scale into the conditional "
+                                      "coarse stage (sample it with CFG 1 there: no unconditional pass)")
+    mix: float = _opt(0.0, "with data: share of the flow-matching target (x1 - x0) in the target")
+    trajectories: int = _opt(1024, "data-free: teacher trajectories in the cache")
+    trajectory_steps: int = _opt(16, "data-free: Euler steps of a trajectory over the coarse range")
+    trajectory_cfg: float | None = _opt(None, "data-free: CFG scale of the trajectories (default: guided, else 1)")
+    cache: str | None = _opt(None, "data-free: teacher-state cache file (default RUN/teacher-states.safetensors)")
+
+
+@dataclass
+class AdaptConfig(TrainConfig):
+    """A speed-adapter distillation run: the run options of `ppflow train` plus the adapter section."""
+
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+
+
+def validate_adapt(cfg: AdaptConfig) -> None:
+    validate(cfg)
+    a = cfg.adapter
+    checks = [
+        (cfg.model.init is not None, "model.init is not set: give the SiT/DiT to convert (--from MODEL)"),
+        (a.rank >= 1, f"adapter.rank must be >= 1, got {a.rank}"),
+        (set(a.targets) <= set(TARGETS), f"adapter.targets {a.targets} must be among {list(TARGETS)}"),
+        (a.coarse_output in OUTPUTS, f"adapter.coarse_output {a.coarse_output!r} is not one of {OUTPUTS}"),
+        (a.guided is None or (math.isfinite(a.guided) and a.guided >= 1),
+         f"adapter.guided must be a CFG scale >= 1, got {a.guided}"),
+        (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
+         f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)"),
+        (a.trajectories >= 1 and a.trajectory_steps >= 1, "adapter.trajectories and trajectory_steps must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+class AdaptTask(SiTTask):
+    """Distil a stage-gated speed adapter from its frozen source."""
+
+    command = "ppflow adapt"
+    kind = KIND
+    config_cls = AdaptConfig
+    validate = staticmethod(validate_adapt)
+
+    @staticmethod
+    def default_out(cfg: AdaptConfig) -> str:
+        return str(Path("runs") / f"adapter-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
+        cfg, info, a = self.cfg, self.info, self.cfg.adapter
+        dev = info.device
+        source = load_model(cfg.model.init, format=cfg.model.init_format, verify=verify)
+        if source.schedule.num_stages != 1:
+            raise ConfigError(f"{cfg.model.init} has {source.schedule.num_stages} stages: a speed adapter starts from "
+                              "a one-stage SiT/DiT")
+        self.base_sha256 = content_sha256(source.state_dict())
+        try:
+            with torch.random.fork_rng(devices=[]):  # LoRA A matrices: random, from the run's seed
+                torch.manual_seed(derive_seed(cfg.seed, "init"))
+                raw = add_stage_lora(adapt(source, a.schedule, coarse_output=a.coarse_output), a.rank, a.alpha,
+                                     a.targets)
+        except ValueError as e:
+            raise ConfigError(f"adapter: {e}") from None
+        del source
+        self.mc = self.model_config = raw.config
+        self.schedule, self.num_stages = raw.schedule, raw.schedule.num_stages
+        self.fine = self.num_stages - 1
+        self.names = [n for n, p in raw.named_parameters() if p.requires_grad]
+        if ckpt is not None:
+            named = dict(raw.named_parameters())
+            with torch.no_grad():
+                for n in self.names:
+                    named[n].copy_(ckpt["model"][n])
+        raw.to(dev)
+        self.mode = parallel_mode(cfg.parallel, info)
+        if self.mode == "fsdp":
+            raise ConfigError("an adapter trains a few parameters on a frozen base: use --parallel ddp (or auto)")
+        self.model = parallelize(raw, info, self.mode, cfg.compile, cfg.grad_checkpointing, find_unused=True)
+        self.raw = unwrap(self.model)
+        named = dict(self.raw.named_parameters())
+        self.params = torch.nn.ParameterList([named[n] for n in self.names])
+        self.ema = EMA(self.params, cfg.ema.decay, cfg.ema.warmup)
+        if ckpt is not None:
+            self.ema.load_full([ckpt["ema"][n] for n in self.names])
+        self.t_end = self.schedule.stages[self.fine - 1].t_end  # the coarse range is [0, t_end]
+        spans = [s.t_end - s.t_start for s in self.schedule.stages[:-1]]
+        self.shares = [*(w / sum(spans) for w in spans), 0.0]
+        self.decoder, self.grid_failed = None, False
+        self.data = self._load_data(log)
+        self.flip = (not a.data_free) and (cfg.data.random_flip if cfg.data.random_flip is not None
+                                          else self.data.default_flip)
+        self.num_workers = 0 if a.data_free else cfg.data.num_workers
+
+    def _load_data(self, log: Callable[[str], None]):
+        cfg, a = self.cfg, self.cfg.adapter
+        if not a.data_free:
+            return build_dataset(cfg.data).to(self.info.device)
+        path = a.cache or str(Path(cfg.out) / "teacher-states.safetensors")
+        scale = a.trajectory_cfg if a.trajectory_cfg is not None else (a.guided or 1.0)
+
+        def make():
+            return teacher_states(self.raw, self.base_sha256, path, a.trajectories, a.trajectory_steps, self.t_end, scale, cfg.seed,
+                                  (self.mc.in_channels, *self.mc.input_size), self.mc.num_classes, self.fine, log)
+
+        if not self.info.distributed:
+            return make()
+        data = error = None
+        if self.info.is_main:  # rank 0 writes the cache, the others then read it
+            try:
+                data = make()
+            except (OSError, ValueError) as e:
+                error = e
+        error = broadcast_object(error, self.info)
+        if error is not None:
+            raise error
+        barrier(self.info)
+        return data if data is not None else make()
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.params), "lr_scale": 1.0}]
+
+    def ema_source(self) -> torch.nn.Module:
+        return self.params
+
+    def loss(self, mb, autocast):
+        cfg, dev, a = self.cfg, self.info.device, self.cfg.adapter
+        seed, step, shard = cfg.seed, mb.step, mb.shard
+        ts = sample_times(self.schedule, len(mb.x), generator(seed, step, shard, "time"), "stratified", self.shares)
+        t, stage = ts.t.to(dev), ts.stage.to(dev)
+        x1 = noise = None
+        if a.data_free:
+            x_t = self.data.state_at(mb.x.to(dev), t)  # (n, C, H, W) on the teacher's trajectory
+        else:
+            x1 = self.data.encode(mb.x.to(dev), generator(seed, step, shard, "encode", dev))
+            noise = torch.randn(x1.shape, generator=generator(seed, step, shard, "noise", dev), device=dev)
+            x_t = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * noise
+        y = None
+        if self.mc.num_classes > 0:
+            y = mb.y.to(dev)
+            if a.guided is None:  # the coarse stage keeps its unconditional branch for CFG
+                y = drop_labels(self.raw, y, cfg.flow.label_dropout, generator(seed, step, shard, "labels", dev))
+        with autocast():
+            target = self.teacher(x_t, t, y).float()
+        if a.mix:
+            target = (1 - a.mix) * target + a.mix * (x1 - noise)
+        with autocast():
+            pred = self.model(x_t, t, y, stage)  # (n, C, H, W)
+        per_sample = (pred.float() - target).square().mean(dim=(1, 2, 3))  # (n,)
+        sums = torch.zeros(self.num_stages, dtype=torch.float64, device=dev).index_add_(0, stage, per_sample.double())
+        counts = torch.bincount(stage, minlength=self.num_stages)
+        return per_sample.mean(), sums.tolist(), counts.tolist()
+
+    @torch.no_grad()
+    def teacher(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The target velocity: the source's (the same weights in the finest stage, adapter off), CFG-guided at
+        `adapter.guided` for labelled samples when set."""
+        return guided_velocity(self.raw, x_t, t, y, self.cfg.adapter.guided or 1.0, stage=self.fine)
+
+    def weights(self) -> tuple[dict, dict]:
+        def full(ts):
+            return [t.detach().to("cpu", copy=True) for t in ts]
+
+        return dict(zip(self.names, full(self.params))), dict(zip(self.names, full(self.ema.model)))
+
+    def adapter_config(self) -> AdapterConfig:
+        a = self.cfg.adapter
+        init = self.cfg.model.init
+        base = str(Path(init).resolve()) if Path(init).exists() else init
+        return AdapterConfig(schedule=self.schedule.to_string(), rank=a.rank, alpha=a.alpha, targets=list(a.targets),
+                             coarse_output=a.coarse_output, base=base, base_sha256=self.base_sha256,
+                             method="lora-distill" + ("-data-free" if a.data_free else ""), guided=a.guided)
+
+    def export(self, ema_state: dict, folder: Path, target: Path) -> None:
+        save_adapter(self.raw, self.adapter_config(), folder, state=ema_state)
+
+    def ema_model(self) -> torch.nn.Module:
+        model = copy.deepcopy(self.raw)
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, e in zip(self.names, self.ema.model):
+                named[n].copy_(e)
+        return model.eval()
+
+    def saved_config(self) -> dict:
+        return {}
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.params)
+        base = sum(p.numel() for k, p in self.raw.named_parameters() if not is_adapter_param(k, self.num_stages))
+        a = self.cfg.adapter
+        how = "data-free" if a.data_free else f"on {self.data.describe()}"
+        return (f"speed adapter for {self.cfg.model.init} ({n / 1e6:.3f}M parameters, {100 * n / base:.1f}% of the "
+                f"base; schedule {self.schedule}, LoRA rank {a.rank}), distilled {how}"
+                + (f", guided {a.guided}" if a.guided else ""))
+
+
+def conversion_flops(config: ModelConfig, a: AdapterSection, batch: int, steps: int) -> dict:
+    """Training FLOPs of a conversion (matrix products; backward = 2x forward as in models.flops.train_flops):
+    per step, the teacher's full-resolution forward (two with `guided`) and the student's coarse forward and
+    backward per sample; once, the teacher trajectories of a data-free cache."""
+    sched = config.get_schedule()
+    fine = forward_flops(config, sched.num_stages - 1).total
+    spans = [s.t_end - s.t_start for s in sched.stages[:-1]]
+    coarse = sum(w * forward_flops(config, s).total for s, w in enumerate(spans)) / sum(spans)
+    teacher = fine * (2 if a.guided not in (None, 1.0) else 1)
+    step = batch * (teacher + 3 * coarse)
+    scale = a.trajectory_cfg if a.trajectory_cfg is not None else (a.guided or 1.0)
+    cache = a.trajectories * a.trajectory_steps * fine * (2 if scale != 1.0 else 1) if a.data_free else 0
+    return {"step": step, "cache": cache, "total": steps * step + cache, "source_step_per_sample": 3 * fine}
+
+
+def adapt_train(config: AdaptConfig | dict | None = None, *, resume: str | os.PathLike | None = None,
+                overrides: dict | None = None, verify: bool = True) -> TrainResult:
+    """Distil a speed adapter from `config.model.init` (or continue the run in `resume`)."""
+    return run_task(AdaptTask, config, resume=resume, overrides=overrides, verify=verify)

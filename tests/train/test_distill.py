@@ -1,0 +1,83 @@
+"""Speed-adapter distillation: the target is a teacher forward of the source, the data-free cache resumes exactly,
+the run resumes exactly and exports an adapter folder whose fine stage is the source, the compute is counted."""
+
+import pytest
+import torch
+
+import ppflow
+from ppflow.models.flops import forward_flops
+from ppflow.sampling.guidance import guided_velocity
+from ppflow.train import TrainConfig, train
+from ppflow.train.distill import AdaptConfig, AdaptTask, adapt_train, conversion_flops
+from ppflow.train.parallel import DistInfo
+from ppflow.train.teacher import teacher_states
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "sit"
+    cfg = TrainConfig(batch_size=16, max_steps=12, log_every=6, save_every=12, out=str(out), progress=False,
+                      tensorboard=False)
+    cfg.model.name, cfg.data.name, cfg.sample.every = "SiT-tiny/2", "digits", 0
+    return train(cfg).ema_dir
+
+
+def _cfg(source, out, **adapter):
+    cfg = AdaptConfig(batch_size=8, max_steps=4, log_every=1, save_every=2, out=str(out), progress=False,
+                      tensorboard=False)
+    cfg.model.init, cfg.data.name, cfg.sample.every = str(source), "digits", 0
+    cfg.adapter.trajectories, cfg.adapter.trajectory_steps, cfg.adapter.rank = 24, 4, 4
+    for k, v in adapter.items():
+        setattr(cfg.adapter, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize("guided", [None, 3.0])
+def test_the_target_is_a_teacher_forward_of_the_source(source, tmp_path, guided):
+    task = AdaptTask(_cfg(source, tmp_path / "t", guided=guided, data_free=False), DistInfo())
+    task.setup(None, True, print)
+    src = ppflow.load_model(source).eval()
+    x, t, y = torch.randn(5, 1, 16, 16), torch.full((5,), 0.3), torch.tensor([1, 2, 3, 10, 5])  # 10: null label
+    want = guided_velocity(src, x, t, y, guided or 1.0) if guided else src(x, t, y)
+    torch.testing.assert_close(task.teacher(x, t, y), want, atol=1e-6, rtol=1e-6)
+
+
+def test_a_cut_data_free_cache_resumes_to_the_same_states(source, tmp_path):
+    src = ppflow.load_model(source).eval()
+    args = dict(count=70, steps=3, t_end=0.5, cfg_scale=2.0, seed=0, shape=(1, 16, 16), num_classes=10, stage=0)
+    full = teacher_states(src, "id", tmp_path / "a.safetensors", **args)
+    teacher_states(src, "id", tmp_path / "b.safetensors", **args, limit=64)  # cut after the first chunk
+    resumed = teacher_states(src, "id", tmp_path / "b.safetensors", **args)
+    assert torch.equal(resumed.states, full.states) and torch.equal(resumed.labels, full.labels)
+    assert full.states.shape == (70, 4, 1, 16, 16)
+    # the stored states are the teacher's Euler trajectory; between two of them state_at is that straight line
+    x0, y = full.states[:2, 0], full.labels[:2]
+    with torch.no_grad():
+        x1 = x0 + (0.5 / 3) * guided_velocity(src, x0, torch.zeros(2), y, 2.0)
+    torch.testing.assert_close(full.states[:2, 1], x1, atol=1e-5, rtol=1e-5)
+    mid = full.state_at(full.states[:2], torch.tensor([0.5 / 6, 0.5 / 6]))
+    torch.testing.assert_close(mid, (x0 + x1) / 2, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="other settings \\(teacher\\)"):
+        teacher_states(src, "another", tmp_path / "b.safetensors", **args)
+
+
+def test_a_data_free_run_resumes_exactly_and_its_adapter_keeps_the_source_fine_stage(source, tmp_path):
+    straight = adapt_train(_cfg(source, tmp_path / "a", guided=2.0))
+    part = adapt_train(_cfg(source, tmp_path / "b", guided=2.0), overrides={"max_steps": 2})
+    rest = adapt_train(resume=part.run_dir, overrides={"max_steps": 4})
+    assert part.losses + rest.losses == straight.losses
+    model, src = ppflow.load_model(straight.ema_dir).eval(), ppflow.load_model(source).eval()
+    x, y = torch.randn(3, 1, 16, 16), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        assert torch.equal(model(x, torch.full((3,), 0.75), y), src(x, torch.full((3,), 0.75), y))
+        assert not torch.allclose(model(x, torch.full((3,), 0.25), y), src(x, torch.full((3,), 0.25), y))
+
+
+def test_conversion_compute_counts_teacher_student_and_cache(source, tmp_path):
+    cfg = _cfg(source, tmp_path / "c", guided=2.0)
+    mc = ppflow.adapt(ppflow.load_model(source), "ppf2").config
+    got = conversion_flops(mc, cfg.adapter, batch=8, steps=10)
+    fine, coarse = forward_flops(mc, 1).total, forward_flops(mc, 0).total
+    assert got["step"] == 8 * (2 * fine + 3 * coarse)  # guided: two teacher forwards
+    assert got["cache"] == 24 * 4 * fine * 2 and got["total"] == 10 * got["step"] + got["cache"]
+    assert coarse < fine / 3  # 4x fewer tokens
