@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..cli import at_least, finite, positive
+from ..errors import CommandError
 from ..metrics.bench import THOROUGH as SAMPLE_THOROUGH
 from ..metrics.bench import SamplingBenchConfig
 from ..metrics.timing import canonical_dtype
@@ -86,7 +87,7 @@ def add_arguments(p) -> None:
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(m.strip() for m in text.split(",") if m.strip())
     if not names:
-        raise ValueError("--models is empty: give PPFlow model names, e.g. PPF-B-2,PPF-B-3")
+        raise CommandError("--models is empty: give PPFlow model names, e.g. PPF-B-2,PPF-B-3")
     return names
 
 
@@ -150,8 +151,7 @@ def main(args) -> int:
 
             result = bench_sampling(sample_config(args), log=log, estimate=True)
             text = format_report(result)
-    except (ValueError, RuntimeError) as e:
-        print(f"ppflow bench: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    except RuntimeError as e:  # a child process's error (WorkerError), out of memory; ValueError: ppflow.cli
+        raise CommandError(str(e) or type(e).__name__) from e
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

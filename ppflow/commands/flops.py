@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
-import sys
 
+from ..errors import CommandError
 from ..metrics.flops import schedule_flops
 from ..models import create_config, model_names
+from . import parse_scales
 
 
 def add_arguments(p) -> None:
@@ -24,28 +24,16 @@ def add_arguments(p) -> None:
     add_flops_arguments(p)
 
 
-def parse_scales(text: str | None) -> list[float] | float | None:
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--cfg {text!r} is not a number or a comma-separated list of numbers, e.g. '1,3'") from None
-    if not all(math.isfinite(v) for v in vals):
-        raise ValueError(f"--cfg {text!r}: CFG scales must be finite numbers")
-    return vals[0] if len(vals) == 1 else vals
-
-
 def _latent(args) -> int:
     for name in ("image_size", "vae_factor", "in_channels"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.latent_size is not None:
         if args.latent_size < 1:
-            raise ValueError(f"--latent-size must be >= 1, got {args.latent_size}")
+            raise CommandError(f"--latent-size must be >= 1, got {args.latent_size}")
         return args.latent_size
     if args.image_size % args.vae_factor:
-        raise ValueError(f"--image-size {args.image_size} is not a multiple of --vae-factor {args.vae_factor}")
+        raise CommandError(f"--image-size {args.image_size} is not a multiple of --vae-factor {args.vae_factor}")
     return args.image_size // args.vae_factor
 
 
@@ -54,16 +42,12 @@ def main(args) -> int:
         from .flux import flops_main
 
         return flops_main(args)
-    try:
-        latent = _latent(args)
-        overrides = {"input_size": latent, "in_channels": args.in_channels}
-        if args.schedule:
-            overrides["schedule"] = args.schedule
-        cfg = create_config(args.model, **overrides)
-        r = schedule_flops(cfg, cfg_scales=parse_scales(args.cfg))
-    except ValueError as e:  # ScheduleError included
-        print(f"ppflow flops: error: {e}", file=sys.stderr)
-        return 2
+    latent = _latent(args)
+    overrides = {"input_size": latent, "in_channels": args.in_channels}
+    if args.schedule:
+        overrides["schedule"] = args.schedule
+    cfg = create_config(args.model, **overrides)
+    r = schedule_flops(cfg, cfg_scales=parse_scales(args.cfg))  # a ScheduleError: ppflow.cli prints it
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
