@@ -138,7 +138,7 @@ def probe_schedule(patches: list[tuple[int, int]]) -> str:
 def _finetune(init: Path, run: Path, args, steps: int, seed: int, time_sampling: str, learn_sigma: bool):
     """`init` fine-tuned `steps` steps into `run` (reused when finished); its raw weights, not the EMA."""
     from ..convert import load_model
-    from ..train.loop import train
+    from ..train import train
 
     overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
                  "max_steps": steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,

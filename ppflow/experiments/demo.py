@@ -148,7 +148,7 @@ class Demo:
         from ..convert import load_model
         from ..convert.adaptation import adapt
         from ..train.checkpoint import find_checkpoint, load_checkpoint
-        from ..train.loop import train
+        from ..train import train
 
         c = self.cfg
         overrides = self.train_overrides(m)

@@ -161,7 +161,7 @@ def test_enospc_while_exporting_the_ema_folder_removes_the_temporary_folder(run,
 def test_a_metrics_row_cut_short_by_a_full_disk_is_removed(tmp_path, monkeypatch):
     import csv
 
-    from ppflow.train.loop import MetricsFile
+    from ppflow.train.runlog import MetricsFile
 
     metrics = MetricsFile(tmp_path / "metrics.csv", 2, 0)
     metrics.write({"step": 1, "loss": 0.5})
