@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CommandError
-from ..hub.hub import build_upload_folder, is_hub_id, push_to_hub
+from ..hub.push import build_upload_folder, is_hub_id, push_to_hub
 from ..hub.registry import is_release_name
 
 

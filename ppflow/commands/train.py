@@ -35,8 +35,8 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from ..train.config import ConfigError, cli_overrides, config_from_args, config_to_dict
     from ..train import NonFiniteLossError, train
+    from ..train.config import ConfigError, cli_overrides, config_from_args, config_to_dict
     from ..train.signals import TrainingInterrupted
 
     try:

@@ -147,8 +147,8 @@ class Demo:
     def train(self, m: DemoModel, trained: dict[str, torch.nn.Module]) -> torch.nn.Module:
         from ..convert import load_model
         from ..convert.adaptation import adapt
-        from ..train.checkpoint import find_checkpoint, load_checkpoint
         from ..train import train
+        from ..train.checkpoint import find_checkpoint, load_checkpoint
 
         c = self.cfg
         overrides = self.train_overrides(m)

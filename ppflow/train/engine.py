@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert.native import remove_quietly
+from ..io import replace_folder
 from . import checkpoint as ckpt_io
 from .batches import BatchPlan, DataPosition, Layout, micro_batches
 from .config import config_to_dict
@@ -68,24 +66,6 @@ class StepEvent:
     model: nn.Module  # unwrapped training model
     ema: nn.Module
     run_dir: Path
-
-
-def export_folder(write: Callable[[Path], None], target: Path) -> None:
-    """`write(tmp)` into a temporary sibling, then swap it in (the old folder is removed only after)."""
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
-    try:
-        write(tmp)
-    except OSError:
-        remove_quietly(tmp)  # no half-written .NAME.tmp folder stays behind
-        raise
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 class Engine:
@@ -253,9 +233,9 @@ class Engine:
                 keep = keep_every and self.step % keep_every == 0
                 if keep:
                     ckpt_io.save_checkpoint(state, path.with_name(f"step-{self.step:07d}.pt"))
-                export_folder(lambda folder: task.export(ema_sd, folder), self.run_dir / "ema")
-                if keep:
-                    export_folder(lambda folder: task.export(ema_sd, folder), self.run_dir / f"ema-{self.step:07d}")
+                targets = [self.run_dir / "ema"] + ([self.run_dir / f"ema-{self.step:07d}"] if keep else [])
+                for target in targets:
+                    replace_folder(target, lambda folder, target=target: task.export(ema_sd, folder, target))
             except OSError as e:  # a full disk above all: the temporary files are gone, the old files stay
                 failure = self.save_failure(e, path, written)
         failure = broadcast_object(failure, self.info) if self.info.distributed else failure

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..convert.native import save_error
+from ..io import save_error
 from . import checkpoint as ckpt_io
 from .config import ConfigError, apply_overrides, config_from_dict, save_config
 from .engine import Engine, StepEvent, TrainResult, main_log

@@ -7,7 +7,7 @@ import csv
 import os
 from pathlib import Path
 
-from ..convert.native import remove_quietly, save_error
+from ..io import save_error, write_atomic
 
 
 class Window:
@@ -59,16 +59,13 @@ class MetricsFile:
                 rows = [r for r in csv.DictReader(f) if _row_step(r) is not None and _row_step(r) <= start_step]
         if drop_last_partial and rows and _row_step(rows[-1]) == start_step:
             rows.pop()
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, self.fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
-            os.replace(tmp, path)
-        except OSError as e:
-            remove_quietly(tmp)
-            raise save_error(e, path, 200 * (len(rows) + 1), "metrics file") from e
+
+        write_atomic(path, write, 200 * (len(rows) + 1), "metrics file")
 
     def write(self, row: dict) -> None:
         """Append one row; a failed write (a full disk) truncates the file back to its previous rows."""

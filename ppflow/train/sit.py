@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..convert.native import load_state_strict, remove_quietly, save_error
 from ..data import TrainData, build_dataset
 from ..flow import drop_labels, flow_matching_loss, sample_times
 from ..flow.time_sampling import stage_shares
+from ..io import remove_quietly, save_error
 from ..models.backbone import ModelConfig, PPFlowTransformer
+from ..models.pretrained import load_state_strict
 from ..models.registry import create_config
 from ..models.schedule import ScheduleError
 from .batches import Layout, derive_seed, generator
@@ -186,7 +187,7 @@ class SiTTask(Task):
     def weights(self) -> tuple[dict, dict]:
         return self._full_state(self.raw), self._full_state(self.ema.model)
 
-    def export(self, ema_state: dict, folder: Path) -> None:
+    def export(self, ema_state: dict, folder: Path, target: Path) -> None:
         if self.mode == "fsdp":
             model = PPFlowTransformer(self.mc)
             model.load_state_dict(ema_state)

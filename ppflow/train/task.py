@@ -72,8 +72,9 @@ class Task:
         """Full (unsharded, CPU) state of the model and of the EMA for the checkpoint; every rank calls it."""
         raise NotImplementedError
 
-    def export(self, ema_state: dict, folder: Path) -> None:
-        """Write the EMA weights as the task's model folder (rank 0; the engine swaps it in atomically)."""
+    def export(self, ema_state: dict, folder: Path, target: Path) -> None:
+        """Write the EMA weights as the task's model folder into `folder` (rank 0), which the engine then swaps in
+        as `target`."""
         raise NotImplementedError
 
     def saved_config(self) -> dict:
