@@ -15,6 +15,8 @@ import math
 import os
 import sys
 
+from .io import one_line
+
 # name -> (module under ppflow.commands, one-line help). Modules are imported lazily so
 # `ppflow --help` stays fast; each defines `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -109,11 +111,6 @@ def non_negative(text: str) -> float:
     return v
 
 
-def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -136,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PPFLOW_TRACEBACK"):
             raise
         label, status = ERROR_FORMS.get(command, ("error: ", 2))
-        print(f"{name}: {label}{_one_line(e)}", file=sys.stderr)
+        print(f"{name}: {label}{one_line(e, limit=None)}", file=sys.stderr)  # whole: a disk-full line ends with the fix
         return status
 
 
