@@ -87,7 +87,7 @@ def add_arguments(p) -> None:
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(m.strip() for m in text.split(",") if m.strip())
     if not names:
-        raise CommandError("--models is empty: give PPFlow model names, e.g. PPF-B-2,PPF-B-3")
+        raise ValueError("--models is empty: give PPFlow model names, e.g. PPF-B-2,PPF-B-3")
     return names
 
 
@@ -151,7 +151,7 @@ def main(args) -> int:
 
             result = bench_sampling(sample_config(args), log=log, estimate=True)
             text = format_report(result)
-    except RuntimeError as e:  # a child process's error (WorkerError), out of memory; ValueError: ppflow.cli
+    except RuntimeError as e:  # a child process's error (WorkerError), out of memory; a ValueError reaches ppflow.cli
         raise CommandError(str(e) or type(e).__name__) from e
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

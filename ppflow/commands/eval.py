@@ -213,7 +213,7 @@ def main(args) -> int:
         size = samples.image_size[0] if samples.image_size else None
         ref = load_images(args.ref, size=size if size and size >= 28 else None).head(args.max_ref)
         result = evaluate(samples, ref, opts, local=local)
-    except (InceptionWeightsError, KeyError, TypeError, ImportError) as e:  # ValueError, OSError: ppflow.cli
+    except (InceptionWeightsError, KeyError, TypeError, ImportError) as e:  # a ValueError / OSError reaches ppflow.cli
         raise CommandError(str(e)) from e
     if rank == 0:
         if args.json:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..errors import CommandError
 from ..metrics.flops import schedule_flops
 from ..models import create_config, model_names
 from . import parse_scales
@@ -27,13 +26,13 @@ def add_arguments(p) -> None:
 def _latent(args) -> int:
     for name in ("image_size", "vae_factor", "in_channels"):
         if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.latent_size is not None:
         if args.latent_size < 1:
-            raise CommandError(f"--latent-size must be >= 1, got {args.latent_size}")
+            raise ValueError(f"--latent-size must be >= 1, got {args.latent_size}")
         return args.latent_size
     if args.image_size % args.vae_factor:
-        raise CommandError(f"--image-size {args.image_size} is not a multiple of --vae-factor {args.vae_factor}")
+        raise ValueError(f"--image-size {args.image_size} is not a multiple of --vae-factor {args.vae_factor}")
     return args.image_size // args.vae_factor
 
 
