@@ -8,7 +8,7 @@ from ..cli import at_least, non_negative
 from ..convert.adaptation import adapt
 from ..convert.native import is_pretrained_dir, save_pretrained
 from ..errors import CommandError
-from ..metrics.flops import schedule_flops
+from ..models.flops import schedule_flops
 from ..models.output import OUTPUTS
 from ..models.schedule import PRESETS
 from .convert import add_load_arguments, load_with_info, semantics_note

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..metrics.flops import schedule_flops
 from ..models import create_config, model_names
+from ..models.flops import schedule_flops
 from . import parse_scales
 
 

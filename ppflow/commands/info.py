@@ -19,8 +19,8 @@ from ..convert.native import (
     read_weights,
     resolve_path,
 )
-from ..metrics.flops import schedule_flops
 from ..models.backbone import PPFlowTransformer
+from ..models.flops import schedule_flops
 from . import parse_scales
 from .convert import add_load_arguments, load_overrides, semantics_note
 

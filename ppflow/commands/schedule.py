@@ -158,7 +158,7 @@ def main(args) -> int:
     from ..convert.adaptation import adapt
     from ..data.registry import DataConfig, build_dataset
     from ..eval.profile import loss_profile
-    from ..metrics.schedule_search import mirror, schedule_excess, score_schedule, search_schedules, simplest_within
+    from ..experiments.schedule_search import mirror, schedule_excess, score_schedule, search_schedules, simplest_within
     from ..models.schedule import PyramidSchedule
     from ..utils.plots import line_plot
 

@@ -181,3 +181,4 @@ def fit_readout(
     finally:
         hook.remove()
     return losses
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 from ..hub.download import fetch
 from ..hub.hub import from_hub, is_hub_id, snapshot
 from ..hub.registry import get_release, is_release_name
+from ..io import CheckpointError, content_sha256, one_line, read_weights
+from ..models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, apply_adapter, is_adapter_dir
 from ..models.backbone import CONFIG, FORMAT_TAG, WEIGHTS, PPFlowTransformer
 from ..models.pretrained import is_pretrained_dir, load_pretrained
 from .formats import load_file_checkpoint
@@ -34,6 +37,8 @@ def load_model(path: str | os.PathLike, format: str | None = None, *, weights: s
     if revision is not None:
         raise ValueError(f"revision={revision!r} applies to hub ids 'org/repo'; {path} is a local path")
     p = resolve_path(path, format)
+    if format in (None, "adapter") and is_adapter_dir(p):
+        return load_adapter(p, verify=overrides.pop("verify", True))
     if format in (None, FORMAT_TAG) and is_pretrained_dir(p):
         if weights is not None:
             raise ValueError(f"{p} is a ppflow folder with one set of weights; drop weights=")
@@ -79,3 +84,36 @@ def resolve_path(path: str | os.PathLike, format: str | None = None) -> Path:
     if p.is_dir() and not is_pretrained_dir(p) and (p / "checkpoints" / "last.pt").is_file():
         return p / "checkpoints" / "last.pt"
     return p
+
+
+def load_adapter(folder: str | os.PathLike, base: PPFlowTransformer | str | os.PathLike | None = None, *,
+                 verify: bool = True, check_base: bool = True) -> PPFlowTransformer:
+    """The model an adapter folder makes of its base: `base` (a model or anything load_model reads), else the base
+    its config names (a relative path is looked up beside the folder first). A base whose content hash differs
+    from the one the adapter was trained on is refused unless `check_base=False`."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / ADAPTER_CONFIG).read_text())
+        meta.pop("format", None)
+        config = AdapterConfig(**meta)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"cannot read {folder / ADAPTER_CONFIG} ({one_line(e)}); the adapter folder is "
+                              "damaged or from another tool: save it again") from None
+    if base is None:
+        if not config.base:
+            raise CheckpointError(f"{folder} names no base model: pass the SiT/DiT it was trained on as base")
+        beside = folder / config.base
+        base = beside if not Path(config.base).is_absolute() and beside.exists() else config.base
+    source = base if isinstance(base, PPFlowTransformer) else load_model(base)
+    if check_base and config.base_sha256:
+        got = content_sha256(source.state_dict())
+        if got != config.base_sha256:
+            raise CheckpointError(f"the adapter {folder} was trained on a base with SHA-256 "
+                                  f"{config.base_sha256[:12]}..., the given base has {got[:12]}...: use the base it "
+                                  f"names ({config.base}), or pass check_base=False (--no-base-check) to apply it "
+                                  "anyway")
+    state = read_weights(folder / ADAPTER_WEIGHTS, verify=verify)
+    try:
+        return apply_adapter(source, config, state)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: {e}") from None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..convert.load import load_model
 from ..io import CheckpointError, one_line, write_text_atomic
-from ..metrics.flops import schedule_flops
 from ..models.backbone import CONFIG, WEIGHTS, PPFlowTransformer
+from ..models.flops import schedule_flops
 from ..models.pretrained import is_pretrained_dir, load_pretrained
 from .hub import is_hub_id
 from .registry import is_release_name

@@ -122,6 +122,7 @@ class PPFlowTransformer(nn.Module):
         )
         self.final_layer = FinalLayer(D, self.schedule.patches, config.out_channels)
         self._pos_cache: dict = {}
+        self.stage_gate = None  # a speed adapter's StageGate (models/adapter.py): told which rows are coarse
         self.initialize_weights()
 
     # ------------------------------------------------------------------ init
@@ -260,6 +261,9 @@ class PPFlowTransformer(nn.Module):
             tokens.append(emb.reshape(-1, emb.shape[-1]))  # (n*L, D)
         packing = Packing(tuple(groups))
         h = tokens[0] if len(tokens) == 1 else torch.cat(tokens, 0)  # (T, D)
+        if self.stage_gate is not None:  # coarse stages come first in the packed order
+            coarse = [g for (s, _), g in zip(parts, groups) if s != self.schedule.num_stages - 1]
+            self.stage_gate.tokens, self.stage_gate.samples = sum(n * L for n, L in coarse), sum(n for n, _ in coarse)
 
         for block in self.blocks:
             h = block(h, c, packing)  # (T, D)

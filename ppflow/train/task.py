@@ -10,16 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .ema import EMA
 from .parallel import DistInfo
-
-if TYPE_CHECKING:  # annotations only: the engine imports this module
-    from .engine import Engine
 
 
 class Task:
@@ -85,5 +82,5 @@ class Task:
         """The start-up line after "COMMAND: "."""
         return ""
 
-    def after_save(self, engine: Engine, done: bool) -> None:
-        """Runs after the step's save decision (not on a stop): e.g. sample grids."""
+    def after_save(self, engine, done: bool) -> None:
+        """Runs after the step's save decision (not on a stop) with the running `Engine`: e.g. sample grids."""
