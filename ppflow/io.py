@@ -42,10 +42,10 @@ class DiskFullError(OSError):
 
 
 # ---------------------------------------------------------------- failed writes
-def one_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (at most 200 characters), or its type name."""
+def one_line(err: BaseException, limit: int | None = 200) -> str:
+    """The first non-empty line of an exception's message (at most `limit` characters), or its type name."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(err).__name__
+    return lines[0][:limit] if lines else type(err).__name__
 
 
 def _mb(n: float | None) -> str:

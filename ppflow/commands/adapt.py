@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..cli import at_least, non_negative
 from ..convert.adaptation import adapt
 from ..convert.native import is_pretrained_dir, save_pretrained
+from ..errors import CommandError
 from ..models.flops import schedule_flops
 from ..models.output import OUTPUTS
-from ..models.schedule import PRESETS, ScheduleError
-from .convert import LOAD_ERRORS, add_load_arguments, load_with_info, semantics_note
+from ..models.schedule import PRESETS
+from .convert import add_load_arguments, load_with_info, semantics_note
 
 
 def add_arguments(p) -> None:
@@ -57,7 +57,8 @@ def _calibration(args, source):
     x = data.encode(x, torch.Generator().manual_seed(args.seed))
     want = (source.config.in_channels, *source.config.input_size)
     if tuple(x.shape[1:]) != want:
-        raise ValueError(f"--calib-data {args.calib_data} gives {tuple(x.shape[1:])} inputs but the model expects {want}")
+        raise CommandError(f"--calib-data {args.calib_data} gives {tuple(x.shape[1:])} inputs but the model expects "
+                           f"{want}")
     return x, (y if source.config.num_classes else None)
 
 
@@ -66,25 +67,14 @@ def main(args) -> int:
 
     out = Path(args.out)
     if is_pretrained_dir(out) and not args.force:
-        print(f"ppflow adapt: {out} already holds a ppflow model; pass --force to overwrite it", file=sys.stderr)
-        return 2
+        raise CommandError(f"{out} already holds a ppflow model; pass --force to overwrite it")
     if args.init == "lstsq" and not args.calib_data:
-        print("ppflow adapt: --init lstsq fits on data: give --calib-data NAME (and --calib-path DIR)", file=sys.stderr)
-        return 2
-    try:
-        source, fmt, notes = load_with_info(args.source, args)
-        calibration = _calibration(args, source) if args.init == "lstsq" else None
-        model = adapt(source, args.schedule, level_init_std=args.level_init_std,
-                      coarse_output=args.coarse_output, init=args.init, calibration=calibration,
-                      generator=torch.Generator().manual_seed(args.seed))
-    except (*LOAD_ERRORS, ScheduleError, OSError) as e:
-        print(f"ppflow adapt: {e}", file=sys.stderr)
-        return 2
-    try:
-        save_pretrained(model, out)
-    except OSError as e:  # a full disk, a read-only folder: no temporary file is left, an old folder stays
-        print(f"ppflow adapt: {e}", file=sys.stderr)
-        return 2
+        raise CommandError("--init lstsq fits on data: give --calib-data NAME (and --calib-path DIR)")
+    source, fmt, notes = load_with_info(args.source, args)
+    calibration = _calibration(args, source) if args.init == "lstsq" else None
+    model = adapt(source, args.schedule, level_init_std=args.level_init_std, coarse_output=args.coarse_output,
+                  init=args.init, calibration=calibration, generator=torch.Generator().manual_seed(args.seed))
+    save_pretrained(model, out)  # a full disk, a read-only folder: no temporary file is left, an old folder stays
     r = schedule_flops(model.config)
     print(f"{args.source} [{fmt}{': ' + '; '.join(notes) if notes else ''}]: {source.config.name or 'custom size'}")
     print(f"-> {out}: {model.config.name or 'PPFlow model'}, schedule {model.schedule.to_string()}, "

@@ -10,6 +10,7 @@ from ..bench.sample import THOROUGH as SAMPLE_THOROUGH
 from ..bench.sample import SamplingBenchConfig
 from ..bench.timing import canonical_dtype
 from ..cli import at_least, finite, positive
+from ..errors import CommandError
 from ..sampling import METHODS
 
 BENCHMARKS = ("sample", "train", "gpu", "flux")  # flux: ppflow/commands/flux.py; gpu: bench/gpu.py
@@ -150,8 +151,7 @@ def main(args) -> int:
 
             result = bench_sampling(sample_config(args), log=log, estimate=True)
             text = format_report(result)
-    except (ValueError, RuntimeError) as e:
-        print(f"ppflow bench: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    except RuntimeError as e:  # a child process's error (WorkerError), out of memory; a ValueError reaches ppflow.cli
+        raise CommandError(str(e) or type(e).__name__) from e
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..cli import at_least
@@ -10,9 +9,8 @@ from ..convert import load_model
 from ..convert.formats import FORMATS, build, convert_file
 from ..convert.keymap import CheckpointError
 from ..convert.native import is_pretrained_dir, resolve_path, save_pretrained
+from ..errors import CommandError
 from ..models.backbone import TIME_MAPS, PPFlowTransformer
-
-LOAD_ERRORS = (CheckpointError, FileNotFoundError, ValueError)
 
 
 def add_load_arguments(p, format_flag: str) -> None:
@@ -86,18 +84,9 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     out = Path(args.output)
     if is_pretrained_dir(out) and not args.force:
-        print(f"ppflow convert: {out} already holds a ppflow model; pass --force to overwrite it", file=sys.stderr)
-        return 2
-    try:
-        model, fmt, notes = load_with_info(args.input, args)
-    except LOAD_ERRORS as e:
-        print(f"ppflow convert: {e}", file=sys.stderr)
-        return 2
-    try:
-        save_pretrained(model, out)
-    except OSError as e:  # a full disk, a read-only folder: no temporary file is left, an old folder stays
-        print(f"ppflow convert: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{out} already holds a ppflow model; pass --force to overwrite it")
+    model, fmt, notes = load_with_info(args.input, args)
+    save_pretrained(model, out)  # a full disk, a read-only folder: no temporary file is left, an old folder stays
     c = model.config
     print(f"{args.input} [{fmt}{': ' + '; '.join(notes) if notes else ''}]")
     print(f"-> {out}: {c.name or 'custom size'}, schedule {model.schedule.to_string()}, "

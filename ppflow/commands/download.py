@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
-from ..hub.download import DownloadError, fetch, read_record
+from ..errors import CommandError
+from ..hub.download import fetch, read_record
 from ..hub.registry import RELEASES, get_release, known_names, ppflow_home
 
 
@@ -36,17 +35,12 @@ def main(args) -> int:
     if args.list:
         return _list()
     if not args.name:
-        print(f"ppflow download: give a release name ({', '.join(known_names())}) or --list", file=sys.stderr)
-        return 2
+        raise CommandError(f"give a release name ({', '.join(known_names())}) or --list")
     try:
         release = get_release(args.name)
-        path = fetch(release, args.to, force=args.force, progress=not args.no_progress)
     except KeyError as e:
-        print(f"ppflow download: {e.args[0]}", file=sys.stderr)
-        return 2
-    except DownloadError as e:
-        print(f"ppflow download: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(e.args[0]) from None
+    path = fetch(release, args.to, force=args.force, progress=not args.no_progress)  # DownloadError: an OSError
     rec = read_record(path)
     how = "the published SHA-256" if release.sha256 else "the SHA-256 recorded at its first download"
     print(path)

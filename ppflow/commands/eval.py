@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import CommandError
+from . import parse_scales
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
@@ -91,11 +93,6 @@ SAMPLING_DEFAULTS = {"num": 50000, "sample_batch_size": 32, "method": "heun", "s
 LOAD_OPTIONS = ("format", "weights", "num_heads", "time_map", "input_size", "vae")
 
 
-def _fail(msg: str) -> int:
-    print(f"ppflow eval: {msg}", file=sys.stderr)
-    return 2
-
-
 def is_checkpoint(spec: str) -> bool:
     """Whether SAMPLES names a model (ppflow folder, training run, checkpoint file) rather than images."""
     from ..convert.native import is_pretrained_dir, resolve_path
@@ -118,13 +115,13 @@ def sample_checkpoint(args, device: torch.device):
     from ..sampling import sample_model, stage_scales
     from ..utils.images import to_uint8
     from .convert import load_spec
-    from .sample import PRECISIONS, make_labels, parse_scales, sample_noise
+    from .sample import PRECISIONS, make_labels, sample_noise
 
     scales = parse_scales(args.cfg)
     model = load_spec(args.samples, args)
     stage_scales(scales, model.schedule.num_stages)
     if args.guidance_channels is not None and not 1 <= args.guidance_channels <= model.config.in_channels:
-        raise ValueError(f"--guidance-channels must be in 1..{model.config.in_channels}")
+        raise CommandError(f"--guidance-channels must be in 1..{model.config.in_channels}")
     labels = make_labels(args, model)
     model = model.to(device).eval()
     vae = None
@@ -182,34 +179,26 @@ def print_table(r: dict) -> None:
 
 
 def main(args) -> int:
-    from ..convert.formats import CheckpointError
     from ..eval import EvalOptions, InceptionWeightsError, evaluate
     from ..eval.sources import load_images
-    from .sample import parse_scales, setup_distributed
+    from .sample import setup_distributed
 
     checkpoint = is_checkpoint(args.samples)
     given = [k for k in (*SAMPLING_DEFAULTS, *LOAD_OPTIONS) if getattr(args, k) is not None]
     if given and not checkpoint:
         flags = ", ".join("--" + ("num-samples" if k == "num" else k.replace("_", "-")) for k in given)
-        return _fail(f"{flags} only apply when SAMPLES is a checkpoint, and {args.samples} holds images; "
-                     "drop them (or sample with `ppflow sample --npz` first)")
+        raise CommandError(f"{flags} only apply when SAMPLES is a checkpoint, and {args.samples} holds images; "
+                           "drop them (or sample with `ppflow sample --npz` first)")
     if checkpoint and args.max_samples is not None:
-        return _fail("--max-samples applies to SAMPLES that are images; for a checkpoint give --num-samples")
+        raise CommandError("--max-samples applies to SAMPLES that are images; for a checkpoint give --num-samples")
     for k, v in SAMPLING_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for flag in ("batch_size", "num", "sample_batch_size", "max_samples", "max_ref", "pr_k"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            return _fail(f"--{'num-samples' if flag == 'num' else flag.replace('_', '-')} must be >= 1")
-    try:
-        if checkpoint:
-            parse_scales(args.cfg)  # before any sampling or set-up
-        rank, world, device = setup_distributed(args.device)
-    except ValueError as e:
-        return _fail(str(e))
+    if checkpoint:
+        parse_scales(args.cfg)  # before any sampling or set-up
+    rank, world, device = setup_distributed(args.device)
     if checkpoint and args.num < world:
-        return _fail(f"--num-samples {args.num} is smaller than the {world} processes")
+        raise CommandError(f"--num-samples {args.num} is smaller than the {world} processes")
     opts = EvalOptions(batch_size=args.batch_size, device=str(device), inception=not args.no_inception,
                        sfid=not args.no_sfid, precision_recall=not args.no_pr, pr_k=args.pr_k,
                        classifier={"auto": None, "on": True, "off": False}[args.classifier],
@@ -224,9 +213,8 @@ def main(args) -> int:
         size = samples.image_size[0] if samples.image_size else None
         ref = load_images(args.ref, size=size if size and size >= 28 else None).head(args.max_ref)
         result = evaluate(samples, ref, opts, local=local)
-    except (InceptionWeightsError, CheckpointError, FileNotFoundError, KeyError, ValueError, TypeError, OSError,
-            ImportError) as e:  # OSError: an unloadable VAE, an unreadable file
-        return _fail(str(e))
+    except (InceptionWeightsError, KeyError, TypeError, ImportError) as e:  # a ValueError / OSError reaches ppflow.cli
+        raise CommandError(str(e)) from e
     if rank == 0:
         if args.json:
             print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)

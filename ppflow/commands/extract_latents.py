@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 
 def add_arguments(p) -> None:
     from ..cli import at_least
@@ -32,11 +30,7 @@ def main(args) -> int:
     from ..data.latents import extract_latents, write_meta
     from ..train.parallel import barrier, cleanup, init_distributed
 
-    try:
-        info = init_distributed(args.device)
-    except ValueError as e:  # --device cuda without CUDA
-        print(f"ppflow extract-latents: error: {e}", file=sys.stderr)
-        return 1
+    info = init_distributed(args.device)  # --device cuda without CUDA: a ValueError naming it
     try:
         out = extract_latents(
             args.data_path, args.out, vae=args.vae, image_size=args.image_size, batch_size=args.batch_size,
@@ -49,8 +43,5 @@ def main(args) -> int:
             meta = write_meta(out)
             print(f"latent cache written: {meta} (train with --data latents --data.path {out})")
         return 0
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"ppflow extract-latents: error: {e}", file=sys.stderr)
-        return 1
     finally:
         cleanup(info)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
-import sys
 
 from ..models import create_config, model_names
 from ..models.flops import schedule_flops
+from . import parse_scales
 
 
 def add_arguments(p) -> None:
@@ -22,18 +21,6 @@ def add_arguments(p) -> None:
     from .flux import add_flops_arguments
 
     add_flops_arguments(p)
-
-
-def parse_scales(text: str | None) -> list[float] | float | None:
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--cfg {text!r} is not a number or a comma-separated list of numbers, e.g. '1,3'") from None
-    if not all(math.isfinite(v) for v in vals):
-        raise ValueError(f"--cfg {text!r}: CFG scales must be finite numbers")
-    return vals[0] if len(vals) == 1 else vals
 
 
 def _latent(args) -> int:
@@ -54,16 +41,12 @@ def main(args) -> int:
         from .flux import flops_main
 
         return flops_main(args)
-    try:
-        latent = _latent(args)
-        overrides = {"input_size": latent, "in_channels": args.in_channels}
-        if args.schedule:
-            overrides["schedule"] = args.schedule
-        cfg = create_config(args.model, **overrides)
-        r = schedule_flops(cfg, cfg_scales=parse_scales(args.cfg))
-    except ValueError as e:  # ScheduleError included
-        print(f"ppflow flops: error: {e}", file=sys.stderr)
-        return 2
+    latent = _latent(args)
+    overrides = {"input_size": latent, "in_channels": args.in_channels}
+    if args.schedule:
+        overrides["schedule"] = args.schedule
+    cfg = create_config(args.model, **overrides)
+    r = schedule_flops(cfg, cfg_scales=parse_scales(args.cfg))  # a ScheduleError: ppflow.cli prints it
     if args.json:
         print(json.dumps(r, indent=2))
         return 0

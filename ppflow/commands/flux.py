@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..cli import at_least, positive
+from ..errors import CommandError
 from ..flux.packing import COARSE_OUTPUTS
 
 PAPER_NOTE = (
@@ -30,9 +31,10 @@ def _resolutions(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--resolution {text!r} is not a comma-separated list of pixel sizes, e.g. 512,1024") from None
+        raise CommandError(f"--resolution {text!r} is not a comma-separated list of pixel sizes, e.g. 512,1024") \
+            from None
     if not values or min(values) < 16:
-        raise ValueError(f"--resolution {text!r}: give sizes of at least 16 pixels")
+        raise CommandError(f"--resolution {text!r}: give sizes of at least 16 pixels")
     return values
 
 
@@ -40,13 +42,9 @@ def flops_main(args) -> int:
     from ..flux.flops import ARCHS, PAPER_SPEEDUPS, TEXT_TOKENS, resolution_table
     from ..models.schedule import PyramidSchedule
 
-    try:
-        sched = PyramidSchedule.from_string(args.schedule or "ppf2", base_patch=(2, 2))
-        text = TEXT_TOKENS[args.flux] if args.text_tokens is None else args.text_tokens
-        rows = resolution_table(ARCHS[args.flux], sched, _resolutions(args.resolution), text)
-    except ValueError as e:
-        print(f"ppflow flops: error: {e}", file=sys.stderr)
-        return 2
+    sched = PyramidSchedule.from_string(args.schedule or "ppf2", base_patch=(2, 2))
+    text = TEXT_TOKENS[args.flux] if args.text_tokens is None else args.text_tokens
+    rows = resolution_table(ARCHS[args.flux], sched, _resolutions(args.resolution), text)
     arch = ARCHS[args.flux]
     if args.json:
         print(json.dumps({"model": f"FLUX.1-{args.flux}", "schedule": sched.to_string(), "rows": rows,
@@ -78,8 +76,7 @@ def bench_main(args) -> int:
 
     size = args.size or "tiny"
     if size not in SIZES:
-        print(f"ppflow bench: --size {size!r} for flux: choose one of {', '.join(SIZES)}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--size {size!r} for flux: choose one of {', '.join(SIZES)}")
     cfg = FluxBenchConfig(
         size=size, schedule=args.schedule or "ppf2", resolution=args.resolution, text_tokens=args.text_tokens,
         batch=args.batch or 1, steps=args.steps, repeats=args.repeats, warmup=args.warmup, estimator=args.estimator,
@@ -87,14 +84,10 @@ def bench_main(args) -> int:
         threads=args.threads or (1 if size == "tiny" and args.device == "cpu" else None),
         device=args.device, dtype=args.dtype, compile=args.compile, cache=args.cache, seed=args.seed)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
-    try:
-        from ..train.parallel import resolve_device
+    from ..train.parallel import resolve_device
 
-        resolve_device(args.device)
-        result = bench_flux(cfg, log=log)
-    except ValueError as e:
-        print(f"ppflow bench: {e}", file=sys.stderr)
-        return 2
+    resolve_device(args.device)
+    result = bench_flux(cfg, log=log)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -133,7 +126,7 @@ def add_arguments(p) -> None:
     from ..train.config import add_config_arguments
 
     p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
-    sub = p.add_subparsers(dest="flux_command", metavar="{train,cache,demo}")
+    sub = p.add_subparsers(dest="subcommand", metavar="{train,cache,demo}", required=True)
     t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
@@ -164,28 +157,19 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from ..train.config import ConfigError
+    if args.subcommand == "train":
+        return _train(args)
+    if args.subcommand == "cache":
+        return _cache(args)
+    from ..flux.demo import DemoConfig, run_demo
 
-    if args.flux_command is None:
-        print("ppflow flux: choose a subcommand: train, cache or demo (ppflow flux --help)", file=sys.stderr)
-        return 2
-    try:
-        if args.flux_command == "train":
-            return _train(args)
-        if args.flux_command == "cache":
-            return _cache(args)
-        from ..flux.demo import DemoConfig, run_demo
-
-        cfg = DemoConfig.quick() if args.quick else DemoConfig()
-        for key in ("base_steps", "finetune_steps", "eval_per_class", "coarse_output"):
-            if getattr(args, key) is not None:
-                setattr(cfg, key, getattr(args, key))
-        run_demo(out=args.out or ("runs/flux-demo-quick" if args.quick else None), threads=args.threads,
-                 seed=args.seed, config=cfg)
-        return 0
-    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"ppflow flux {args.flux_command}: error: {e}", file=sys.stderr)
-        return 1
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    for key in ("base_steps", "finetune_steps", "eval_per_class", "coarse_output"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    run_demo(out=args.out or ("runs/flux-demo-quick" if args.quick else None), threads=args.threads,
+             seed=args.seed, config=cfg)
+    return 0
 
 
 def _train(args) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -22,8 +21,8 @@ from ..convert.native import (
 )
 from ..models.backbone import PPFlowTransformer
 from ..models.flops import schedule_flops
-from .convert import LOAD_ERRORS, add_load_arguments, load_overrides, semantics_note
-from .flops import parse_scales
+from . import parse_scales
+from .convert import add_load_arguments, load_overrides, semantics_note
 
 
 def add_arguments(p) -> None:
@@ -81,11 +80,7 @@ def describe(path: Path, args) -> dict:
 
 
 def main(args) -> int:
-    try:
-        d = describe(Path(args.path), args)
-    except LOAD_ERRORS as e:
-        print(f"ppflow info: {e}", file=sys.stderr)
-        return 2
+    d = describe(Path(args.path), args)
     if args.json:
         print(json.dumps(d, indent=2))
         return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from .convert import LOAD_ERRORS, add_load_arguments, load_spec
+from ..errors import CommandError
+from .convert import add_load_arguments, load_spec
 
 
 def add_arguments(p) -> None:
@@ -34,11 +34,6 @@ def add_arguments(p) -> None:
     add_load_arguments(p, "--format")
 
 
-def _fail(msg: str) -> int:
-    print(f"ppflow profile: {msg}", file=sys.stderr)
-    return 2
-
-
 def main(args) -> int:
     import torch
 
@@ -46,27 +41,24 @@ def main(args) -> int:
     from ..eval.profile import loss_profile
 
     if args.num < 1 or args.bins < 1 or args.batch_size < 1:
-        return _fail("--num, --bins and --batch-size must be >= 1")
+        raise CommandError("--num, --bins and --batch-size must be >= 1")
     models = {}
-    try:
-        for spec in args.models:
-            label, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
-            models[label or Path(path).name or path] = load_spec(path, args).eval()
-    except LOAD_ERRORS as e:
-        return _fail(str(e))
+    for spec in args.models:
+        label, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        models[label or Path(path).name or path] = load_spec(path, args).eval()
     first = next(iter(models.values()))
     try:
         data = build_dataset(DataConfig(name=args.data, path=args.data_path, split=args.split, limit=args.num,
                                         image_size=first.config.input_size[0] if args.data == "fashion-mnist" else None))
-    except (ValueError, FileNotFoundError, OSError) as e:
-        return _fail(f"cannot read --data {args.data}: {e}")
+    except (ValueError, OSError) as e:
+        raise CommandError(f"cannot read --data {args.data}: {e}") from e
     x1, y = data.get_batch(torch.arange(min(args.num, len(data))))
     x1 = data.encode(x1, torch.Generator().manual_seed(args.seed))
     for label, m in models.items():
         want = (m.config.in_channels, *m.config.input_size)
         if tuple(x1.shape[1:]) != want:
-            return _fail(f"{label} expects {want} inputs but {args.data} gives {tuple(x1.shape[1:])}; "
-                         "pick the data the model was trained on (--data, --data-path)")
+            raise CommandError(f"{label} expects {want} inputs but {args.data} gives {tuple(x1.shape[1:])}; "
+                               "pick the data the model was trained on (--data, --data-path)")
         if m.config.num_classes == 0:
             y = None
     prof = loss_profile(models, x1, y, bins=args.bins, seed=args.seed, batch_size=args.batch_size,

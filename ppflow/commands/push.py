@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from ..convert.keymap import CheckpointError
+from ..errors import CommandError
 from ..hub.push import build_upload_folder, is_hub_id, push_to_hub
 from ..hub.registry import is_release_name
 
@@ -31,27 +30,23 @@ def parse_metrics(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--metric {item!r}: write KEY=VALUE, e.g. fid50k=2.1")
+            raise CommandError(f"--metric {item!r}: write KEY=VALUE, e.g. fid50k=2.1")
         out[key.strip()] = value.strip()
     return out
 
 
 def main(args) -> int:
-    try:
-        if not is_hub_id(args.repo_id):
-            raise ValueError(f"{args.repo_id!r} is not a hub repo id of the form org/name")
-        if not Path(args.source).exists() and not is_release_name(args.source):
-            raise FileNotFoundError(f"{args.source} does not exist (and is not a known release name)")
-        metrics = parse_metrics(args.metric)
-        if args.dry_run:
-            folder = build_upload_folder(args.source, args.repo_id, args.dry_run, metrics=metrics or None,
-                                         base_model=args.base_model)
-            print(f"{folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} (not uploaded)")
-            return 0
-        url = push_to_hub(args.source, args.repo_id, revision=args.revision, private=args.private or None,
-                          commit_message=args.message, metrics=metrics or None, base_model=args.base_model)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"ppflow push: {e}", file=sys.stderr)
-        return 2
+    if not is_hub_id(args.repo_id):
+        raise CommandError(f"{args.repo_id!r} is not a hub repo id of the form org/name")
+    if not Path(args.source).exists() and not is_release_name(args.source):
+        raise CommandError(f"{args.source} does not exist (and is not a known release name)")
+    metrics = parse_metrics(args.metric)
+    if args.dry_run:
+        folder = build_upload_folder(args.source, args.repo_id, args.dry_run, metrics=metrics or None,
+                                     base_model=args.base_model)
+        print(f"{folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} (not uploaded)")
+        return 0
+    url = push_to_hub(args.source, args.repo_id, revision=args.revision, private=args.private or None,
+                      commit_message=args.message, metrics=metrics or None, base_model=args.base_model)
     print(url)
     return 0

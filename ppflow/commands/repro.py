@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
+from ..errors import CommandError
 from . import command_line
 
 
@@ -42,29 +42,19 @@ def main(args) -> int:
         if not items:
             continue
         if args.preset != "search":
-            print(f"ppflow repro: error: {flag} is for --preset search", file=sys.stderr)
-            return 2
+            raise CommandError(f"{flag} is for --preset search")
         pairs = [item.partition("=") for item in items]
         bad = [item for item, (a, eq, b) in zip(items, pairs) if not eq or a not in SEARCHED or not b]
         if bad:
-            print(f"ppflow repro: error: {flag} takes PPF-2=SCHEDULE or PPF-3=SCHEDULE, got {bad[0]!r}",
-                  file=sys.stderr)
-            return 2
+            raise CommandError(f"{flag} takes PPF-2=SCHEDULE or PPF-3=SCHEDULE, got {bad[0]!r}")
         kw[key] = {a: b for a, _, b in pairs}
         schedules += "".join(f" {flag} {shlex.quote(item)}" for item in items)
     kw["command"] = command_line("repro", args, ("preset", "out", "steps", "num_eval", "data_path", "docs", "threads", "seed"),
                                  ("no_inception",))
     kw["command"] += schedules
+    cfg = repro_config(args.preset, args.out, **kw)
     try:
-        cfg = repro_config(args.preset, args.out, **kw)
-    except ValueError as e:
-        print(f"ppflow repro: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        run_repro(cfg, args.docs)
-    except FileNotFoundError as e:
-        print(f"ppflow repro: error: {e}", file=sys.stderr)
-        return 1
+        run_repro(cfg, args.docs)  # a missing Fashion-MNIST folder: a FileNotFoundError that ppflow.cli prints
     except KeyboardInterrupt:
         return 130
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -17,8 +16,10 @@ import numpy as np
 import torch
 
 from ..cli import at_least, non_negative, positive
+from ..errors import CommandError
 from ..sampling import DIFFUSION_FORMS, GRIDS, METHODS, sample_model, stage_scales
-from .convert import LOAD_ERRORS, add_load_arguments, load_spec
+from . import parse_scales
+from .convert import add_load_arguments, load_spec
 
 LAST_STEP_CHOICES = ("mean", "euler", "tweedie", "none")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,11 +77,6 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _fail(msg: str) -> int:
-    print(f"ppflow sample: {msg}", file=sys.stderr)
-    return 2
-
-
 def solver_options(args) -> dict:
     """Solver options the user set; an option that does not apply to --method is an error."""
     given = {"atol": args.atol, "rtol": args.rtol, "diffusion_form": args.diffusion_form,
@@ -92,23 +88,13 @@ def solver_options(args) -> dict:
     bad = set(opts) - allowed.get(args.method, set())
     if bad:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(bad))
-        raise ValueError(f"{flags} do(es) not apply to --method {args.method}")
+        raise CommandError(f"{flags} do(es) not apply to --method {args.method}")
     if args.shift != 1.0 and args.grid == "official":
-        raise ValueError("--shift needs --grid stages (the official grid is a plain linspace)")
+        raise CommandError("--shift needs --grid stages (the official grid is a plain linspace)")
     if args.last_step_size is not None and args.last_step_size >= 1:
-        raise ValueError(f"--last-step-size must be below 1 (the SDE grid ends at t = 1 - size), got "
-                         f"{args.last_step_size}")
+        raise CommandError(f"--last-step-size must be below 1 (the SDE grid ends at t = 1 - size), got "
+                           f"{args.last_step_size}")
     return opts
-
-
-def parse_scales(text: str) -> float | list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--cfg {text!r} is not a number or a comma-separated list of numbers, e.g. '1,3'") from None
-    if not all(math.isfinite(v) for v in vals):  # nan / inf guidance gives all-zero or garbage images
-        raise ValueError(f"--cfg {text!r}: CFG scales must be finite numbers, e.g. 1 (no guidance) or 4")
-    return vals[0] if len(vals) == 1 else vals
 
 
 def check_outputs(*paths: tuple[str, str | None]) -> None:
@@ -118,11 +104,11 @@ def check_outputs(*paths: tuple[str, str | None]) -> None:
             continue
         target = Path(path)
         if target.is_dir():
-            raise ValueError(f"{option} {path} is a folder; give a file name such as {target / 'samples.png'}")
+            raise CommandError(f"{option} {path} is a folder; give a file name such as {target / 'samples.png'}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"{option} {path}: cannot create its folder {target.parent} ({e.strerror or e})") \
+            raise CommandError(f"{option} {path}: cannot create its folder {target.parent} ({e.strerror or e})") \
                 from None
 
 
@@ -131,17 +117,17 @@ def make_labels(args, model) -> torch.Tensor | None:
     n_cls = model.config.num_classes
     if n_cls == 0:
         if args.labels is not None:
-            raise ValueError("the model is unconditional (num_classes=0); drop --labels")
+            raise CommandError("the model is unconditional (num_classes=0); drop --labels")
         return None
     if args.labels is None:
         return torch.randint(0, n_cls, (args.num,), generator=torch.Generator().manual_seed(args.seed))
     try:
         vals = [int(v) for v in args.labels.split(",")]
     except ValueError:
-        raise ValueError(f"--labels {args.labels!r} must be comma-separated integers, e.g. '0,1,2'") from None
+        raise CommandError(f"--labels {args.labels!r} must be comma-separated integers, e.g. '0,1,2'") from None
     bad = [v for v in vals if not 0 <= v < n_cls]
     if bad:
-        raise ValueError(f"--labels {bad} outside the model's classes 0..{n_cls - 1}")
+        raise CommandError(f"--labels {bad} outside the model's classes 0..{n_cls - 1}")
     return torch.tensor(vals).repeat(math.ceil(args.num / len(vals)))[: args.num]
 
 
@@ -164,33 +150,27 @@ def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
 
 
 def main(args) -> int:
-
     if args.out is None and args.npz is None:
-        return _fail("nothing to write: give --out grid.png and/or --npz samples.npz")
-    if args.num < 1 or args.batch_size < 1:
-        return _fail("--num and --batch-size must be >= 1")
+        raise CommandError("nothing to write: give --out grid.png and/or --npz samples.npz")
     if not 0 <= args.seed < 2**23:
-        return _fail(f"--seed {args.seed} must be in 0..{2**23 - 1} (per-sample seeds are seed * 2^40 + index)")
-    try:
-        opts = solver_options(args)
-        scales = parse_scales(args.cfg)
-        check_outputs(("--out", args.out), ("--npz", args.npz))
-        rank, world, device = setup_distributed(args.device)
-    except ValueError as e:
-        return _fail(str(e))
+        raise CommandError(f"--seed {args.seed} must be in 0..{2**23 - 1} (per-sample seeds are seed * 2^40 + index)")
+    opts = solver_options(args)
+    scales = parse_scales(args.cfg)
+    check_outputs(("--out", args.out), ("--npz", args.npz))
+    rank, world, device = setup_distributed(args.device)
     try:
         model = load_spec(args.ckpt, args)
         stage_scales(scales, model.schedule.num_stages)
         labels = make_labels(args, model)
         if args.guidance_channels is not None and not 1 <= args.guidance_channels <= model.config.in_channels:
-            raise ValueError(f"--guidance-channels must be in 1..{model.config.in_channels}")
+            raise CommandError(f"--guidance-channels must be in 1..{model.config.in_channels}")
         vae = None
         if model.config.vae:
             from ..data.vae import load_vae
 
             vae = load_vae(model.config.vae, device)
-    except (*LOAD_ERRORS, OSError, ImportError) as e:
-        return _fail(str(e))
+    except ImportError as e:  # a VAE that needs diffusers
+        raise CommandError(str(e)) from e
     model = model.to(device).eval()
     C, (H, W) = model.config.in_channels, model.config.input_size
     B = args.batch_size
@@ -224,10 +204,7 @@ def main(args) -> int:
         bar.close()
     images = _gather(parts, args, rank, world)
     if rank == 0:
-        try:
-            _write(images, labels, args)
-        except OSError as e:  # a full disk: no partial file is left
-            return _fail(str(e))
+        _write(images, labels, args)  # a full disk: no partial file is left
     if world > 1:
         import torch.distributed as dist
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
+from ..errors import CommandError
 from ..models.output import OUTPUTS
-from .convert import LOAD_ERRORS
 
 
 def _raw_weights(path: str, model):
@@ -56,7 +55,7 @@ def add_arguments(p) -> None:
         "analytic test-FLOPs fraction <= --budget; (4) with several probes (--probe-seeds), the schedule with the "
         "fewest stages whose excess is within one standard error of the least (--tolerance). Prints the schedule string for `ppflow train --model.schedule` "
         "or `ppflow adapt --schedule`, its FLOPs fraction, the runner-ups, and writes curves and a plot to --out.")
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="subcommand", metavar="ACTION", required=True)
     s = sub.add_parser("search", help="probe, profile and search (see ppflow schedule --help)",
                        description=p.description)
     s.add_argument("--from", dest="source", required=True,
@@ -106,20 +105,15 @@ def add_arguments(p) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _fail(msg: str) -> int:
-    print(f"ppflow schedule search: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def parse_tolerance(text: str) -> float | None:
     if text == "auto":
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--tolerance {text!r} is neither 'auto' nor a number") from None
+        raise CommandError(f"--tolerance {text!r} is neither 'auto' nor a number") from None
     if value < 0:
-        raise ValueError(f"--tolerance {text} must be >= 0")
+        raise CommandError(f"--tolerance {text} must be >= 0")
     return value
 
 
@@ -129,7 +123,7 @@ def parse_patches(text: str) -> list[tuple[int, int]]:
         try:
             a, b = (int(v) for v in item.strip().lower().split("x"))
         except ValueError:
-            raise ValueError(f"--patches item {item!r} is not ROWSxCOLS, e.g. '8x8,4x8,4x4'") from None
+            raise CommandError(f"--patches item {item!r} is not ROWSxCOLS, e.g. '8x8,4x8,4x4'") from None
         out.append((a, b))
     return out
 
@@ -165,56 +159,50 @@ def main(args) -> int:
     from ..data.registry import DataConfig, build_dataset
     from ..eval.profile import loss_profile
     from ..experiments.schedule_search import mirror, schedule_excess, score_schedule, search_schedules, simplest_within
-    from ..models.schedule import PyramidSchedule, ScheduleError
+    from ..models.schedule import PyramidSchedule
     from ..utils.plots import line_plot
 
     if not 0 < args.budget <= 1:
-        return _fail(f"--budget {args.budget} must be a fraction in (0, 1]")
+        raise CommandError(f"--budget {args.budget} must be a fraction in (0, 1]")
     if args.probe_seeds is None:
         args.probe_seeds = 2 if args.probe_steps else 1
     if (args.probe_steps < 0 or args.num < 1 or args.bins < 2 or args.max_stages < 1 or args.probe_seeds < 1
             or (args.verify or 0) < 0 or args.verify_steps < 1):
-        return _fail("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1, --probe-seeds >= 1, "
-                     "--verify >= 0, --verify-steps >= 1")
+        raise CommandError("--probe-steps must be >= 0, --num >= 1, --bins >= 2, --max-stages >= 1, "
+                           "--probe-seeds >= 1, --verify >= 0, --verify-steps >= 1")
     if args.probe_steps == 0 and args.probe_seeds > 1:
-        return _fail("--probe-steps 0 profiles one model: give --probe-seeds 1, or --probe-steps N to train "
-                     f"{args.probe_seeds} probes (probes already in --out are reused)")
-    try:
-        tolerance = parse_tolerance(args.tolerance)
-    except ValueError as e:
-        return _fail(str(e))
+        raise CommandError("--probe-steps 0 profiles one model: give --probe-seeds 1, or --probe-steps N to train "
+                           f"{args.probe_seeds} probes (probes already in --out are reused)")
+    tolerance = parse_tolerance(args.tolerance)
     out = Path(args.out)
-    try:
-        source = load_model(args.source)
-        base = min(source.schedule.patches, key=lambda p: p[0] * p[1])
-        p, q = base
-        patches = parse_patches(args.patches) if args.patches else [(2 * p, 2 * q), (p, 2 * q), (2 * p, q), (p, q)]
-        if base not in patches:
-            raise ValueError(f"--patches must include the model's base patch {p}x{q}")
-        spec = probe_schedule(patches)
-        PyramidSchedule.from_string(spec).check_latent(*source.config.input_size)
-        for other in args.compare:
-            extra = set(PyramidSchedule.from_string(other).patches) - set(patches)
-            if extra:
-                raise ValueError(f"--compare {other} uses patches {sorted(extra)} that are not candidates; add them "
-                                 f"to --patches")
-            flat = {patch: [0.0] for patch in patches}  # FLOPs only: the curves come from the probes
-            cost = score_schedule([0.0, 1.0], flat, source.config, other, args.guidance).flops_fraction
-            if cost > args.budget + 1e-12:
-                raise ValueError(f"--compare {other} needs {100 * cost:.1f}% test FLOPs, over --budget {args.budget:g}")
-        if args.verify is None:
-            args.verify = 3 if source.schedule.num_stages == 1 else 0
-        if source.schedule.num_stages == 1:
-            probe = adapt(source, spec, coarse_output=args.coarse_output)
-        elif args.verify:
-            raise ValueError(f"--verify adapts --from to each schedule: give the one-stage model, not {args.source}")
-        elif set(source.schedule.patches) == set(patches):
-            probe = _raw_weights(args.source, source)  # as a fresh probe is profiled
-        else:
-            raise ValueError(f"{args.source} has stages {source.schedule.to_string()}; give a one-stage model or a "
-                             f"probe whose stages are exactly the candidates ({spec})")
-    except (*LOAD_ERRORS, ScheduleError) as e:
-        return _fail(str(e))
+    source = load_model(args.source)
+    base = min(source.schedule.patches, key=lambda p: p[0] * p[1])
+    p, q = base
+    patches = parse_patches(args.patches) if args.patches else [(2 * p, 2 * q), (p, 2 * q), (2 * p, q), (p, q)]
+    if base not in patches:
+        raise CommandError(f"--patches must include the model's base patch {p}x{q}")
+    spec = probe_schedule(patches)
+    PyramidSchedule.from_string(spec).check_latent(*source.config.input_size)
+    for other in args.compare:
+        extra = set(PyramidSchedule.from_string(other).patches) - set(patches)
+        if extra:
+            raise CommandError(f"--compare {other} uses patches {sorted(extra)} that are not candidates; add them "
+                               f"to --patches")
+        flat = {patch: [0.0] for patch in patches}  # FLOPs only: the curves come from the probes
+        cost = score_schedule([0.0, 1.0], flat, source.config, other, args.guidance).flops_fraction
+        if cost > args.budget + 1e-12:
+            raise CommandError(f"--compare {other} needs {100 * cost:.1f}% test FLOPs, over --budget {args.budget:g}")
+    if args.verify is None:
+        args.verify = 3 if source.schedule.num_stages == 1 else 0
+    if source.schedule.num_stages == 1:
+        probe = adapt(source, spec, coarse_output=args.coarse_output)
+    elif args.verify:
+        raise CommandError(f"--verify adapts --from to each schedule: give the one-stage model, not {args.source}")
+    elif set(source.schedule.patches) == set(patches):
+        probe = _raw_weights(args.source, source)  # as a fresh probe is profiled
+    else:
+        raise CommandError(f"{args.source} has stages {source.schedule.to_string()}; give a one-stage model or a "
+                           f"probe whose stages are exactly the candidates ({spec})")
     probes = {"probe": probe}
     if args.probe_steps:
         init = out / "probe-init"
@@ -231,7 +219,7 @@ def main(args) -> int:
                                         image_size=probe.config.input_size[0] if args.data == "fashion-mnist"
                                         else None))
     except (ValueError, OSError) as e:
-        return _fail(f"cannot read --data {args.data}: {e}")
+        raise CommandError(f"cannot read --data {args.data}: {e}") from e
     x1, y = held.get_batch(torch.arange(len(held)))
     x1 = held.encode(x1, torch.Generator().manual_seed(args.seed))
     key = {"data": args.data, "data_path": args.data_path, "num": args.num, "bins": args.bins, "seed": args.seed}

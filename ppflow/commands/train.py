@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import CommandError
+
 EPILOG = """\
 examples:
   ppflow train --model PPF-tiny-2 --data digits --batch-size 16 --max-steps 200 --out runs/smoke
@@ -53,9 +55,8 @@ def main(args) -> int:
                 print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
                 return 0
             result = train(cfg, verify=args.verify)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError, OSError) as e:  # OSError: a full disk
-        print(f"ppflow train: error: {e}", file=sys.stderr)
-        return 1
+    except NonFiniteLossError as e:  # ValueError (ConfigError ...), OSError (a full disk): ppflow.cli prints them
+        raise CommandError(str(e)) from e
     except TrainingInterrupted as e:
         print(f"ppflow train: {e}", file=sys.stderr)
         return 128 + e.signum
