@@ -44,7 +44,8 @@ def test_the_target_is_a_teacher_forward_of_the_source(source, tmp_path, guided)
 
 def test_a_cut_data_free_cache_resumes_to_the_same_states(source, tmp_path):
     src = ppflow.load_model(source).eval()
-    args = dict(count=70, steps=3, t_end=0.5, cfg_scale=2.0, seed=0, shape=(1, 16, 16), num_classes=10, stage=0)
+    args = {"count": 70, "steps": 3, "t_end": 0.5, "cfg_scale": 2.0, "seed": 0, "shape": (1, 16, 16),
+            "num_classes": 10, "stage": 0}
     full = teacher_states(src, "id", tmp_path / "a.safetensors", **args)
     teacher_states(src, "id", tmp_path / "b.safetensors", **args, limit=64)  # cut after the first chunk
     resumed = teacher_states(src, "id", tmp_path / "b.safetensors", **args)
