@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..io import HASH_KEY, content_sha256, replace_folder, save_safetensors_atomic, write_text_atomic
@@ -69,12 +70,22 @@ class GatedLoRA(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=5 ** 0.5)
+        self._merged: tuple[tuple, torch.Tensor] | None = None
+
+    def merged_weight(self) -> torch.Tensor:
+        """W + scale * B A, kept until one of the three changes (in-place updates bump their versions)."""
+        key = (self.base.weight._version, self.lora_A._version, self.lora_B._version, self.base.weight.device)
+        if self._merged is None or self._merged[0] != key:
+            self._merged = (key, self.base.weight + self.scale * (self.lora_B @ self.lora_A))
+        return self._merged[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)  # (R, out)
         k = self.gate.samples if self.per_sample else self.gate.tokens
         if k == 0:
-            return y
+            return self.base(x)  # the fine stage: the source's layer, nothing more
+        if k == x.shape[0] and not torch.is_grad_enabled():  # a coarse forward when sampling: one product
+            return F.linear(x, self.merged_weight(), self.base.bias)
+        y = self.base(x)  # (R, out)
         delta = (x[:k] @ self.lora_A.T) @ self.lora_B.T * self.scale  # (k, out)
         if k == x.shape[0]:
             return y + delta

@@ -42,6 +42,7 @@ from .sit import SiTTask
 from .teacher import teacher_states
 
 KIND = "adapter"
+TEACHERS = ("cache", "forward")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class AdapterSection:
     guided: float | None = _opt(None, "distil the teacher's CFG-guided velocity at this scale into the conditional "
                                       "coarse stage (sample it with CFG 1 there: no unconditional pass)")
     mix: float = _opt(0.0, "with data: share of the flow-matching target (x1 - x0) in the target")
+    teacher: str = _opt("cache", "data-free targets: cache (the cached teacher velocities at the trajectories' step "
+                                 "times: no teacher forward while training) | forward (any coarse t, the teacher "
+                                 "evaluated there: one or two full-resolution forwards per sample)")
     trajectories: int = _opt(1024, "data-free: teacher trajectories in the cache")
     trajectory_steps: int = _opt(16, "data-free: Euler steps of a trajectory over the coarse range")
     trajectory_cfg: float | None = _opt(None, "data-free: CFG scale of the trajectories (default: guided, else 1)")
@@ -84,6 +88,7 @@ def validate_adapt(cfg: AdaptConfig) -> None:
         (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
          f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)"),
         (a.trajectories >= 1 and a.trajectory_steps >= 1, "adapter.trajectories and trajectory_steps must be >= 1"),
+        (a.teacher in TEACHERS, f"adapter.teacher {a.teacher!r} is not one of {TEACHERS}"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -181,11 +186,14 @@ class AdaptTask(SiTTask):
     def loss(self, mb, autocast):
         cfg, dev, a = self.cfg, self.info.device, self.cfg.adapter
         seed, step, shard = cfg.seed, mb.step, mb.shard
+        if a.data_free and a.teacher == "cache":
+            return self._cached_loss(mb, autocast)
         ts = sample_times(self.schedule, len(mb.x), generator(seed, step, shard, "time"), "stratified", self.shares)
         t, stage = ts.t.to(dev), ts.stage.to(dev)
         x1 = noise = None
         if a.data_free:
-            x_t = self.data.state_at(mb.x.to(dev), t)  # (n, C, H, W) on the teacher's trajectory
+            states, _, _ = self.data.split(mb.x.to(dev))
+            x_t = self.data.state_at(states, t)  # (n, C, H, W) on the teacher's trajectory
         else:
             x1 = self.data.encode(mb.x.to(dev), generator(seed, step, shard, "encode", dev))
             noise = torch.randn(x1.shape, generator=generator(seed, step, shard, "noise", dev), device=dev)
@@ -199,10 +207,36 @@ class AdaptTask(SiTTask):
             target = self.teacher(x_t, t, y).float()
         if a.mix:
             target = (1 - a.mix) * target + a.mix * (x1 - noise)
+        return self._student_loss(x_t, t, y, stage, target, autocast)
+
+    def _cached_loss(self, mb, autocast):
+        """Targets from the cache: a random step k of each trajectory, its state, and the teacher's velocity there
+        (conditional; unconditional for a dropped label; their CFG mix at adapter.guided)."""
+        cfg, dev, a = self.cfg, self.info.device, self.cfg.adapter
+        states, cond, uncond = self.data.split(mb.x.to(dev))
+        n, K = len(states), self.data.steps
+        k = torch.randint(0, K, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "time")).to(dev)  # (n,)
+        rows = torch.arange(n, device=dev)
+        t = self.data.grid.to(dev)[k]  # (n,)
+        x_t, c, u = states[rows, k], cond[rows, k], uncond[rows, k]  # (n, C, H, W) each
+        y = None
+        if self.mc.num_classes > 0:
+            y = mb.y.to(dev)
+            if a.guided is None:
+                y = drop_labels(self.raw, y, cfg.flow.label_dropout,
+                                generator(cfg.seed, mb.step, mb.shard, "labels", dev))
+                target = torch.where((y == self.raw.null_label).view(-1, 1, 1, 1), u, c)
+            else:
+                target = u + a.guided * (c - u)
+        else:
+            target = c
+        return self._student_loss(x_t, t, y, self.schedule.stage_of(t), target, autocast)
+
+    def _student_loss(self, x_t, t, y, stage, target, autocast):
         with autocast():
             pred = self.model(x_t, t, y, stage)  # (n, C, H, W)
-        per_sample = (pred.float() - target).square().mean(dim=(1, 2, 3))  # (n,)
-        sums = torch.zeros(self.num_stages, dtype=torch.float64, device=dev).index_add_(0, stage, per_sample.double())
+        per_sample = (pred.float() - target.float()).square().mean(dim=(1, 2, 3))  # (n,)
+        sums = torch.zeros(self.num_stages, dtype=torch.float64, device=x_t.device).index_add_(0, stage, per_sample.double())
         counts = torch.bincount(stage, minlength=self.num_stages)
         return per_sample.mean(), sums.tolist(), counts.tolist()
 
@@ -252,16 +286,16 @@ class AdaptTask(SiTTask):
 
 def conversion_flops(config: ModelConfig, a: AdapterSection, batch: int, steps: int) -> dict:
     """Training FLOPs of a conversion (matrix products; backward = 2x forward as in models.flops.train_flops):
-    per step, the teacher's full-resolution forward (two with `guided`) and the student's coarse forward and
-    backward per sample; once, the teacher trajectories of a data-free cache."""
+    per step and sample, the student's coarse forward and backward, plus the teacher's full-resolution forward
+    (two with `guided`) unless the targets come from the cache; once, a data-free cache's trajectories (a
+    conditional and an unconditional forward per step)."""
     sched = config.get_schedule()
     fine = forward_flops(config, sched.num_stages - 1).total
     spans = [s.t_end - s.t_start for s in sched.stages[:-1]]
     coarse = sum(w * forward_flops(config, s).total for s, w in enumerate(spans)) / sum(spans)
-    teacher = fine * (2 if a.guided not in (None, 1.0) else 1)
+    teacher = 0 if a.data_free and a.teacher == "cache" else fine * (2 if a.guided not in (None, 1.0) else 1)
     step = batch * (teacher + 3 * coarse)
-    scale = a.trajectory_cfg if a.trajectory_cfg is not None else (a.guided or 1.0)
-    cache = a.trajectories * a.trajectory_steps * fine * (2 if scale != 1.0 else 1) if a.data_free else 0
+    cache = a.trajectories * a.trajectory_steps * fine * (2 if config.num_classes else 1) if a.data_free else 0
     return {"step": step, "cache": cache, "total": steps * step + cache, "source_step_per_sample": 3 * fine}
 
 

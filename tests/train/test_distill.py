@@ -58,6 +58,10 @@ def test_a_cut_data_free_cache_resumes_to_the_same_states(source, tmp_path):
     torch.testing.assert_close(full.states[:2, 1], x1, atol=1e-5, rtol=1e-5)
     mid = full.state_at(full.states[:2], torch.tensor([0.5 / 6, 0.5 / 6]))
     torch.testing.assert_close(mid, (x0 + x1) / 2, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the cached targets are the teacher's conditional and unconditional velocities there
+        torch.testing.assert_close(full.cond[:2, 1], src(x1, torch.full((2,), 0.5 / 3), y), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(full.uncond[:2, 1], src(x1, torch.full((2,), 0.5 / 3), torch.full((2,), 10)),
+                                   atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="other settings \\(teacher\\)"):
         teacher_states(src, "another", tmp_path / "b.safetensors", **args)
 
@@ -74,11 +78,20 @@ def test_a_data_free_run_resumes_exactly_and_its_adapter_keeps_the_source_fine_s
         assert not torch.allclose(model(x, torch.full((3,), 0.25), y), src(x, torch.full((3,), 0.25), y))
 
 
+@pytest.mark.parametrize("teacher", ["cache", "forward"])
+def test_a_data_free_run_trains_from_either_teacher_target(source, tmp_path, teacher):
+    res = adapt_train(_cfg(source, tmp_path / teacher, teacher=teacher), overrides={"max_steps": 3})
+    assert res.step == 3 and all(0 < v < 10 for v in res.losses)
+
+
 def test_conversion_compute_counts_teacher_student_and_cache(source, tmp_path):
-    cfg = _cfg(source, tmp_path / "c", guided=2.0)
     mc = ppflow.adapt(ppflow.load_model(source), "ppf2").config
-    got = conversion_flops(mc, cfg.adapter, batch=8, steps=10)
     fine, coarse = forward_flops(mc, 1).total, forward_flops(mc, 0).total
-    assert got["step"] == 8 * (2 * fine + 3 * coarse)  # guided: two teacher forwards
-    assert got["cache"] == 24 * 4 * fine * 2 and got["total"] == 10 * got["step"] + got["cache"]
+    forward = conversion_flops(mc, _cfg(source, tmp_path, guided=2.0, teacher="forward").adapter, batch=8, steps=10)
+    assert forward["step"] == 8 * (2 * fine + 3 * coarse)  # guided: two teacher forwards per sample
+    cached = conversion_flops(mc, _cfg(source, tmp_path, guided=2.0).adapter, batch=8, steps=10)
+    assert cached["step"] == 8 * 3 * coarse  # the targets come from the cache: the student alone
+    assert cached["cache"] == 24 * 4 * fine * 2 and cached["total"] == 10 * cached["step"] + cached["cache"]
+    data = conversion_flops(mc, _cfg(source, tmp_path, data_free=False).adapter, batch=8, steps=10)
+    assert data["cache"] == 0 and data["step"] == 8 * (fine + 3 * coarse)
     assert coarse < fine / 3  # 4x fewer tokens
