@@ -8,7 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..train.config import EmaSection, RunConfig, _opt, config_from_args, validate
+from ..flow.time_sampling import DENSITIES
+from ..train.config import config_from_args
+from ..train.run_config import EmaSection, RunConfig, _opt, validate
+from .packing import COARSE_OUTPUTS, INITS
+from .sigmas import BOUNDARY_SPACES
 
 MODES = ("lora", "full")
 TIME_MODES = ("stratified", "iid")
@@ -24,13 +28,16 @@ class FluxModelSection:
     ppflux: str | None = _opt(None, "start from a PPFlux folder (PPFluxTransformer.save_pretrained) on model.base")
     schedule: str = _opt("ppf2", "PPFlow schedule in t = 1 - sigma, latent-pixel patches; a one-stage schedule "
                                  "such as '1:2x2' is the FLUX-ft baseline")
-    init: str = _opt("pooled", "coarse projections' init: pooled (official SiT recipe) | tiled (token mean)")
+    init: str = _opt("pooled", "coarse projections' init: pooled (official SiT recipe) | tiled (token mean)",
+                     choices=INITS)
     dtype: str = _opt("float32", "dtype the base is loaded in: float32 | bfloat16 (FLUX.1-dev LoRA on one 80 GB "
-                                 "GPU); trainable weights are kept in float32")
+                                 "GPU); trainable weights are kept in float32", choices=("float32", "bfloat16"))
     boundaries: str = _opt("unshifted", "stage boundaries: unshifted (mapped through the resolution shift, as "
-                                        "PPFluxPipeline does) | sigma (the network's sigma as is)")
+                                        "PPFluxPipeline does) | sigma (the network's sigma as is)",
+                           choices=BOUNDARY_SPACES)
     coarse_output: str = _opt("v", "what coarse stages output: v (paper) | noise_skip (the within-block part of "
-                                   "x / sigma is added analytically; measured better in ppflow flux demo)")
+                                   "x / sigma is added analytically; measured better in ppflow flux demo)",
+                              choices=COARSE_OUTPUTS)
 
 
 @dataclass
@@ -41,7 +48,7 @@ class FluxDataSection:
     path: str | None = _opt(None, "image-caption folder (same-named .txt captions or metadata.jsonl); cached "
                                   "into data.cache first when that file is absent (needs data.pipeline)")
     pipeline: str | None = _opt(None, "FLUX pipeline folder or hub id whose VAE and text encoders build the cache")
-    resolution: int = _opt(512, "image side in pixels: resize the short side, then center crop")
+    resolution: int = _opt(512, "image side in pixels: resize the short side, then center crop", min=16)
     max_sequence_length: int = _opt(512, "T5 tokens per caption (FLUX.1-dev 512, schnell 256)")
 
 
@@ -50,8 +57,9 @@ class FluxObjectiveSection:
     """FLUX flow matching in sigma: x = sigma * noise + (1 - sigma) * x0, target noise - x0."""
 
     time_sampling: str = _opt("stratified", "stratified (each stage draws in its own sigma interval, PPFlow) | "
-                                            "iid (stage from the sigma drawn)")
-    density: str = _opt("uniform", "density of the unshifted t = 1 - sigma: uniform | logit-normal")
+                                            "iid (stage from the sigma drawn)", choices=TIME_MODES)
+    density: str = _opt("uniform", "density of the unshifted t = 1 - sigma: uniform | logit-normal",
+                        choices=DENSITIES)
     logit_mean: float = _opt(0.0, "logit-normal mean")
     logit_std: float = _opt(1.0, "logit-normal standard deviation")
     shares: str | list[float] | None = field(default=None, metadata={
@@ -65,8 +73,8 @@ class FluxObjectiveSection:
 class FluxTrainSection:
     """What trains: LoRA on the base (plus the PPFlow extras, always full) or everything."""
 
-    mode: str = _opt("lora", "lora (peft LoRA on the base attention/MLP; base weights frozen) | full")
-    lora_rank: int = _opt(16, "LoRA rank")
+    mode: str = _opt("lora", "lora (peft LoRA on the base attention/MLP; base weights frozen) | full", choices=MODES)
+    lora_rank: int = _opt(16, "LoRA rank", min=1)
     lora_alpha: float = _opt(16.0, "LoRA alpha (scale alpha / rank)")
     lora_targets: list[str] = field(default_factory=lambda: [
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj",
@@ -84,7 +92,7 @@ class FluxTrainConfig(RunConfig):
     ema: EmaSection = field(default_factory=lambda: EmaSection(decay=0.999))
     out: str | None = _opt(None, "run folder (default: runs/flux-<time>)")
     batch_size: int = _opt(4, "global batch size (all processes and accumulation steps together)")
-    max_steps: int = _opt(1000, "stop after this many optimizer steps")
+    max_steps: int = _opt(1000, "stop after this many optimizer steps", min=1)
     save_every: int = _opt(500, "steps between checkpoints (checkpoints/last.pt and ema/)")
     parallel: str = _opt("auto", "auto (FSDP2 under torchrun) | none | fsdp (fully_shard per FLUX block)")
     model: FluxModelSection = field(default_factory=FluxModelSection)
@@ -93,9 +101,6 @@ class FluxTrainConfig(RunConfig):
     train: FluxTrainSection = field(default_factory=FluxTrainSection)
 
     def checks(self) -> list[tuple[bool, str]]:
-        from ..flow.time_sampling import DENSITIES
-        from .packing import COARSE_OUTPUTS, INITS
-        from .sigmas import BOUNDARY_SPACES
         from .transformer import PPFluxConfig
 
         t, f, m = self.train, self.flow, self.model
@@ -105,20 +110,10 @@ class FluxTrainConfig(RunConfig):
         except ValueError as e:
             schedule_problem = f"model.schedule: {e}"
         return [
-            (t.mode in MODES, f"train.mode {t.mode!r} is not one of {MODES}"),
             (t.extras_lr_scale > 0 and math.isfinite(t.extras_lr_scale),
              f"train.extras_lr_scale must be a positive number, got {t.extras_lr_scale}"),
-            (t.lora_rank >= 1, f"train.lora_rank must be >= 1, got {t.lora_rank}"),
-            (f.time_sampling in TIME_MODES, f"flow.time_sampling {f.time_sampling!r} is not one of {TIME_MODES}"),
-            (f.density in DENSITIES, f"flow.density {f.density!r} is not one of {DENSITIES}"),
             (math.isfinite(f.guidance), f"flow.guidance must be a finite number, got {f.guidance}"),
-            (m.dtype in ("float32", "bfloat16"), f"model.dtype {m.dtype!r} is not float32 or bfloat16"),
-            (m.init in INITS, f"model.init {m.init!r} is not one of {INITS}"),
-            (m.coarse_output in COARSE_OUTPUTS, f"model.coarse_output {m.coarse_output!r} is not one of {COARSE_OUTPUTS}"),
-            (m.boundaries in BOUNDARY_SPACES, f"model.boundaries {m.boundaries!r} is not one of {BOUNDARY_SPACES}"),
-            (self.data.resolution >= 16, f"data.resolution must be >= 16 pixels, got {self.data.resolution}"),
             *super().checks(),
-            (self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.parallel in ("auto", "none", "fsdp"), (f"parallel {self.parallel!r} is not one of auto, none, fsdp "
                                                         "(DDP: use fsdp, which shards per FLUX block)")),
             (m.base is not None or m.ppflux is not None,

@@ -5,7 +5,7 @@ and jsonargparse because it leaves the argparse front below, and so every flag s
 Every leaf option has one dotted key (`optim.lr`, `data.path`, `batch_size`); the command line offers each as
 `--optim.lr` (dashes or underscores), a YAML file gives the same keys nested, and unknown keys are errors. Model
 architecture fields (`ModelConfig`) go under `model.` too, e.g. `--model.schedule ppf3`, and are stored in
-`model.overrides`. `RunConfig` holds what every trainer has; `TrainConfig` and `FluxTrainConfig` extend it.
+`model.overrides`. Every function here also takes other RunConfig subclasses (e.g. FluxTrainConfig).
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import torch
 import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from ..data.registry import DataConfig
+from ..flow.time_sampling import DENSITIES, MODES
 from ..models.backbone import ModelConfig
 from ..models.config_checks import model_field_problem
-
-
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+from ..sampling import METHODS
+from .run_config import ConfigError, EmaSection, OptimSection, RunConfig, _opt, validate  # noqa: F401 (ppflow.train)
 
 
 @dataclass
@@ -50,115 +48,28 @@ class FlowSection:
     """Objective: times per sample and label dropout."""
 
     time_sampling: str = _opt("stratified", "stratified (PPFlow) | iid (stage from t) | all_t (every patch size "
-                                            "on all t, Lumina-Video ablation)")
+                                            "on all t, Lumina-Video ablation)", choices=MODES)
     shares: str | list[float] | None = field(default=None, metadata={
         "help": "batch share per stage: span (default) | density | weights such as 0.6,0.4"})
-    density: str = _opt("uniform", "time density inside the stratification: uniform | logit-normal")
+    density: str = _opt("uniform", "time density inside the stratification: uniform | logit-normal",
+                        choices=DENSITIES)
     logit_mean: float = _opt(0.0, "logit-normal mean")
     logit_std: float = _opt(1.0, "logit-normal standard deviation")
     stage_margin: float = _opt(0.0, "stratified: each stage also trains this far past its interval's ends "
-                                    "(0 = the paper's disjoint segments)")
-    label_dropout: float = _opt(0.1, "probability of replacing a label by the null class (for CFG)")
-
-
-@dataclass
-class OptimSection:
-    """AdamW and the learning rate."""
-
-    lr: float = _opt(1e-4, "learning rate (DiT/SiT: 1e-4, constant)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay (DiT/SiT: 0)")
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
-    eps: float = _opt(1e-8, "AdamW epsilon")
-    grad_clip: float | None = _opt(1.0, "clip the global gradient norm to this value (none = no clipping)")
-    warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps (0 = none)")
-    fused: bool | None = _opt(None, "AdamW's fused kernel: true | false | none = auto (fused when every parameter is "
-                                    "a plain CPU/CUDA tensor, e.g. not FSDP-sharded; 3-4x faster update on CPU)")
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant."""
-        w = self.warmup_steps
-        return self.lr * (min(1.0, (step + 1) / w) if w else 1.0)
-
-    def adamw(self, params) -> torch.optim.AdamW:
-        """The AdamW these settings describe (`fused` resolved for `params`)."""
-        params = list(params)
-        return torch.optim.AdamW(params, lr=self.lr, betas=tuple(self.betas), eps=self.eps,
-                                 weight_decay=self.weight_decay, fused=use_fused_adamw(params, self.fused))
-
-
-def use_fused_adamw(params, fused: bool | None = None) -> bool | None:
-    """`fused`, or for None whether torch's fused AdamW takes `params` (plain float CPU/CUDA tensors, no DTensor)."""
-    if fused is not None:
-        return fused
-    params = [p["params"] if isinstance(p, dict) else [p] for p in params]
-    flat = [p for group in params for p in group]
-    ok = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
-             for p in flat)
-    return True if ok and flat else None
-
-
-@dataclass
-class EmaSection:
-    """Exponential moving average of the weights (what sampling uses)."""
-
-    decay: float = _opt(0.9999, "EMA decay per step (DiT/SiT: 0.9999; short runs want less, e.g. 0.999)")
-    warmup: bool = _opt(False, "use min(decay, (1 + step) / (10 + step)) so a short run's EMA does not keep "
-                               "the random init (DiT/SiT: off)")
+                                    "(0 = the paper's disjoint segments)", min=0, below=1)
+    label_dropout: float = _opt(0.1, "probability of replacing a label by the null class (for CFG)", min=0,
+                                below=1)
 
 
 @dataclass
 class SampleSection:
     """Periodic sample grids from the EMA model."""
 
-    every: int | None = _opt(None, "steps between PNG grids (default: save_every; 0 = never)")
-    count: int = _opt(16, "images per grid")
-    steps: int = _opt(32, "sampler steps")
-    method: str = _opt("euler", "ODE solver")
+    every: int | None = _opt(None, "steps between PNG grids (default: save_every; 0 = never)", min=0)
+    count: int = _opt(16, "images per grid", min=1)
+    steps: int = _opt(32, "sampler steps", min=1)
+    method: str = _opt("euler", "ODE solver", choices=METHODS)
     cfg_scale: float = _opt(1.0, "classifier-free guidance scale (1 = none)")
-
-
-
-@dataclass
-class RunConfig:
-    """The options every trainer has (`ppflow train`, `ppflow flux train`); a trainer's config extends it."""
-
-    optim: OptimSection = field(default_factory=OptimSection)
-    ema: EmaSection = field(default_factory=EmaSection)
-    out: str | None = _opt(None, "run folder (default: runs/<model>-<data>-<time>)")
-    seed: int = _opt(0, "seed of initialization, data order and noise (per-rank streams are derived from it)")
-    batch_size: int = _opt(256, "global batch size (all processes and accumulation steps together)")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step on each process")
-    max_steps: int = _opt(400_000, "stop after this many optimizer steps")
-    log_every: int = _opt(10, "steps between metrics.csv / TensorBoard rows")
-    save_every: int = _opt(5_000, "steps between checkpoints (checkpoints/last.pt and ema/)")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
-    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice; 1 is often fastest for "
-                                     "tiny models on a busy machine)")
-    grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass (saves memory)")
-    parallel: str = _opt("auto", "auto (DDP under torchrun) | none | ddp | fsdp (FSDP2 fully_shard per block)")
-    progress: bool = _opt(True, "show a tqdm progress bar")
-    tensorboard: bool = _opt(True, "write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        """(holds, message naming the option) for each value check types cannot express."""
-        o = self.optim
-        return [
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
-            (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
-            (len(o.betas) == 2, f"optim.betas needs two values, got {o.betas}"),
-            (o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip must be positive or none, got {o.grad_clip}"),
-            (o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}"),
-            (0.0 <= self.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {self.ema.decay}"),
-            (self.precision in ("auto", "fp32", "bf16"), f"precision {self.precision!r} is not one of auto, fp32, bf16"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
-            (all(math.isfinite(v) for v in (o.lr, o.eps, o.weight_decay, self.ema.decay)),
-             "optim.lr, optim.eps, optim.weight_decay and ema.decay must be finite numbers"),
-        ]
 
 
 @dataclass
@@ -169,30 +80,16 @@ class TrainConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowSection = field(default_factory=FlowSection)
     sample: SampleSection = field(default_factory=SampleSection)
-    keep_every: int = _opt(0, "also keep checkpoints/step-N.pt and ema-N/ every this many steps (0 = never)")
+    keep_every: int = _opt(0, "also keep checkpoints/step-N.pt and ema-N/ every this many steps (0 = never)", min=0)
     tf32: bool = _opt(True, "allow TF32 matrix products on CUDA (set when training starts, never at import)")
     compile: bool = _opt(False, "torch.compile each transformer block")
 
     def checks(self) -> list[tuple[bool, str]]:
-        from ..flow.time_sampling import DENSITIES, MODES
-        from ..sampling import METHODS
-
-        f, s = self.flow, self.sample
+        d, scale = self.data, self.sample.cfg_scale
         return [*super().checks(),
-                (self.keep_every >= 0, f"keep_every must be >= 0, got {self.keep_every}"),
-                (f.time_sampling in MODES, f"flow.time_sampling {f.time_sampling!r} is not one of {MODES}"),
-                (0.0 <= f.stage_margin < 1.0, f"flow.stage_margin must be in [0, 1), got {f.stage_margin}"),
-                (f.density in DENSITIES, f"flow.density {f.density!r} is not one of {DENSITIES}"),
-                (0.0 <= f.label_dropout < 1.0, f"flow.label_dropout must be in [0, 1), got {f.label_dropout}"),
-                (self.parallel in ("auto", "none", "ddp", "fsdp"),
-                 f"parallel {self.parallel!r} is not one of auto, none, ddp, fsdp"),
-                (s.every is None or s.every >= 0, f"sample.every must be >= 0, got {s.every}"),
-                (s.count >= 1 and s.steps >= 1, "sample.count and sample.steps must be >= 1"),
-                (math.isfinite(s.cfg_scale), f"sample.cfg_scale must be a finite number, got {s.cfg_scale}"),
-                (s.method in METHODS, f"sample.method {s.method!r} is not one of {METHODS}"),
-                (self.data.image_size is None or self.data.image_size >= 1,
-                 f"data.image_size must be >= 1 pixels, got {self.data.image_size}"),
-                (self.data.num_workers >= 0, f"data.num_workers must be >= 0, got {self.data.num_workers}")]
+                (math.isfinite(scale), f"sample.cfg_scale must be a finite number, got {scale}"),
+                (d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1 pixels, got {d.image_size}"),
+                (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")]
 
 
 ALIASES = {"model": "model.name", "data": "data.name", "data_path": "data.path", "lr": "optim.lr",
@@ -201,10 +98,6 @@ ALIASES = {"model": "model.name", "data": "data.name", "data_path": "data.path",
 _MODEL_HINTS = {**typing.get_type_hints(ModelConfig), "input_size": int | list[int], "schedule": Any}
 MODEL_FIELDS = set(_MODEL_HINTS) - {"name"}
 _ModelFields = dataclasses.make_dataclass("ModelFields", [(k, _MODEL_HINTS[k], MISSING) for k in sorted(MODEL_FIELDS)])
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
 
 
 # ------------------------------------------------------------------ plain data -> config (OmegaConf checks types)
@@ -419,19 +312,6 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
             node = node.setdefault(p, {})
         node[leaf] = value
     return _checked(_merged(cls, cfg, _shape(nested, cls)))
-
-
-def validate(cfg: RunConfig) -> None:
-    """Value checks that types alone can't express (`cfg.checks()`); each error names the option and a fix."""
-    from .parallel import resolve_device
-
-    for ok, msg in cfg.checks():
-        if not ok:
-            raise ConfigError(msg)
-    try:
-        resolve_device(cfg.device)
-    except ValueError as e:
-        raise ConfigError(str(e).replace("--device", "device", 1)) from None
 
 
 # ------------------------------------------------------------------ command line
