@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from ..train.config import ConfigError, cli_overrides, config_from_args, config_to_dict
+    from ..train.config import ConfigError, cli_overrides, config_from_args, config_yaml
     from ..train.loop import NonFiniteLossError, TrainingInterrupted, train
 
     try:
@@ -47,9 +47,7 @@ def main(args) -> int:
         else:
             cfg = config_from_args(args)
             if args.print_config:
-                import yaml
-
-                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+                print(config_yaml(cfg), end="")
                 return 0
             result = train(cfg, verify=args.verify)
     except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError, OSError) as e:  # OSError: a full disk

@@ -257,14 +257,18 @@ def load_config(path: str | Path, cls=TrainConfig) -> Any:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
+def config_yaml(cfg, extra: dict | None = None) -> str:
+    """The config as YAML text, keys in field order (what --print-config prints and config.yaml holds)."""
+    return yaml.safe_dump({**config_to_dict(cfg), **(extra or {})}, sort_keys=False)
+
+
 def save_config(cfg, path: str | Path, extra: dict | None = None) -> Path:
     """Write the resolved config as YAML, atomically (a failed write leaves the old file and no temporary file)."""
     from ..convert.native import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, yaml.safe_dump({**config_to_dict(cfg), **(extra or {})}, sort_keys=False),
-                             "run config")
+    return write_text_atomic(path, config_yaml(cfg, extra), "run config")
 
 
 # ------------------------------------------------------------------ dotted keys
@@ -280,10 +284,11 @@ def leaf_keys(cls=TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str, An
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             out[prefix + f.name] = (tp, f.metadata.get("help", ""), default)
     if cls is ModelSection:
+        model_hints = typing.get_type_hints(ModelConfig)
         for f in dataclasses.fields(ModelConfig):
             if f.name in MODEL_FIELDS:
                 help_text = f"ModelConfig.{f.name} override (default: from the model name and the data)"
-                out[f"{prefix}{f.name}"] = (_MODEL_HINTS[f.name], help_text, None)
+                out[f"{prefix}{f.name}"] = (model_hints[f.name], help_text, None)
     return out
 
 
