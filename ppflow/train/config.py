@@ -191,10 +191,12 @@ def _expected(tp) -> str:
 
 def config_from_dict(d: dict, cls=TrainConfig) -> Any:
     """Build a (nested) config from plain data; unknown keys and wrong types raise ConfigError."""
-    return _checked(_merged(cls, cls, _shape(d, cls)))
+    return _build(cls, cls, d)
 
 
-def _checked(cfg):
+def _build(cls, base, data: dict):
+    """`base` (a class or a config) with plain `data` merged in; a TrainConfig's model.overrides typed and checked."""
+    cfg = _merged(cls, base, _shape(data, cls))
     if isinstance(cfg, TrainConfig):
         cfg.model.overrides = model_overrides(cfg.model.overrides)
     return cfg
@@ -316,7 +318,7 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return _checked(_merged(cls, cfg, _shape(nested, cls)))
+    return _build(cls, cfg, nested)
 
 
 # ------------------------------------------------------------------ command line
