@@ -8,7 +8,7 @@ from pathlib import Path
 from ..cli import at_least, non_negative
 from ..convert.adaptation import adapt
 from ..convert.native import is_pretrained_dir, save_pretrained
-from ..metrics.flops import schedule_flops
+from ..models.flops import schedule_flops
 from ..models.output import OUTPUTS
 from ..models.schedule import PRESETS, ScheduleError
 from .convert import LOAD_ERRORS, add_load_arguments, load_with_info, semantics_note

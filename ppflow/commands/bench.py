@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 
+from ..bench.sample import THOROUGH as SAMPLE_THOROUGH
+from ..bench.sample import SamplingBenchConfig
+from ..bench.timing import canonical_dtype
 from ..cli import at_least, finite, positive
-from ..metrics.bench import THOROUGH as SAMPLE_THOROUGH
-from ..metrics.bench import SamplingBenchConfig
-from ..metrics.timing import canonical_dtype
 from ..sampling import METHODS
 
-BENCHMARKS = ("sample", "train", "gpu", "flux")  # flux: ppflow/commands/flux.py; gpu: metrics/gpu_bench.py
+BENCHMARKS = ("sample", "train", "gpu", "flux")  # flux: ppflow/commands/flux.py; gpu: bench/gpu.py
 FLUX_DEFAULTS = {"steps": 10, "repeats": 5, "warmup": 1}
 
 
@@ -115,7 +115,7 @@ def sample_config(args) -> SamplingBenchConfig:
 
 
 def train_config(args):
-    from ..metrics.train_bench import THOROUGH, TrainBenchConfig
+    from ..bench.train import THOROUGH, TrainBenchConfig
 
     d = TrainBenchConfig()
     return TrainBenchConfig(**_common(args), batch=args.batch or d.batch, attention=args.attention,
@@ -141,12 +141,12 @@ def main(args) -> int:
 
         resolve_device(args.device or "cpu")  # --device cuda without CUDA: one line naming the option
         if args.benchmark == "train":
-            from ..metrics.train_bench import bench_training, format_train_report
+            from ..bench.train import bench_training, format_train_report
 
             result = bench_training(train_config(args), log=log)
             text = format_train_report(result)
         else:
-            from ..metrics.bench import bench_sampling, format_report
+            from ..bench.sample import bench_sampling, format_report
 
             result = bench_sampling(sample_config(args), log=log, estimate=True)
             text = format_report(result)

@@ -1,14 +1,12 @@
-"""`ppflow bench gpu`: the prepared GPU suite (ppflow/metrics/gpu_bench.py), one JSON + markdown under --out."""
+"""`ppflow bench gpu`: the prepared GPU suite (ppflow/bench/gpu.py), one JSON + markdown under --out."""
 
 from __future__ import annotations
 
 import sys
 
-ONE_LINER = "ppflow bench gpu --out runs/bench-gpu   # ~10 min on one H100/H200; then read runs/bench-gpu/bench-gpu.md"
-
 
 def gpu_main(args) -> int:
-    from ..metrics.gpu_bench import BUDGETS, GpuBenchConfig, run_gpu_suite
+    from ..bench.gpu import BUDGETS, GpuBenchConfig, run_gpu_suite
     from ..train.parallel import resolve_device
 
     device = args.device or ("cpu" if args.dry_run else "cuda")

@@ -6,8 +6,8 @@ import json
 import math
 import sys
 
-from ..metrics.flops import schedule_flops
 from ..models import create_config, model_names
+from ..models.flops import schedule_flops
 
 
 def add_arguments(p) -> None:

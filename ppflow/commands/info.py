@@ -20,8 +20,8 @@ from ..convert.native import (
     read_weights,
     resolve_path,
 )
-from ..metrics.flops import schedule_flops
 from ..models.backbone import PPFlowTransformer
+from ..models.flops import schedule_flops
 from .convert import LOAD_ERRORS, add_load_arguments, load_overrides, semantics_note
 from .flops import parse_scales
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..convert.keymap import CheckpointError
-from ..hub.hub import build_upload_folder, is_hub_id, push_to_hub
+from ..hub.push import build_upload_folder, is_hub_id, push_to_hub
 from ..hub.registry import is_release_name
 
 

@@ -144,7 +144,7 @@ def probe_schedule(patches: list[tuple[int, int]]) -> str:
 def _finetune(init: Path, run: Path, args, steps: int, seed: int, time_sampling: str, learn_sigma: bool):
     """`init` fine-tuned `steps` steps into `run` (reused when finished); its raw weights, not the EMA."""
     from ..convert import load_model
-    from ..train.loop import train
+    from ..train import train
 
     overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
                  "max_steps": steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
@@ -164,7 +164,7 @@ def main(args) -> int:
     from ..convert.adaptation import adapt
     from ..data.registry import DataConfig, build_dataset
     from ..eval.profile import loss_profile
-    from ..metrics.schedule_search import mirror, schedule_excess, score_schedule, search_schedules, simplest_within
+    from ..experiments.schedule_search import mirror, schedule_excess, score_schedule, search_schedules, simplest_within
     from ..models.schedule import PyramidSchedule, ScheduleError
     from ..utils.plots import line_plot
 

@@ -33,8 +33,9 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from ..train import NonFiniteLossError, train
     from ..train.config import ConfigError, cli_overrides, config_from_args, config_yaml
-    from ..train.loop import NonFiniteLossError, TrainingInterrupted, train
+    from ..train.signals import TrainingInterrupted
 
     try:
         if args.resume:

@@ -22,9 +22,10 @@ import torch
 
 from ..models.backbone import PPFlowTransformer
 from ..models.patchify import average_init, copy_init
+from ..models.pretrained import load_state_strict
 from ..models.schedule import PyramidSchedule
 from .keymap import CheckpointError, size_name
-from .native import load_state_strict
+from .load import load_model
 
 Tensor = torch.Tensor
 INITS = ("pooled", "lstsq")
@@ -61,8 +62,6 @@ def adapt(
             raise ValueError("format/weights/overrides apply when loading a path; `source` is already a model")
         src = source
     else:
-        from . import load_model
-
         src = load_model(source, format=format, weights=weights, **overrides)
     label = src.config.name or "the source model"
     if init not in INITS:

@@ -20,10 +20,11 @@ from types import ModuleType
 
 import torch
 
-from ..models.backbone import PPFlowTransformer
+from ..io import read_weights, refused_pickle, verify_state
+from ..models.backbone import CONFIG, WEIGHTS, PPFlowTransformer
+from ..models.pretrained import load_state_strict
 from . import dit, official, sit, training
 from .keymap import CheckpointError, Converted
-from .native import CONFIG, WEIGHTS, load_state_strict, read_weights, refused_pickle, verify_state
 
 FOREIGN: dict[str, ModuleType] = {dit.NAME: dit, sit.NAME: sit, official.NAME: official}
 FORMATS = ("ppflow", training.FORMAT_TAG, *FOREIGN)  # names accepted by `format=` / `--from`

@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..io import CheckpointError
 from ..models.backbone import ModelConfig
 from ..models.registry import SIZES
 
 Tensor = torch.Tensor
 FREQUENCY_SIZE = 256  # width of the sinusoidal time features (fixed in DiT/SiT/PPFlow and in ppflow)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read as the requested/detected format."""
 
 
 def _same(x: Tensor) -> Tensor:

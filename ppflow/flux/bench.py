@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
+from ..bench.timing import ESTIMATORS, alternate, stopwatch
+from ..sampling.solvers import euler
 from .flops import ARCHS, TEXT_TOKENS, FluxArch, counts_flops, packed_grid
 from .sigmas import FluxShift, stage_grid, step_stages, time_shift, unshifted_boundaries
 
@@ -66,14 +66,19 @@ def build_base(arch: FluxArch, device: torch.device, dtype: torch.dtype, seed: i
     return model.eval()
 
 
-def _euler(model, x, sigmas, stages, cond, grid):
-    """FluxPipeline's Euler loop: x <- x + (sigma_next - sigma) * v."""
-    for i in range(len(sigmas) - 1):
-        t = torch.full((x.shape[0],), float(sigmas[i]), device=x.device, dtype=x.dtype)
-        extra = {} if stages is None else {"stage": stages[i], "grid": grid}
-        v = model(hidden_states=x, timestep=t, return_dict=False, **cond, **extra)[0]
-        x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * v
-    return x
+def denoise(model, x: torch.Tensor, sigmas: list[float], stages: list[int] | None, cond: dict,
+            grid: tuple[int, int]) -> torch.Tensor:
+    """FluxPipeline's Euler loop x <- x + (sigma_next - sigma) * v, as `sampling.solvers.euler` over t = 1 - sigma.
+
+    `stages[i]`: the PPFlux stage of step i (None: a base FLUX, no stages); x (B, L, C) packed latents.
+    """
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, stage: int | None) -> torch.Tensor:
+        extra = {} if stage is None else {"stage": stage, "grid": grid}
+        return -model(hidden_states=x, timestep=(1 - t).to(x.dtype), return_dict=False, **cond, **extra)[0]
+
+    t = 1 - torch.tensor(sigmas, dtype=torch.float64)  # FLUX's sigma runs 1 -> 0, ppflow's t 0 -> 1
+    return euler(velocity, x, t, stages or [None] * (len(sigmas) - 1))
 
 
 def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
@@ -84,7 +89,7 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
 
     if cfg.size not in SIZES:
         raise ValueError(f"unknown size {cfg.size!r}; choose one of {SIZES}")
-    if cfg.estimator not in ("median", "min"):
+    if cfg.estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {cfg.estimator!r}; choose median or min")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -121,10 +126,9 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
     cached = {}
     if cfg.cache is not None:  # the same models with diffusers' FirstBlockCache on the base's blocks
         cached = {f"FLUX + FBC {cfg.cache:g}": "FLUX", f"{ppf_name} + FBC {cfg.cache:g}": ppf_name}
-    times: dict[str, list[float]] = {k: [] for k in [*models, *cached]}
     full_steps: dict[str, int] = {}
 
-    def run(name: str) -> float:
+    def run(name: str, r: int) -> float:
         model, st = models[cached.get(name, name)]
         ctx = contextlib.nullcontext()
         if name in cached:
@@ -136,14 +140,8 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
         last = base.single_transformer_blocks[-1].proj_mlp
         hook = last.register_forward_pre_hook(lambda m, a: computed.append(1)) if cached else None
         try:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
             with ctx:
-                _euler(model, noise, sigmas, st, cond, grid)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
+                elapsed, _ = stopwatch(device, denoise, model, noise, sigmas, st, cond, grid)
         finally:
             if hook is not None:
                 hook.remove()
@@ -153,35 +151,27 @@ def bench_flux(cfg: FluxBenchConfig, log=None) -> dict:
             full_steps[name] = len(computed)
         return elapsed
 
-    names = list(times)
+    names = [*models, *cached]
     with torch.inference_mode():
-        for _ in range(cfg.warmup):
-            for n in names:
-                run(n)
-        for r in range(cfg.repeats):
-            for n in names[r % len(names):] + names[: r % len(names)]:  # rotate which model goes first
-                times[n].append(run(n))
-                if log is not None:
-                    log(f"repeat {r + 1}/{cfg.repeats} {n}: {times[n][-1]:.3f}s")
-    est = statistics.median if cfg.estimator == "median" else min
+        timings = alternate(names, run, cfg.repeats, cfg.warmup, name="bench flux", log=log)
     counts = [B * stages.count(s) for s in range(ppf.schedule.num_stages)]
     fl = counts_flops(arch, ppf.schedule, grid, T, counts)
-    base_s, ppf_s = est(times[names[0]]), est(times[names[1]])
+    runs = {n: timings.summary(n, cfg.estimator) for n in names}
+    base_s, ppf_s = runs[names[0]]["seconds"], runs[names[1]]["seconds"]
     speedup, bound = base_s / ppf_s, fl["baseline_total"] / fl["total"]
     result = {
         "settings": {**dataclasses.asdict(cfg), "resolution": res, "text_tokens": T, "dtype": str(dtype),
                      "image_tokens": L, "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "stages": stages, "sigmas": sigmas[:-1],
-        "runs": {n: {"seconds": est(times[n]), "median": statistics.median(times[n]), "min": min(times[n]),
-                     "times": times[n]} for n in names},
+        "runs": runs,
         "forwards": counts, "gflops": fl["total"] / 1e9, "baseline_gflops": fl["baseline_total"] / 1e9,
         "speedup": speedup, "bound": bound, "efficiency": speedup / bound,
         "bound_text_free": fl["baseline_text_free"] / fl["text_free"],
         "full_steps": full_steps,
     }
     if cached:
-        flux_c, ppf_c = (est(times[n]) for n in cached)
+        flux_c, ppf_c = (runs[n]["seconds"] for n in cached)
         result["cache"] = {"threshold": cfg.cache, "speedup_flux_cache": base_s / flux_c,
                            "speedup_ppflux_cache": base_s / ppf_c,
                            "product": speedup * base_s / flux_c}  # what multiplying the two speed-ups predicts

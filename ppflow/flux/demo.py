@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import json
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CLASS_WORDS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+from ..bench.timing import alternate, stopwatch
+from ..data.fashion_mnist import CLASSES, load_fashion_mnist, to_model_space
+from ..utils.report import Report
+
+CLASS_WORDS = tuple(c.split("/")[0].lower() for c in CLASSES)  # 't-shirt', 'trouser', ..., 'ankle boot'
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}")
 SPECIALS = ("<pad>", "<bos>", "<unk>", "<eos>")  # ids 0..3; CLIP pools at the first <eos>
 
@@ -117,8 +119,6 @@ def depth_to_space(z: torch.Tensor) -> torch.Tensor:
 
 def to_pixels(images: np.ndarray, cfg: DemoConfig) -> torch.Tensor:
     """uint8 (N, 28, 28) -> (N, 1, S, S) in [-1, 1]: padded to 32 px, average-pooled to `image_size`."""
-    from ..data.fashion_mnist import to_model_space
-
     x = to_model_space(images)  # (N, 1, 32, 32)
     return x if cfg.image_size == 32 else torch.nn.functional.avg_pool2d(x, 32 // cfg.image_size)
 
@@ -146,7 +146,6 @@ def to_uint8_32(x: torch.Tensor) -> np.ndarray:
 
 def build_cache(cfg: DemoConfig, encoders: TinyTextEncoders):
     """Fashion-MNIST images with class-name captions, through the shared cache builder."""
-    from ..data.fashion_mnist import load_fashion_mnist
     from .captions import build_cache as cache_rows
 
     images, labels = load_fashion_mnist("train")
@@ -190,7 +189,7 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
     """Euler over PPFluxPipeline's grid (boundaries on it, FLUX's shift), one stage per step; images (N, 1, S, S)."""
     from diffusers import FluxPipeline
 
-    from .bench import _euler
+    from .bench import denoise
     from .sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
 
     C, side = latent_shape(cfg)
@@ -207,7 +206,7 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
             "img_ids": FluxPipeline._prepare_latent_image_ids(B, grid[0], grid[1], "cpu", torch.float32),
             "txt_ids": torch.zeros(embeds.shape[1], 3), "guidance": torch.full((B,), 3.5)}
     noise = torch.randn(B, L, 4 * C, generator=torch.Generator().manual_seed(seed))  # (B, L, 4C)
-    x = _euler(model, noise, sigmas, stages, cond, grid)  # (B, L, 4C)
+    x = denoise(model, noise, sigmas, stages, cond, grid)  # (B, L, 4C)
     z = x.view(B, grid[0], grid[1], C, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C, side, side)  # unpack
     return from_latent(z, cfg).clamp(-1, 1), {"stages": stages, "sigmas": sigmas[:-1]}
 
@@ -246,21 +245,22 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
 
     # ---- sampling speed: alternate the two fine-tuned models on the same prompts, median of repeats
     prompts_t = [f"a photo of a {CLASS_WORDS[i % 10]}" for i in range(cfg.timing_batch)]
-    times = {"ppflux": [], "flux-ft": []}
-    for r in range(cfg.timing_repeats + 1):
-        for name in (("ppflux", "flux-ft") if r % 2 else ("flux-ft", "ppflux")):
-            t0 = time.perf_counter()
-            _, info = sample(models[name], enc, prompts_t, cfg.sample_steps, cfg.seed + 99, cfg)
-            if r:  # the first round warms up
-                times[name].append(time.perf_counter() - t0)
-            if name == "ppflux":
-                stages = info["stages"]
+    stages = []
+
+    def run(name: str, r: int) -> float:
+        seconds, (_, info) = stopwatch(torch.device("cpu"), sample, models[name], enc, prompts_t, cfg.sample_steps,
+                                       cfg.seed + 99, cfg)
+        if name == "ppflux":
+            stages[:] = info["stages"]
+        return seconds
+
+    timings = alternate(["flux-ft", "ppflux"], run, cfg.timing_repeats, warmup=1)
     pp = models["ppflux"]
     counts = [cfg.timing_batch * stages.count(s) for s in range(pp.schedule.num_stages)]
     side = latent_shape(cfg)[1]
     fl = counts_flops(FluxArch.from_config(pp.config), pp.schedule, (side // 2, side // 2), enc.t5_tok.max_length,
                       counts)
-    speed = {"ppflux_s": statistics.median(times["ppflux"]), "flux_ft_s": statistics.median(times["flux-ft"]),
+    speed = {"ppflux_s": timings.summary("ppflux")["seconds"], "flux_ft_s": timings.summary("flux-ft")["seconds"],
              "bound": fl["baseline_total"] / fl["total"], "stages": stages}
     speed["speedup"] = speed["flux_ft_s"] / speed["ppflux_s"]
     speed["efficiency"] = speed["speedup"] / speed["bound"]
@@ -268,8 +268,6 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
     # ---- quality: every class prompt, the same noise for every model
     labels = np.repeat(np.arange(10), cfg.eval_per_class)
     if cfg.metrics:  # FID reference: the test split at the demo's resolution (so FID measures the generator)
-        from ..data.fashion_mnist import load_fashion_mnist
-
         test_x, test_y = load_fashion_mnist("test")
         ref = to_uint8_32(to_pixels(test_x[:5000], cfg))
         real, real_labels = to_uint8_32(to_pixels(test_x[5000:], cfg)), test_y[5000:]
@@ -295,30 +293,30 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
               "train": {name: {"steps": r.step, "final_loss": r.loss, "seconds": s, "steps_per_sec": r.steps_per_sec}
                         for name, (r, s) in runs.items()},
               "speed": speed, "quality": quality}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(format_report(report))
-    log(format_report(report))
+    rep = format_report(report)
+    rep.write(out_dir, html=False, data=report)
+    log(rep.markdown())
     return report
 
 
-def format_report(r: dict) -> str:
+def format_report(r: dict) -> Report:
+    """The demo's report: training, prompt accuracy and classifier FID per model, then the sampling speed."""
     c, s = r["config"], r["speed"]
-    lines = [f"# ppflow flux demo ({r['seconds']:.0f} s, {r['threads']} thread(s))", "",
-             (f"base: tiny FLUX ({c['double_blocks']} double + {c['single_blocks']} single blocks, dim "
+    rep = Report(f"ppflow flux demo ({r['seconds']:.0f} s, {r['threads']} thread(s))")
+    rep.text(f"base: tiny FLUX ({c['double_blocks']} double + {c['single_blocks']} single blocks, dim "
              f"{32 * c['dim_heads']}) from scratch on {c['image_size']} px Fashion-MNIST "
-             f"({'space-to-depth' if c['space_to_depth'] else 'pixels'}), {c['base_steps']} steps; fine-tunes {c['finetune_steps']} steps "
-             f"each; batch {c['batch_size']}; {c['sample_steps']} Euler steps; PPFlux coarse output "
-             f"{c.get('coarse_output', 'v')}"), "",
-             "| model | train s | steps/s | final loss | prompt accuracy | classifier FID |", "|---|---|---|---|---|---|"]
+             f"({'space-to-depth' if c['space_to_depth'] else 'pixels'}), {c['base_steps']} steps; fine-tunes "
+             f"{c['finetune_steps']} steps each; batch {c['batch_size']}; {c['sample_steps']} Euler steps; PPFlux coarse "
+             f"output {c.get('coarse_output', 'v')}")
+    rows = []
     for name in [*r["train"], *(k for k in r["quality"] if k not in r["train"])]:
-        t = r["train"].get(name, {"seconds": 0, "steps_per_sec": 0, "final_loss": None})
-        q = r["quality"].get(name, {})
-        acc = f"{q['accuracy']:.3f}" if q.get("accuracy") is not None else "-"
-        fid = f"{q['fid']:.2f}" if q.get("fid") is not None else "-"
-        loss = f"{t['final_loss']:.4f}" if t["final_loss"] is not None else "-"
-        train = f"{t['seconds']:.0f} | {t['steps_per_sec']:.2f}" if name in r["train"] else "- | -"
-        lines.append(f"| {name} | {train} | {loss} | {acc} | {fid} |")
-    lines += ["", (f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
-              f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
-              f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")]
-    return "\n".join(lines) + "\n"
+        t, q = r["train"].get(name), r["quality"].get(name, {})
+        rows.append([name, f"{t['seconds']:.0f}" if t else "-", f"{t['steps_per_sec']:.2f}" if t else "-",
+                     f"{t['final_loss']:.4f}" if t and t["final_loss"] is not None else "-",
+                     f"{q['accuracy']:.3f}" if q.get("accuracy") is not None else "-",
+                     f"{q['fid']:.2f}" if q.get("fid") is not None else "-"])
+    rep.table(["model", "train s", "steps/s", "final loss", "prompt accuracy", "classifier FID"], rows)
+    rep.text(f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
+             f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
+             f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")
+    return rep

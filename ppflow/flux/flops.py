@@ -1,6 +1,6 @@
 """Analytic FLOPs of FLUX transformer forwards per PPFlow stage, and the bound on the sampling speed-up.
 
-Same convention as `ppflow.metrics.flops`: a multiply-add is 2 FLOPs, every matrix product is counted,
+Same convention as `ppflow.models.flops`: a multiply-add is 2 FLOPs, every matrix product is counted,
 element-wise work (norms, activations, RoPE, gates) is not. Both block kinds cost 24*N*D^2 + 4*N^2*D for a
 joint sequence of N = image + text tokens: double-stream (MMDiT) blocks run q/k/v, out-projection and a
 4x MLP on each stream; single-stream blocks run q/k/v, a 4x MLP in parallel and one (D + 4D) -> D

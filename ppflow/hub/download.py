@@ -16,7 +16,6 @@ Downloads are off with PPFLOW_OFFLINE=1 or HF_HUB_OFFLINE=1 (cached files still 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -29,7 +28,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..convert.native import remove_quietly, write_text_atomic
+from ..io import CHUNK, remove_quietly, sha256_file, write_text_atomic
 from .registry import Release, get_release, release_dir
 
 try:
@@ -38,7 +37,6 @@ except ImportError:  # pragma: no cover - not POSIX: no locking
     fcntl = None
 
 OFFLINE_ENVS = ("PPFLOW_OFFLINE", "HF_HUB_OFFLINE")
-CHUNK = 1 << 20
 RECORD_SUFFIX = ".sha256.json"
 
 
@@ -64,14 +62,6 @@ class HashRecord:
     url: str = ""
     mtime_ns: int = 0  # of the file when it was last hashed: a change means hash it again
     recorded: str = ""  # UTC time of the first download
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def offline() -> bool:

@@ -101,3 +101,9 @@ for _r in (
             note="official PPF-XL-3 ImageNet 256 (README: FID-50K 2.23, IS 286.67)"),
 ):
     register(_r)
+
+
+def release_overrides(name: str | os.PathLike) -> dict:
+    """Config fields a release's registry entry sets (e.g. its VAE); {} for anything but a release name."""
+    name = str(name)
+    return dict(get_release(name).overrides) if not Path(name).exists() and is_release_name(name) else {}

@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..io import HASH_KEY, content_sha256, save_safetensors_atomic, write_text_atomic
 from .layers import DiTBlock, LabelEmbedder, Packing, TimestepEmbedder, sincos_2d
 from .output import OUTPUTS, pooling_ratio, snr_scale, snr_time, to_velocity
 from .patchify import PatchEmbed, Unpatchify, average_init, copy_init
 from .schedule import PyramidSchedule
 
+WEIGHTS = "model.safetensors"  # a ppflow folder: these two files
+CONFIG = "config.json"
+FORMAT_TAG = "ppflow"
 TIME_MAPS = ("identity", "dit")
 STAGE_INITS = ("independent", "pooled")
 
@@ -280,16 +284,14 @@ class PPFlowTransformer(nn.Module):
 
     # ----------------------------------------------------------------- save
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write `model.safetensors` + `config.json` (readable by `ppflow.load_model`)."""
-        from ..convert.native import save_pretrained
-
-        return save_pretrained(self, directory)
-
-    def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Upload to the Hugging Face Hub with a generated model card (see ppflow.hub.push_to_hub)."""
-        from ..hub.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        """Write `model.safetensors` (the SHA-256 of its tensors in the metadata) and `config.json` atomically into
+        `directory`: a folder `ppflow.load_model` reads."""
+        directory = Path(directory)
+        state = self.state_dict()
+        save_safetensors_atomic(state, directory / WEIGHTS, {"format": FORMAT_TAG, HASH_KEY: content_sha256(state)})
+        write_text_atomic(directory / CONFIG, json.dumps({"format": FORMAT_TAG, **self.config.to_dict()}, indent=2),
+                          "model config")
+        return directory
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -65,10 +65,6 @@ class Packing:
         return x * self.per_token(gate)
 
 
-def modulate_dense(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention on packed tokens; attention stays inside each sample."""
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from diffusers import ModelMixin
 
-from ..convert.native import load_pretrained, save_pretrained
+from ..convert.load import load_model
 from ..models.backbone import PPFlowTransformer
+from ..models.pretrained import load_pretrained
 
 
 class PPFlowTransformer2DModel(PPFlowTransformer, ModelMixin):
@@ -42,12 +43,10 @@ class PPFlowTransformer2DModel(PPFlowTransformer, ModelMixin):
         if Path(directory).is_dir():
             model = cls.from_model(load_pretrained(directory, verify=verify))
         else:
-            from ..convert import load_model
-
             hub = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "token") if kwargs.get(k) is not None}
             model = cls.from_model(load_model(str(directory), verify=verify, revision=kwargs.get("revision"), **hub))
         return model.to(torch_dtype) if torch_dtype is not None else model
 
     def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> Path:
         """Write config.json + model.safetensors (ppflow's format; diffusers' save options are not used)."""
-        return save_pretrained(self, directory)
+        return PPFlowTransformer.save_pretrained(self, directory)

@@ -25,7 +25,7 @@ class SampleOutput:
     trajectory: list[torch.Tensor] | None  # K states if requested
     nfe: list[int]  # velocity evaluations (batched calls) per stage
     forwards: list[int] | None = None  # model forwards per stage counted in samples (CFG passes included)
-    flops: dict | None = None  # {'paper': ..., 'total': ...} FLOPs of those forwards (ppflow.metrics.flops)
+    flops: dict | None = None  # {'paper': ..., 'total': ...} FLOPs of those forwards (ppflow.models.flops)
 
 
 def _schedule(schedule) -> PyramidSchedule | None:
@@ -123,7 +123,7 @@ def sample(
 
 
 def _flops(config, rows: list[int], hw) -> dict:
-    from ..metrics.flops import evaluation_flops
+    from ..models.flops import evaluation_flops
 
     paper, total = evaluation_flops(config, rows, int(hw[0]), int(hw[1]))
     return {"paper": paper, "total": total}

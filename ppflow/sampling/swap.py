@@ -61,7 +61,7 @@ class StageSwap(nn.Module):
 
     def stage_flops(self, stage: int, height: int, width: int):
         """Analytic FLOPs of one forward in composite stage `stage` (the member's own stage)."""
-        from ..metrics.flops import forward_flops
+        from ..models.flops import forward_flops
 
         return forward_flops(self.members[stage].config, self.inner[stage], height, width)
 

@@ -22,7 +22,8 @@ from .config import (
     config_to_dict,
     load_config,
 )
-from .loop import NonFiniteLossError, StepEvent, TrainResult, train
+from .engine import NonFiniteLossError, StepEvent, TrainResult
+from .sit import train
 
 __all__ = [
     "ConfigError",

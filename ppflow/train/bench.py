@@ -8,7 +8,6 @@ noise and labels for every model of one shape (seeded by (seed, i)), so models c
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 
 import torch
@@ -66,7 +65,3 @@ def time_train_steps(model: nn.Module, batch: int, steps: int = 3, warmup: int =
     step = TrainStep(model, batch, seed, time_sampling, lr)
     times = [step.run(i) for i in range(warmup + steps)]
     return times[warmup:]
-
-
-def median_step(model: nn.Module, batch: int, **kw) -> float:
-    return statistics.median(time_train_steps(model, batch, **kw))

@@ -9,9 +9,9 @@ Layout of `RUN_DIR/checkpoints/last.pt` (and `step-NNNNNNN.pt` copies):
      "data": {"epoch": int, "offset": int}  (position in the epoch's permutation, in samples),
      "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]},
      "log": running sums of the current logging window, "world_size": int, "elapsed": seconds,
-     "sha256": content hash of every other entry (ppflow.convert.native.content_sha256)}
-Written atomically (temporary file + os.replace): a crash mid-write keeps the previous file, and a failed
-write (a full disk: DiskFullError, an OSError) removes the temporary file and leaves the previous one.
+     "sha256": content hash of every other entry (ppflow.io.content_sha256)}
+Written atomically (ppflow.io): a crash mid-write keeps the previous file, and a failed write (a full disk:
+DiskFullError, an OSError) removes the temporary file and leaves the previous one.
 Loading recomputes the hash and refuses a damaged file (DamagedFileError) unless verify=False;
 checkpoints without "sha256" (older ppflow) load unchecked.
 """
@@ -23,15 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ..convert.native import (
+from ..io import (
     HASH_KEY,
     DamagedFileError,
     DiskFullError,
     one_line,
     refused_pickle,
-    remove_quietly,
-    save_error,
-    state_nbytes,
+    torch_save_atomic,
     verify_state,
     with_sha256,
 )
@@ -51,17 +49,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     A failed write removes the temporary file, keeps the previous `path` and raises a one-line OSError
     (DiskFullError when the file system is full, with the free space and what the checkpoint needs).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    body = with_sha256(state)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(body, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("basic_ios::clear" ...)
-        remove_quietly(tmp)
-        raise save_error(e, path, state_nbytes(body), "checkpoint") from e
-    return path
+    return torch_save_atomic(with_sha256(state), path, "checkpoint")
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -24,6 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from ..data.registry import DataConfig
 from ..flow.time_sampling import DENSITIES, MODES
+from ..io import write_text_atomic
 from ..models.backbone import ModelConfig
 from ..models.config_checks import model_field_problem
 from ..sampling import METHODS
@@ -266,8 +267,6 @@ def config_yaml(cfg, extra: dict | None = None) -> str:
 
 def save_config(cfg, path: str | Path, extra: dict | None = None) -> Path:
     """Write the resolved config as YAML, atomically (a failed write leaves the old file and no temporary file)."""
-    from ..convert.native import write_text_atomic
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, config_yaml(cfg, extra), "run config")

@@ -40,3 +40,13 @@ class EMA:
     def copy_from(self, model: nn.Module) -> None:
         for e, p in zip(self.model.parameters(), model.parameters()):
             _local(e).copy_(_local(p.detach()))
+
+    @torch.no_grad()
+    def load_full(self, tensors: list[torch.Tensor]) -> None:
+        """Copy full (unsharded) tensors into the EMA parameters, sharded like them where they are FSDP2 DTensors."""
+        for e, v in zip(self.model.parameters(), tensors):
+            if hasattr(e, "device_mesh"):
+                from torch.distributed.tensor import distribute_tensor
+
+                v = distribute_tensor(v.to(e.device, e.dtype), e.device_mesh, e.placements)
+            e.copy_(v)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import write_atomic
+
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1], (N, C, H, W) -> uint8 (N, H, W, C) as ADM npz files store them."""
@@ -31,15 +33,10 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, pad_value: i
 
 def save_image(array: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:
     """Save a uint8 (H, W, C) array as PNG (atomically), optionally upscaled by an integer factor."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: img.save(tmp, format="PNG"), array.nbytes, "image")
 
 
 def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> Path:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..io import write_atomic
+
 # ten distinguishable colours (a search's verify plot has up to ~9 series); more series reuse them
 COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -92,9 +94,4 @@ def line_plot(
     d.text((left, 10), title, fill="black", font=font)
     d.text(((W - len(xlabel) * 6) / 2, H - 18), xlabel, fill="black", font=font)
     d.text((4, top - 16), ylabel, fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: img.save(tmp, format="PNG"), W * H * 3, "plot")

@@ -44,8 +44,8 @@ def _cfg(tmp, out, **kw):
         32, str(tmp / out)
     cfg.train.lora_rank, cfg.optim.lr = 4, 1e-3
     for k, v in kw.items():
-        section, name = k.split("__")
-        setattr(getattr(cfg, section), name, v)
+        section, _, name = k.rpartition("__")
+        setattr(getattr(cfg, section) if section else cfg, name, v)
     return cfg
 
 
@@ -155,3 +155,40 @@ def test_cache_command_and_bad_data_in_one_line(setup, tmp_path, capsys):
     assert main([*args, "--data.path", str(bad), "--data.cache", str(tmp_path / "d.safetensors")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read image" in err[0] and "img1.png" in err[0]
+
+
+def _cli(tmp, out, steps, *extra):
+    return ["flux", "train", "--model.base", str(tmp / "base"), "--data.cache", str(tmp / "cache.safetensors"),
+            "--data.resolution", "32", "--train.lora-rank", "4", "--optim.lr", "1e-3", "--device", "cpu",
+            "--batch-size", "4", "--max-steps", str(steps), "--log-every", "1", "--save-every", "2",
+            "--progress", "false", "--tensorboard", "false", "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_flux_train_under_torchrun_equals_one_process_resumes_exactly_and_stops_on_sigterm(setup, tmp_path):
+    from ppflow.train import load_checkpoint
+    from tests import torchrun as tr
+
+    tmp = setup
+    two = tmp_path / "two"
+    proc = tr.run(*_cli(tmp, two, 4))
+    assert proc.stdout.count("done: step 4/4") == 1  # rank 0 speaks, once
+    rows = tr.metrics(two)
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]  # each row once
+    assert load_checkpoint(two)["step"] == 4 and load_checkpoint(two)["world_size"] == 2
+    # the logged loss is the mean over both ranks: one process with 2 accumulation steps cuts the same shards
+    ref = train_flux(_cfg(tmp, "ref", grad_accum=2, batch_size=4))
+    assert [float(r["loss"]) for r in rows] == pytest.approx([float(r["loss"]) for r in tr.metrics(ref.run_dir)],
+                                                             rel=1e-5)
+    # exact resume under torchrun: 2 steps, then on to 4, logs the rows of the straight run
+    part = tmp_path / "part"
+    tr.run(*_cli(tmp, part, 2))
+    tr.run("flux", "train", "--resume", str(part), "--max-steps", "4")
+    assert [r["loss"] for r in tr.metrics(part)] == [r["loss"] for r in rows]
+    # SIGTERM to the launcher: both ranks stop at one step, within a step, with its checkpoint and row
+    stop = tmp_path / "stop"
+    out, seconds = tr.sigterm_after_rows(stop, 2, *_cli(tmp, stop, 100000))
+    assert seconds < 25, (seconds, out[-3000:])
+    step = load_checkpoint(stop)["step"]
+    assert f"stopped by SIGTERM: step {step}/" in out and out.count("stopped by SIGTERM: step") == 1, out[-3000:]
+    assert [int(r["step"]) for r in tr.metrics(stop)] == list(range(1, step + 1))

@@ -16,8 +16,9 @@ import yaml
 import ppflow
 from ppflow import cli
 from ppflow.convert.keymap import CheckpointError
-from ppflow.convert.native import DamagedFileError
-from ppflow.hub import build_upload_folder, from_hub, push_to_hub
+from ppflow.hub import from_hub
+from ppflow.hub.push import build_upload_folder, push_to_hub
+from ppflow.io import DamagedFileError
 from ppflow.models import create_model
 from tests.conftest import randomize
 from tests.hub.conftest import add_to_hub_cache
@@ -158,7 +159,7 @@ class RecordingApi:
 
 def test_push_to_hub_uploads_the_built_folder(tmp_path):
     api = RecordingApi(tmp_path / "uploaded")
-    url = tiny().push_to_hub(REPO, revision="exp", private=True, api=api)  # = push_to_hub(model, REPO, ...)
+    url = push_to_hub(tiny(), REPO, revision="exp", private=True, api=api)
     assert url == f"https://huggingface.co/{REPO}/commit/0"
     assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0][2]["private"] is True and api.calls[2][2]["revision"] == "exp"

@@ -13,9 +13,9 @@ import torch
 
 import ppflow
 import ppflow.train.checkpoint as ckpt_io
+from ppflow import io as ppio
 from ppflow.cli import main as cli
-from ppflow.convert import native
-from ppflow.convert.native import DiskFullError
+from ppflow.io import DiskFullError
 from ppflow.train import load_checkpoint, train
 from tests.reliability.conftest import tiny_cfg
 
@@ -134,7 +134,7 @@ def test_torch_saves_ios_error_on_a_full_disk_is_named_by_the_free_space(run, tm
         raise RuntimeError("basic_ios::clear: iostream error")
 
     monkeypatch.setattr(ckpt_io.torch, "save", ios_error)
-    monkeypatch.setattr(native, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(ppio, "free_bytes", lambda path: 1000)
     with pytest.raises(DiskFullError, match=r"^disk full: cannot write .*last\.pt: the checkpoint needs about "
                                             r"[0-9.]+ MB and the file system of .* has 0\.0 MB free$"):
         ckpt_io.save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
@@ -145,7 +145,7 @@ def test_enospc_while_exporting_the_ema_folder_removes_the_temporary_folder(run,
     shutil.copytree(run, tmp_path / "run")
     ema = tmp_path / "run" / "ema" / "model.safetensors"
     before = ema.read_bytes()
-    monkeypatch.setattr(native, "save_file", enospc_halfway(native.save_file))
+    monkeypatch.setattr(ppio, "save_file", enospc_halfway(ppio.save_file))
     with pytest.raises(DiskFullError) as e:
         train(resume=tmp_path / "run", overrides={"max_steps": 3})
     monkeypatch.undo()
@@ -161,7 +161,7 @@ def test_enospc_while_exporting_the_ema_folder_removes_the_temporary_folder(run,
 def test_a_metrics_row_cut_short_by_a_full_disk_is_removed(tmp_path, monkeypatch):
     import csv
 
-    from ppflow.train.loop import MetricsFile
+    from ppflow.train.runlog import MetricsFile
 
     metrics = MetricsFile(tmp_path / "metrics.csv", 2, 0)
     metrics.write({"step": 1, "loss": 0.5})

@@ -9,8 +9,8 @@ import torch
 
 import ppflow
 import ppflow.train.checkpoint as ckpt_io
+from ppflow import io as ppio
 from ppflow.cli import main as cli
-from ppflow.convert import native
 from ppflow.train import load_checkpoint, train
 
 
@@ -36,7 +36,7 @@ def test_a_crash_mid_write_keeps_the_previous_files(run, tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt_io.torch, "save", crash_halfway(torch.save))
     with pytest.raises(Crash):
         ckpt_io.save_checkpoint({**state, "step": 99}, last)
-    monkeypatch.setattr(native, "save_file", crash_halfway(native.save_file))
+    monkeypatch.setattr(ppio, "save_file", crash_halfway(ppio.save_file))
     model = ppflow.load_model(tmp_path / "run" / "ema")
     with pytest.raises(Crash):
         model.save_pretrained(tmp_path / "run" / "ema")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ppflow.train import load_checkpoint, loop, train
-from ppflow.train.loop import TrainingInterrupted
+from ppflow.train import engine, load_checkpoint, sit, train
+from ppflow.train.signals import TrainingInterrupted
 from tests.reliability.conftest import tiny_cfg
 
 EXACT = ["step", "loss", "loss_stage0", "loss_stage1", "grad_norm", "lr"]
@@ -96,7 +96,7 @@ def test_train_twice_in_one_process_a_later_sigterm_is_never_swallowed(tmp_path,
     assert_restored(handler)
 
     # a third call, SIGTERM from a thread during its start-up (while the data set is built): stopped before step 1
-    real = loop.build_dataset
+    real = sit.build_dataset
 
     def build_with_signal(cfg):
         t = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
@@ -105,7 +105,7 @@ def test_train_twice_in_one_process_a_later_sigterm_is_never_swallowed(tmp_path,
         time.sleep(0.05)  # the main thread runs the Python handler at its next instruction
         return real(cfg)
 
-    monkeypatch.setattr(loop, "build_dataset", build_with_signal)
+    monkeypatch.setattr(sit, "build_dataset", build_with_signal)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM during start-up") as e:
         train(tiny_cfg(tmp_path / "c", max_steps=200))
     monkeypatch.undo()
@@ -129,7 +129,7 @@ def test_train_twice_in_one_process_a_later_sigterm_is_never_swallowed(tmp_path,
 
 def test_a_signal_during_the_last_save_still_reports_the_stop(tmp_path, sentinel, monkeypatch):
     handler, received = sentinel
-    real = loop.Trainer.save
+    real = engine.Engine.save
 
     def save_then_signal(self):
         path = real(self)
@@ -137,7 +137,7 @@ def test_a_signal_during_the_last_save_still_reports_the_stop(tmp_path, sentinel
             signal.raise_signal(signal.SIGTERM)
         return path
 
-    monkeypatch.setattr(loop.Trainer, "save", save_then_signal)
+    monkeypatch.setattr(engine.Engine, "save", save_then_signal)
     res = train(tiny_cfg(tmp_path / "run", max_steps=2))
     assert res.step == 2 and res.interrupted and res.stop_signal == signal.SIGTERM  # the caller hears of it
     assert received == []

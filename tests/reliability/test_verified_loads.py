@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import ppflow
 from ppflow.cli import main as cli
-from ppflow.convert.native import DamagedFileError, content_sha256
+from ppflow.io import DamagedFileError, content_sha256
 from ppflow.train import load_checkpoint, train
 from tests.conftest import randomize
 from tests.reliability.conftest import flip_middle

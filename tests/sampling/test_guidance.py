@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ppflow.metrics.flops import evaluation_flops
 from ppflow.models import create_model
+from ppflow.models.flops import evaluation_flops
 from ppflow.sampling import ForwardCounter, doubled_cfg_velocity, guided_velocity, sample_model, stage_scales
 from tests.conftest import randomize
 

@@ -69,3 +69,23 @@ def test_fsdp_equals_one_process(tmp_path):
     # its checkpoint (full state dicts, optimizer keyed by name) resumes without FSDP
     res = train(resume=tmp_path / "fsdp", overrides={"max_steps": 5, "grad_accum": 2})
     assert res.step == 5
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_saves_it(tmp_path):
+    from tests import torchrun as tr
+
+    out_dir = tmp_path / "stop"
+    args = [a for a in ARGS]
+    args[args.index("--max-steps") + 1] = "100000"
+    args[args.index("--save-every") + 1] = "100000"
+    args[args.index("--log-every") + 1] = "1"
+    out, seconds = tr.sigterm_after_rows(out_dir, 2, "train", *args, "--out", str(out_dir))
+    assert seconds < 25, (seconds, out[-3000:])  # within a step, not torchrun's 30 s kill timeout
+    ckpt = load_checkpoint(out_dir)
+    rows = tr.metrics(out_dir)
+    assert out.count("stopped by SIGTERM: step ") == 1, out[-3000:]  # rank 0 speaks, once
+    assert f"stopped by SIGTERM: step {ckpt['step']}/" in out
+    assert [int(r["step"]) for r in rows] == list(range(1, ckpt["step"] + 1))  # each row once, up to the stop
+    res = train(resume=out_dir, overrides={"max_steps": ckpt["step"] + 1, "grad_accum": 2})  # it resumes
+    assert res.step == ckpt["step"] + 1

@@ -4,7 +4,7 @@ Input: per-patch held-out loss curves over t bins (`ppflow profile --all-stages`
 `flow.time_sampling all_t`). A schedule is a sequence of stages, coarse to fine (token count strictly increasing),
 whose boundaries lie on the bin edges and whose last stage is the finest patch. Its predicted excess is the
 sum over bins of weight x (loss of the stage's patch - loss of the finest patch); its cost is the analytic test-FLOPs
-fraction (paper convention, `metrics.flops.schedule_flops`). The search is an exact dynamic program over
+fraction (paper convention, `models.flops.schedule_flops`). The search is an exact dynamic program over
 (bin edge, last patch, stages used) that keeps every Pareto-optimal (cost, excess) partial schedule.
 
 Choosing among the results (`simplest_within`): curves from several probes (training seeds) give each schedule's
@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..models.backbone import ModelConfig
+from ..models.flops import forward_flops, schedule_flops
 from ..models.schedule import Patch, PyramidSchedule
-from .flops import forward_flops, schedule_flops
 
 GUIDANCE = ("none", "all", "stage")  # no CFG | CFG in every stage | stage CFG: none in the coarsest stage
 

@@ -5,8 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ppflow.metrics.flops import forward_flops, schedule_flops, train_flops
 from ppflow.models import create_config, create_model
+from ppflow.models.flops import forward_flops, schedule_flops, train_flops
 
 
 def test_paper_method_section_xl_256():

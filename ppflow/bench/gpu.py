@@ -16,7 +16,6 @@ and markdown files are rewritten after every part, so a partial run still leaves
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,10 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .bench import SamplingBenchConfig, bench_sampling
+from ..utils.report import Report
 from .memory import format_bytes
-from .train_bench import TrainBenchConfig, TrainVariant, run_train_variants
-from .train_bench import ratios as train_ratios
+from .sample import SamplingBenchConfig, bench_sampling
+from .timing import ratios
+from .train import TrainBenchConfig, TrainVariant, run_train_variants
+from .workers import error_line
 
 PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile"}
 BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0}  # seconds per part: 9.5 min in all
@@ -95,20 +96,23 @@ def _train_cfg(cfg: GpuBenchConfig, part: str) -> TrainBenchConfig:
                             budget_s=cfg.budgets[part], seed=cfg.seed)
 
 
-def part_attention(cfg: GpuBenchConfig, log=None) -> dict:
-    name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
-    variants = [TrainVariant(f"{name} dense-mask", name, "dense-mask"), TrainVariant(f"{name} sdpa", name, "sdpa")]
-    r = run_train_variants(_train_cfg(cfg, "b"), variants, log, estimate=False)
-    r["ratios"] = {variants[1].label: train_ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+def _train_pair(cfg: GpuBenchConfig, part: str, variants: list[TrainVariant], log) -> dict:
+    """Training steps of two variants of one model in turns; ratios of the second against the first."""
+    r = run_train_variants(_train_cfg(cfg, part), variants, log, estimate=False)
+    r["ratios"] = {variants[1].label: ratios(*(r["runs"][v.label] for v in variants))}
     return r
 
 
-def part_compile(cfg: GpuBenchConfig, log=None) -> dict:
+def part_attention(cfg: GpuBenchConfig, log=None) -> dict:
     name = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2")
-    backend = cfg.sizes.compile_backend
-    variants = [TrainVariant(f"{name} eager", name), TrainVariant(f"{name} compiled", name, compile=backend)]
-    r = run_train_variants(_train_cfg(cfg, "d"), variants, log, estimate=False)
-    r["ratios"] = {variants[1].label: train_ratios(r["runs"][variants[0].label], r["runs"][variants[1].label])}
+    return _train_pair(cfg, "b", [TrainVariant(f"{name} dense-mask", name, "dense-mask"),
+                                  TrainVariant(f"{name} sdpa", name, "sdpa")], log)
+
+
+def part_compile(cfg: GpuBenchConfig, log=None) -> dict:
+    name, backend = TrainBenchConfig(size=cfg.sizes.size).name("PPF-XL-2"), cfg.sizes.compile_backend
+    r = _train_pair(cfg, "d", [TrainVariant(f"{name} eager", name),
+                               TrainVariant(f"{name} compiled", name, compile=backend)], log)
     r["compile_backend"] = backend
     return r
 
@@ -173,14 +177,13 @@ def run_gpu_suite(cfg: GpuBenchConfig, log=None) -> dict:
         try:
             part = RUNNERS[p](cfg, log)
         except Exception as e:  # noqa: BLE001 - one part failing must not lose the others
-            part = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            part = {"error": error_line(e)}
         part["seconds_total"] = time.monotonic() - began
         gc.collect()  # part (c) runs in this process: free its FLUX before the next part's children start
         if torch.device(cfg.device).type == "cuda":
             torch.cuda.empty_cache()
         result["parts"][PARTS[p]] = part
-        (out / "bench-gpu.json").write_text(json.dumps(result, indent=2))
-        (out / "bench-gpu.md").write_text(markdown(result))
+        markdown(result).write(out, "bench-gpu", html=False, data=result)
     return result
 
 
@@ -188,61 +191,57 @@ def _status(part: dict) -> str | None:
     return part.get("skipped") or (f"error: {part['error']}" if "error" in part else None)
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict) -> Report:
     """The suite's results as markdown tables, parts in the order they ran."""
     env = result["environment"]
-    lines = [f"# ppflow bench gpu{' (dry run: tiny sizes, not a measurement)' if env['dry_run'] else ''}", "",
-             (f"{env['device_name']}, {env['dtype']}, torch {env['torch']}"
-             f"{', CUDA ' + env['cuda'] if env.get('cuda') else ''}, {env['date']}"), ""]
+    rep = Report(f"ppflow bench gpu{' (dry run: tiny sizes, not a measurement)' if env['dry_run'] else ''}")
+    rep.text(f"{env['device_name']}, {env['dtype']}, torch {env['torch']}"
+             f"{', CUDA ' + env['cuda'] if env.get('cuda') else ''}, {env['date']}")
     titles = {"sampling": "(a) sampling", "attention": "(b) training step: per-stage SDPA vs dense block-diagonal mask",
               "flux": "(c) FLUX base vs PPFlux (random weights)", "compile": "(d) training step: torch.compile per "
               "block on/off"}
     for key, part in result["parts"].items():
-        lines += [f"## {titles[key]}", ""]
+        rep.heading(titles[key])
         if _status(part):
-            lines += [_status(part), ""]
-            continue
-        lines += {"sampling": _md_sampling, "flux": _md_flux}.get(key, _md_train)(part, result) + [""]
-    return "\n".join(lines)
+            rep.text(_status(part))
+        else:
+            {"sampling": _md_sampling, "flux": _md_flux}.get(key, _md_train)(rep, part, result)
+    return rep
 
 
-def _md_sampling(a: dict, result: dict) -> list[str]:
+def _md_sampling(rep: Report, a: dict, result: dict) -> None:
     steps = result["settings"]["sizes"]["sample_steps"]
-    lines = [f"Timed over {steps} steps (median), extrapolated per step.", "",
-             "| run | s per step | 250 steps s | 50 steps s | peak memory |", "|---|---|---|---|---|"]
-    for label, r in a["runs"].items():
-        x = r["extrapolated_seconds"]
-        lines.append(f"| {label} | {r['seconds'] / steps:.4f} | {x['250']:.2f} | {x['50']:.2f} | "
-                     f"{format_bytes(r['peak_memory_bytes'])} |")
-    lines += ["", f"| vs {a['baseline']} | speed-up | FLOPs bound | efficiency |", "|---|---|---|---|"]
+    rep.text(f"Timed over {steps} steps (median), extrapolated per step.")
+    rep.table(["run", "s per step", "250 steps s", "50 steps s", "peak memory"],
+              [[label, f"{r['seconds'] / steps:.4f}", f"{r['extrapolated_seconds']['250']:.2f}",
+                f"{r['extrapolated_seconds']['50']:.2f}", format_bytes(r["peak_memory_bytes"])]
+               for label, r in a["runs"].items()])
+    rows = []
     for name, m in a["models"].items():
-        lines.append(f"| {name} | {m['speedup']:.3f} | {m['bound']:.3f} | {m['efficiency']:.2f} |")
+        rows.append([name, f"{m['speedup']:.3f}", f"{m['bound']:.3f}", f"{m['efficiency']:.2f}"])
         if "cfg" in m:
             c = m["cfg"]
-            lines.append(f"| {name}, stage CFG vs CFG everywhere | {c['speedup']:.3f} | {c['bound']:.3f} | "
-                         f"{c['efficiency']:.2f} |")
-    return lines
+            rows.append([f"{name}, stage CFG vs CFG everywhere", f"{c['speedup']:.3f}", f"{c['bound']:.3f}",
+                         f"{c['efficiency']:.2f}"])
+    rep.table([f"vs {a['baseline']}", "speed-up", "FLOPs bound", "efficiency"], rows)
 
 
-def _md_train(part: dict, result: dict) -> list[str]:
+def _md_train(rep: Report, part: dict, result: dict) -> None:
     s = part["settings"]
-    lines = [f"Batch {s['batch']} ({s['time_sampling']}), {s['timed_rounds']} timed steps ({s['estimator']}).", "",
-             "| run | s per step | peak memory |", "|---|---|---|"]
-    for label, r in part["runs"].items():
-        lines.append(f"| {label} | {r['seconds']:.4f} | {format_bytes(r['peak_memory_bytes'])} |")
+    rep.text(f"Batch {s['batch']} ({s['time_sampling']}), {s['timed_rounds']} timed steps ({s['estimator']}).")
+    rep.table(["run", "s per step", "peak memory"], [[label, f"{r['seconds']:.4f}", format_bytes(r["peak_memory_bytes"])]
+                                                     for label, r in part["runs"].items()])
     for label, m in part["ratios"].items():
-        lines += ["", f"{label}: {m['speedup']:.3f}x the speed, {m['memory_ratio']:.2f}x the memory."]
-    return lines
+        rep.text(f"{label}: {m['speedup']:.3f}x the speed, {m['memory_ratio']:.2f}x the memory.")
 
 
-def _md_flux(c: dict, result: dict) -> list[str]:
-    lines = ["| px | FLUX s per step | PPFlux s per step | speed-up | FLOPs bound | efficiency |",
-             "|---|---|---|---|---|---|"]
+def _md_flux(rep: Report, c: dict, result: dict) -> None:
+    rows = []
     for res, r in c["resolutions"].items():
         if _status(r):
-            lines.append(f"| {res} | {_status(r)} | | | | |")
+            rows.append([res, _status(r), "", "", "", ""])
             continue
         base, ppf = list(r["per_step"].values())[:2]
-        lines.append(f"| {res} | {base:.4f} | {ppf:.4f} | {r['speedup']:.3f} | {r['bound']:.3f} | "
-                     f"{r['efficiency']:.2f} |")
-    return lines
+        rows.append([res, f"{base:.4f}", f"{ppf:.4f}", f"{r['speedup']:.3f}", f"{r['bound']:.3f}",
+                     f"{r['efficiency']:.2f}"])
+    rep.table(["px", "FLUX s per step", "PPFlux s per step", "speed-up", "FLOPs bound", "efficiency"], rows)

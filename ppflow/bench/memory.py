@@ -1,7 +1,7 @@
 """Peak memory of a benchmark run: CUDA max allocated on a GPU, the process's peak RSS on a CPU.
 
 On a CPU the allocator's caches and earlier work stay resident, so a model's peak is only meaningful
-in a process of its own: the benchmarks run each model in a child process (`ppflow.metrics.workers`)
+in a process of its own: the benchmarks run each model in a child process (`ppflow.bench.workers`)
 and read its peak resident set (Linux `VmHWM`, which `reset_peak` clears) from inside it.
 """
 

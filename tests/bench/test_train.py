@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
+from ppflow.bench import gpu as gpu_bench
+from ppflow.bench.attention import use_attention
+from ppflow.bench.memory import peak_rss_bytes, reset_peak, rss_bytes
+from ppflow.bench.workers import Worker, WorkerError
 from ppflow.cli import main
-from ppflow.metrics import gpu_bench
-from ppflow.metrics.flops import train_flops
-from ppflow.metrics.memory import peak_rss_bytes, reset_peak, rss_bytes
-from ppflow.metrics.packed_mask import use_attention
-from ppflow.metrics.workers import Worker, WorkerError
 from ppflow.models import create_config, create_model
+from ppflow.models.flops import train_flops
 
 QUICK = ["--size", "tiny", "--latent-size", "8", "--batch", "4", "--repeats", "2", "--warmup", "0"]
 

@@ -8,11 +8,14 @@ has the same interface without a process (tests, or where isolation does not mat
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import subprocess
 import sys
 from multiprocessing.connection import Connection
+
+from ..io import one_line
 
 
 class WorkerError(RuntimeError):
@@ -24,16 +27,16 @@ def _build(target: str, kwargs: dict):
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+def error_line(e: BaseException) -> str:
+    """'TypeName: first line of the message' (the type name alone for an empty message)."""
+    return f"{type(e).__name__}: {one_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _serve(conn, target: str, kwargs: dict) -> None:
     try:
         obj = _build(target, kwargs)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", _one_line(e)))
+        conn.send(("error", error_line(e)))
         return
     conn.send(("ok", None))
     while True:
@@ -47,7 +50,7 @@ def _serve(conn, target: str, kwargs: dict) -> None:
         try:
             conn.send(("ok", getattr(obj, method)(*args)))
         except BaseException as e:  # noqa: BLE001
-            conn.send(("error", _one_line(e)))
+            conn.send(("error", error_line(e)))
 
 
 def _child_main(fd: int) -> None:
@@ -68,7 +71,7 @@ class Worker:
         self.label = label or target
         self.conn, child = mp.Pipe()
         fd = child.fileno()
-        code = "import sys; from ppflow.metrics.workers import _child_main; _child_main(int(sys.argv[1]))"
+        code = "import sys; from ppflow.bench.workers import _child_main; _child_main(int(sys.argv[1]))"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL)
         child.close()
         self.conn.send((target, kwargs))
@@ -113,7 +116,7 @@ class InProcess:
         try:
             self.obj = _build(target, kwargs)
         except (RuntimeError, ValueError) as e:
-            raise WorkerError(f"{self.label}: {_one_line(e)}") from e
+            raise WorkerError(f"{self.label}: {error_line(e)}") from e
 
     def ready(self) -> InProcess:
         return self
@@ -125,5 +128,16 @@ class InProcess:
         self.obj = None
 
 
-def start(target: str, kwargs: dict, label: str, isolate: bool) -> Worker | InProcess:
-    return (Worker if isolate else InProcess)(target, kwargs, label)
+@contextlib.contextmanager
+def started(subjects: dict[str, tuple[str, dict]], isolate: bool):
+    """{label: worker} for `{label: (target, kwargs)}`, all built (in parallel when isolated); closed at the end."""
+    workers = {}
+    try:
+        for label, (target, kwargs) in subjects.items():
+            workers[label] = (Worker if isolate else InProcess)(target, kwargs, label)
+        for w in workers.values():
+            w.ready()
+        yield workers
+    finally:
+        for w in workers.values():
+            w.close()

@@ -3,10 +3,10 @@ import math
 
 import pytest
 
+from ppflow.bench.sample import SamplingBenchConfig, bench_sampling, format_report
 from ppflow.cli import main
-from ppflow.metrics.bench import SamplingBenchConfig, bench_sampling, format_report
-from ppflow.metrics.flops import evaluation_flops
 from ppflow.models import create_config
+from ppflow.models.flops import evaluation_flops
 
 QUICK = ["--size", "tiny", "--latent-size", "16", "--batch", "2", "--steps", "3", "--repeats", "1", "--warmup", "0",
          "--no-isolate", "--cfg"]

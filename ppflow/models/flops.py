@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..models.backbone import ModelConfig
+from .backbone import ModelConfig
 
 
 @dataclass(frozen=True)

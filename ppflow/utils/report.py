@@ -1,4 +1,4 @@
-"""Markdown + HTML reports: tables, images and the commands that reproduce them."""
+"""The one report writer: markdown (+ HTML, + JSON) from text, tables, images and the commands that reproduce them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ..io import write_text_atomic
 
 
 @dataclass
@@ -43,9 +45,9 @@ class Report:
                 out += [v, ""]
             elif kind == "table":
                 header, rows = v
-                out.append("| " + " | ".join(header) + " |")
+                out.append(_md_row(header))
                 out.append("|" + "---|" * len(header))
-                out += ["| " + " | ".join(r) + " |" for r in rows]
+                out += [_md_row(r) for r in rows]
                 out.append("")
             elif kind == "img":
                 path, caption = v
@@ -80,15 +82,24 @@ class Report:
         out.append("</body></html>")
         return "\n".join(out)
 
-    def write(self, directory: str | os.PathLike, stem: str = "report") -> Path:
-        """Write `<stem>.md` and `<stem>.html` atomically; returns the markdown path."""
+    def write(self, directory: str | os.PathLike, stem: str = "report", html: bool = True, data: dict | None = None,
+              data_name: str | None = None) -> Path:
+        """Write `<stem>.md`, `<stem>.html` (unless html=False) and `data` as JSON (`data_name`, default `<stem>.json`)
+        atomically; returns the markdown path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for suffix, text in ((".md", self.markdown()), (".html", self.html())):
-            tmp = directory / f"{stem}{suffix}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, directory / f"{stem}{suffix}")
+        files = {f"{stem}.md": self.markdown()}
+        if html:
+            files[f"{stem}.html"] = self.html()
+        if data is not None:
+            files[data_name or f"{stem}.json"] = json.dumps(data, indent=2)
+        for name, text in files.items():
+            write_text_atomic(directory / name, text)
         return directory / f"{stem}.md"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
 
 
 def _cell(v: object) -> str:

@@ -4,10 +4,9 @@ import random
 
 import pytest
 
-from ppflow.metrics.flops import schedule_flops
-from ppflow.metrics.schedule_search import (Candidate, mirror, schedule_excess, search_schedules,
-                                            simplest_within)
+from ppflow.experiments.schedule_search import Candidate, mirror, schedule_excess, search_schedules, simplest_within
 from ppflow.models import create_config
+from ppflow.models.flops import schedule_flops
 
 CONFIG = create_config("PPF-mini-2", in_channels=1, num_classes=10, input_size=32, learn_sigma=False)
 PATCHES = [(8, 8), (4, 8), (4, 4)]

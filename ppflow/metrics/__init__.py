@@ -1,1 +1,0 @@
-"""FLOPs accounting and benchmarks."""

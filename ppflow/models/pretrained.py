@@ -1,0 +1,141 @@
+"""Reading ppflow's own folder (`model.safetensors` + `config.json`, written by `PPFlowTransformer.save_pretrained`).
+
+`config.json` is read through `read_config`, whose errors name the file; its fields are checked one by one
+(`model_field_problem`) before a ModelConfig is built. The weights are checked against the SHA-256 in their
+metadata (ppflow.io.read_weights) unless `verify=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..io import CheckpointError, one_line, read_weights
+from .backbone import CONFIG, WEIGHTS, ModelConfig, PPFlowTransformer
+
+save_pretrained = PPFlowTransformer.save_pretrained  # save_pretrained(model, directory), as a function
+
+
+def is_pretrained_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG).exists() and (p / WEIGHTS).exists()
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The JSON object in `path` (a model folder's config.json); unreadable bytes, invalid JSON or anything but an
+    object raise CheckpointError naming the file."""
+    path = Path(path)
+    fix = "restore it from a backup, or write it again (ppflow convert / save_pretrained)"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); it is damaged: {fix}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({one_line(e)})") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {fix}") \
+            from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of model settings "
+                              f"({{\"depth\": ..., \"hidden_size\": ...}}); {fix}")
+    return cfg
+
+
+def _is_int(v, lo: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ModelConfig field -> (check of a value, what a valid value is)
+_FIELD_CHECKS = {
+    "depth": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "hidden_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "num_heads": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "in_channels": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "num_classes": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "input_size": (lambda v: _is_int(v, 1) or (isinstance(v, (list, tuple)) and len(v) == 2
+                                               and all(_is_int(x, 1) for x in v)), "a size >= 1 or [height, width]"),
+    "mlp_ratio": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "level_init_std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
+    "level_embedding": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "time_map": (lambda v: isinstance(v, str), "a string"),
+    "coarse_output": (lambda v: isinstance(v, str), "a string"),
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "vae": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "schedule": (lambda v: isinstance(v, (str, dict)), "a string such as 'ppf2' or '0.5:4x4,1:2x2'"),
+}
+
+
+def model_field_problem(key: str, value: object) -> str | None:
+    """What is wrong with one ModelConfig field value (wrong type or out of range), or None."""
+    check = _FIELD_CHECKS.get(key)
+    if check is None or check[0](value):
+        return None
+    return f"{key} must be {check[1]}, got {value!r}"
+
+
+def model_config_from_dict(cfg: object, source: str | os.PathLike) -> ModelConfig:
+    """A ModelConfig from plain data read from `source`; every problem is a CheckpointError naming `source`."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: the model config is a {type(cfg).__name__}, not a mapping of settings")
+    cfg = {k: v for k, v in cfg.items() if k != "format"}
+    for k, v in cfg.items():
+        problem = model_field_problem(k, v)
+        if problem:
+            raise CheckpointError(f"{source}: {problem}")
+    if isinstance(cfg.get("schedule"), dict):
+        cfg["schedule"] = json.dumps(cfg["schedule"])
+    try:
+        return ModelConfig.from_dict(cfg)
+    except (ValueError, TypeError, KeyError) as e:  # ScheduleError, unknown keys, heads not dividing the width
+        raise CheckpointError(f"{source}: {one_line(e)}") from None
+
+
+def load_pretrained(directory: str | os.PathLike, *, verify: bool = True, **overrides) -> PPFlowTransformer:
+    """Read a `save_pretrained` folder; `overrides` replace config fields.
+
+    `verify=False` skips the check of the weights against their stored SHA-256 (for deliberate edits).
+    """
+    directory = Path(directory)
+    cfg = read_config(directory / CONFIG)
+    cfg.pop("format", None)
+    cfg.update(overrides)
+    model = PPFlowTransformer(model_config_from_dict(cfg, directory / CONFIG))
+    state = read_weights(directory / WEIGHTS, verify=verify)
+    load_state_strict(model, state, source=str(directory))
+    return model
+
+
+def load_state_strict(model: torch.nn.Module, state: dict, source: str, assign: bool = False) -> None:
+    """Load a state dict, reporting missing/unexpected keys and shape mismatches by name.
+
+    `assign=True` adopts the given tensors as parameters (for a model built on the meta device).
+    """
+    check_state_shapes(model, state, source)
+    model.load_state_dict(state, assign=assign)
+
+
+def check_state_shapes(model: torch.nn.Module, state: dict, source: str) -> None:
+    """CheckpointError naming `source` and the first mismatches when `state`'s keys or shapes differ from the
+    model's (works on a model built on the meta device: only shapes are compared)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source} does not match the model config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatches {wrong[:5]}. Check that the config (size, schedule, channels, classes) "
+            "is the one the weights were saved with."
+        )
