@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..train import NonFiniteLossError, train
-    from ..train.config import ConfigError, cli_overrides, config_from_args, config_to_dict
+    from ..train.config import ConfigError, cli_overrides, config_from_args, config_yaml
     from ..train.signals import TrainingInterrupted
 
     try:
@@ -50,9 +50,7 @@ def main(args) -> int:
         else:
             cfg = config_from_args(args)
             if args.print_config:
-                import yaml
-
-                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+                print(config_yaml(cfg), end="")
                 return 0
             result = train(cfg, verify=args.verify)
     except NonFiniteLossError as e:  # ValueError (ConfigError ...), OSError (a full disk): ppflow.cli prints them

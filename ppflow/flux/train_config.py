@@ -1,7 +1,6 @@
-"""Configuration of `ppflow flux train`: typed sections, YAML + `--key value`, as `ppflow train` has.
+"""Configuration of `ppflow flux train`: FLUX sections on `ppflow train`'s RunConfig (optim, ema, run options).
 
-The same machinery as ppflow.train.config (`config_from_dict`, `apply_overrides`, `add_config_arguments`
-take this class); optimizer and EMA sections are `ppflow train`'s own.
+Every function of ppflow.train.config takes this class (`config_from_args(args, FluxTrainConfig)`, ...).
 """
 
 from __future__ import annotations
@@ -9,7 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..train.config import ConfigError, EmaSection, OptimSection, _opt, config_from_dict
+from ..flow.time_sampling import DENSITIES
+from ..train.config import config_from_args
+from ..train.run_config import EmaSection, RunConfig, _opt, validate
+from .packing import COARSE_OUTPUTS, INITS
+from .sigmas import BOUNDARY_SPACES
 
 MODES = ("lora", "full")
 TIME_MODES = ("stratified", "iid")
@@ -25,13 +28,16 @@ class FluxModelSection:
     ppflux: str | None = _opt(None, "start from a PPFlux folder (PPFluxTransformer.save_pretrained) on model.base")
     schedule: str = _opt("ppf2", "PPFlow schedule in t = 1 - sigma, latent-pixel patches; a one-stage schedule "
                                  "such as '1:2x2' is the FLUX-ft baseline")
-    init: str = _opt("pooled", "coarse projections' init: pooled (official SiT recipe) | tiled (token mean)")
+    init: str = _opt("pooled", "coarse projections' init: pooled (official SiT recipe) | tiled (token mean)",
+                     choices=INITS)
     dtype: str = _opt("float32", "dtype the base is loaded in: float32 | bfloat16 (FLUX.1-dev LoRA on one 80 GB "
-                                 "GPU); trainable weights are kept in float32")
+                                 "GPU); trainable weights are kept in float32", choices=("float32", "bfloat16"))
     boundaries: str = _opt("unshifted", "stage boundaries: unshifted (mapped through the resolution shift, as "
-                                        "PPFluxPipeline does) | sigma (the network's sigma as is)")
+                                        "PPFluxPipeline does) | sigma (the network's sigma as is)",
+                           choices=BOUNDARY_SPACES)
     coarse_output: str = _opt("v", "what coarse stages output: v (paper) | noise_skip (the within-block part of "
-                                   "x / sigma is added analytically; measured better in ppflow flux demo)")
+                                   "x / sigma is added analytically; measured better in ppflow flux demo)",
+                              choices=COARSE_OUTPUTS)
 
 
 @dataclass
@@ -42,7 +48,7 @@ class FluxDataSection:
     path: str | None = _opt(None, "image-caption folder (same-named .txt captions or metadata.jsonl); cached "
                                   "into data.cache first when that file is absent (needs data.pipeline)")
     pipeline: str | None = _opt(None, "FLUX pipeline folder or hub id whose VAE and text encoders build the cache")
-    resolution: int = _opt(512, "image side in pixels: resize the short side, then center crop")
+    resolution: int = _opt(512, "image side in pixels: resize the short side, then center crop", min=16)
     max_sequence_length: int = _opt(512, "T5 tokens per caption (FLUX.1-dev 512, schnell 256)")
 
 
@@ -51,8 +57,9 @@ class FluxObjectiveSection:
     """FLUX flow matching in sigma: x = sigma * noise + (1 - sigma) * x0, target noise - x0."""
 
     time_sampling: str = _opt("stratified", "stratified (each stage draws in its own sigma interval, PPFlow) | "
-                                            "iid (stage from the sigma drawn)")
-    density: str = _opt("uniform", "density of the unshifted t = 1 - sigma: uniform | logit-normal")
+                                            "iid (stage from the sigma drawn)", choices=TIME_MODES)
+    density: str = _opt("uniform", "density of the unshifted t = 1 - sigma: uniform | logit-normal",
+                        choices=DENSITIES)
     logit_mean: float = _opt(0.0, "logit-normal mean")
     logit_std: float = _opt(1.0, "logit-normal standard deviation")
     shares: str | list[float] | None = field(default=None, metadata={
@@ -66,8 +73,8 @@ class FluxObjectiveSection:
 class FluxTrainSection:
     """What trains: LoRA on the base (plus the PPFlow extras, always full) or everything."""
 
-    mode: str = _opt("lora", "lora (peft LoRA on the base attention/MLP; base weights frozen) | full")
-    lora_rank: int = _opt(16, "LoRA rank")
+    mode: str = _opt("lora", "lora (peft LoRA on the base attention/MLP; base weights frozen) | full", choices=MODES)
+    lora_rank: int = _opt(16, "LoRA rank", min=1)
     lora_alpha: float = _opt(16.0, "LoRA alpha (scale alpha / rank)")
     lora_targets: list[str] = field(default_factory=lambda: [
         "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj",
@@ -79,101 +86,47 @@ class FluxTrainSection:
 
 
 @dataclass
-class FluxTrainConfig:
+class FluxTrainConfig(RunConfig):
     """Everything a FLUX fine-tune needs; saved resolved in the run folder and in every checkpoint."""
 
+    ema: EmaSection = field(default_factory=lambda: EmaSection(decay=0.999))
+    out: str | None = _opt(None, "run folder (default: runs/flux-<time>)")
+    batch_size: int = _opt(4, "global batch size (all processes and accumulation steps together)")
+    max_steps: int = _opt(1000, "stop after this many optimizer steps", min=1)
+    save_every: int = _opt(500, "steps between checkpoints (checkpoints/last.pt and ema/)")
+    parallel: str = _opt("auto", "auto (FSDP2 under torchrun) | none | fsdp (fully_shard per FLUX block)")
     model: FluxModelSection = field(default_factory=FluxModelSection)
     data: FluxDataSection = field(default_factory=FluxDataSection)
     flow: FluxObjectiveSection = field(default_factory=FluxObjectiveSection)
     train: FluxTrainSection = field(default_factory=FluxTrainSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    ema: EmaSection = field(default_factory=lambda: EmaSection(decay=0.999))
-    out: str | None = _opt(None, "run folder (default: runs/flux-<time>)")
-    seed: int = _opt(0, "seed of data order, noise and sigmas (per-shard streams are derived from it)")
-    batch_size: int = _opt(4, "global batch size (all processes and accumulation steps together)")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step on each process")
-    max_steps: int = _opt(1000, "stop after this many optimizer steps")
-    log_every: int = _opt(10, "steps between metrics.csv rows")
-    save_every: int = _opt(500, "steps between checkpoints (checkpoints/last.pt and ema/)")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
-    threads: int | None = _opt(None, "CPU threads for torch")
-    grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass (saves memory)")
-    parallel: str = _opt("auto", "auto (FSDP2 under torchrun) | none | fsdp (fully_shard per FLUX block)")
-    progress: bool = _opt(True, "show a tqdm progress bar")
-    tensorboard: bool = _opt(True, "write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        from .transformer import PPFluxConfig
+
+        t, f, m = self.train, self.flow, self.model
+        try:
+            PPFluxConfig(schedule=m.schedule)
+            schedule_problem = None
+        except ValueError as e:
+            schedule_problem = f"model.schedule: {e}"
+        return [
+            (t.extras_lr_scale > 0 and math.isfinite(t.extras_lr_scale),
+             f"train.extras_lr_scale must be a positive number, got {t.extras_lr_scale}"),
+            (math.isfinite(f.guidance), f"flow.guidance must be a finite number, got {f.guidance}"),
+            *super().checks(),
+            (self.parallel in ("auto", "none", "fsdp"), (f"parallel {self.parallel!r} is not one of auto, none, fsdp "
+                                                        "(DDP: use fsdp, which shards per FLUX block)")),
+            (m.base is not None or m.ppflux is not None,
+             "model.base is not set: pass --model.base FLUX_TRANSFORMER (folder or hub id)"),
+            (self.data.cache is not None or self.data.path is not None,
+             "no data: pass --data.cache CACHE (from 'ppflow flux cache') or --data.path FOLDER with --data.cache"),
+            (schedule_problem is None, schedule_problem),
+        ]
 
 
-def validate_flux(cfg: FluxTrainConfig) -> None:
-    """Value checks types cannot express; each error names the option and a fix."""
-    from ..flow.time_sampling import DENSITIES
-    from .packing import COARSE_OUTPUTS, INITS
-    from .sigmas import BOUNDARY_SPACES
-
-    t, f = cfg.train, cfg.flow
-    checks = [
-        (t.mode in MODES, f"train.mode {t.mode!r} is not one of {MODES}"),
-        (t.extras_lr_scale > 0 and math.isfinite(t.extras_lr_scale),
-         f"train.extras_lr_scale must be a positive number, got {t.extras_lr_scale}"),
-        (t.lora_rank >= 1, f"train.lora_rank must be >= 1, got {t.lora_rank}"),
-        (f.time_sampling in TIME_MODES, f"flow.time_sampling {f.time_sampling!r} is not one of {TIME_MODES}"),
-        (f.density in DENSITIES, f"flow.density {f.density!r} is not one of {DENSITIES}"),
-        (math.isfinite(f.guidance), f"flow.guidance must be a finite number, got {f.guidance}"),
-        (cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r} is not float32 or bfloat16"),
-        (cfg.model.init in INITS, f"model.init {cfg.model.init!r} is not one of {INITS}"),
-        (cfg.model.coarse_output in COARSE_OUTPUTS,
-         f"model.coarse_output {cfg.model.coarse_output!r} is not one of {COARSE_OUTPUTS}"),
-        (cfg.model.boundaries in BOUNDARY_SPACES, (f"model.boundaries {cfg.model.boundaries!r} is not one of "
-                                                  f"{BOUNDARY_SPACES}")),
-        (cfg.data.resolution >= 16, f"data.resolution must be >= 16 pixels, got {cfg.data.resolution}"),
-        (cfg.batch_size >= 1 and cfg.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
-        (cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}"),
-        (cfg.log_every >= 1 and cfg.save_every >= 1, "log_every and save_every must be >= 1"),
-        (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
-        (0.0 <= cfg.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {cfg.ema.decay}"),
-        (cfg.precision in ("auto", "fp32", "bf16"), f"precision {cfg.precision!r} is not one of auto, fp32, bf16"),
-        (cfg.parallel in ("auto", "none", "fsdp"), (f"parallel {cfg.parallel!r} is not one of auto, none, fsdp "
-                                                   "(DDP: use fsdp, which shards per FLUX block)")),
-        (cfg.model.base is not None or cfg.model.ppflux is not None,
-         "model.base is not set: pass --model.base FLUX_TRANSFORMER (folder or hub id)"),
-        (cfg.data.cache is not None or cfg.data.path is not None,
-         "no data: pass --data.cache CACHE (from 'ppflow flux cache') or --data.path FOLDER with --data.cache"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    from .transformer import PPFluxConfig
-
-    try:
-        PPFluxConfig(schedule=cfg.model.schedule)
-    except ValueError as e:
-        raise ConfigError(f"model.schedule: {e}") from None
+validate_flux = validate  # the checks above, then the device
 
 
 def flux_config_from_args(args) -> FluxTrainConfig:
     """defaults < --config YAML < --key overrides, validated."""
-    from ..train.config import apply_overrides
-
-    if getattr(args, "config", None):
-        cfg = config_from_dict(_yaml_dict(args.config), FluxTrainConfig)
-    else:
-        cfg = FluxTrainConfig()
-    cfg = apply_overrides(cfg, {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")})
-    validate_flux(cfg)
-    return cfg
-
-
-def _yaml_dict(path) -> dict:
-    """The mapping of a YAML config file; a missing file or bad YAML is one ConfigError line."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path} ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config file {path} holds a YAML {type(data).__name__}, not a mapping of options")
-    return data or {}
+    return config_from_args(args, FluxTrainConfig)

@@ -1,9 +1,11 @@
-"""Training configuration: nested typed dataclasses, YAML files and `--key value` overrides.
+"""Training configuration: typed dataclasses <-> YAML files <-> `--key value` options.
 
-Every leaf option has one dotted key (`optim.lr`, `data.path`, `batch_size`); the CLI offers each as
-`--optim.lr` (dashes or underscores), a YAML file gives the same keys nested, and unknown keys are
-errors. Model architecture fields (`ModelConfig`) go under `model.` too, e.g. `--model.schedule ppf3`,
-and are stored in `model.overrides`.
+OmegaConf structured configs merge the layers (defaults < YAML < options) and check every type; chosen over tyro
+and jsonargparse because it leaves the argparse front below, and so every flag spelling, as it was.
+Every leaf option has one dotted key (`optim.lr`, `data.path`, `batch_size`); the command line offers each as
+`--optim.lr` (dashes or underscores), a YAML file gives the same keys nested, and unknown keys are errors. Model
+architecture fields (`ModelConfig`) go under `model.` too, e.g. `--model.schedule ppf3`, and are stored in
+`model.overrides`. Every function here also takes other RunConfig subclasses (e.g. FluxTrainConfig).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import torch
 import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from ..data.registry import DataConfig
+from ..flow.time_sampling import DENSITIES, MODES
+from ..io import write_text_atomic
 from ..models.backbone import ModelConfig
-
-
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+from ..models.config_checks import model_field_problem
+from ..sampling import METHODS
+from .run_config import ConfigError, EmaSection, OptimSection, RunConfig, _opt, validate  # noqa: F401 (ppflow.train)
 
 
 @dataclass
@@ -45,243 +49,174 @@ class FlowSection:
     """Objective: times per sample and label dropout."""
 
     time_sampling: str = _opt("stratified", "stratified (PPFlow) | iid (stage from t) | all_t (every patch size "
-                                            "on all t, Lumina-Video ablation)")
+                                            "on all t, Lumina-Video ablation)", choices=MODES)
     shares: str | list[float] | None = field(default=None, metadata={
         "help": "batch share per stage: span (default) | density | weights such as 0.6,0.4"})
-    density: str = _opt("uniform", "time density inside the stratification: uniform | logit-normal")
+    density: str = _opt("uniform", "time density inside the stratification: uniform | logit-normal",
+                        choices=DENSITIES)
     logit_mean: float = _opt(0.0, "logit-normal mean")
     logit_std: float = _opt(1.0, "logit-normal standard deviation")
     stage_margin: float = _opt(0.0, "stratified: each stage also trains this far past its interval's ends "
-                                    "(0 = the paper's disjoint segments)")
-    label_dropout: float = _opt(0.1, "probability of replacing a label by the null class (for CFG)")
-
-
-@dataclass
-class OptimSection:
-    """AdamW and the learning rate."""
-
-    lr: float = _opt(1e-4, "learning rate (DiT/SiT: 1e-4, constant)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay (DiT/SiT: 0)")
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
-    eps: float = _opt(1e-8, "AdamW epsilon")
-    grad_clip: float | None = _opt(1.0, "clip the global gradient norm to this value (none = no clipping)")
-    warmup_steps: int = _opt(0, "linear learning-rate warm-up over this many steps (0 = none)")
-    fused: bool | None = _opt(None, "AdamW's fused kernel: true | false | none = auto (fused when every parameter is "
-                                    "a plain CPU/CUDA tensor, e.g. not FSDP-sharded; 3-4x faster update on CPU)")
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant."""
-        w = self.warmup_steps
-        return self.lr * (min(1.0, (step + 1) / w) if w else 1.0)
-
-    def adamw(self, params) -> torch.optim.AdamW:
-        """The AdamW these settings describe (`fused` resolved for `params`)."""
-        params = list(params)
-        return torch.optim.AdamW(params, lr=self.lr, betas=tuple(self.betas), eps=self.eps,
-                                 weight_decay=self.weight_decay, fused=use_fused_adamw(params, self.fused))
-
-
-def use_fused_adamw(params, fused: bool | None = None) -> bool | None:
-    """`fused`, or for None whether torch's fused AdamW takes `params` (plain float CPU/CUDA tensors, no DTensor)."""
-    if fused is not None:
-        return fused
-    params = [p["params"] if isinstance(p, dict) else [p] for p in params]
-    flat = [p for group in params for p in group]
-    ok = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
-             for p in flat)
-    return True if ok and flat else None
-
-
-@dataclass
-class EmaSection:
-    """Exponential moving average of the weights (what sampling uses)."""
-
-    decay: float = _opt(0.9999, "EMA decay per step (DiT/SiT: 0.9999; short runs want less, e.g. 0.999)")
-    warmup: bool = _opt(False, "use min(decay, (1 + step) / (10 + step)) so a short run's EMA does not keep "
-                               "the random init (DiT/SiT: off)")
+                                    "(0 = the paper's disjoint segments)", min=0, below=1)
+    label_dropout: float = _opt(0.1, "probability of replacing a label by the null class (for CFG)", min=0,
+                                below=1)
 
 
 @dataclass
 class SampleSection:
     """Periodic sample grids from the EMA model."""
 
-    every: int | None = _opt(None, "steps between PNG grids (default: save_every; 0 = never)")
-    count: int = _opt(16, "images per grid")
-    steps: int = _opt(32, "sampler steps")
-    method: str = _opt("euler", "ODE solver")
+    every: int | None = _opt(None, "steps between PNG grids (default: save_every; 0 = never)", min=0)
+    count: int = _opt(16, "images per grid", min=1)
+    steps: int = _opt(32, "sampler steps", min=1)
+    method: str = _opt("euler", "ODE solver", choices=METHODS)
     cfg_scale: float = _opt(1.0, "classifier-free guidance scale (1 = none)")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything a training run needs; saved resolved in the run folder and in every checkpoint."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowSection = field(default_factory=FlowSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    ema: EmaSection = field(default_factory=EmaSection)
     sample: SampleSection = field(default_factory=SampleSection)
-    out: str | None = _opt(None, "run folder (default: runs/<model>-<data>-<time>)")
-    seed: int = _opt(0, "seed of initialization, data order and noise (per-rank streams are derived from it)")
-    batch_size: int = _opt(256, "global batch size (all processes and accumulation steps together)")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step on each process")
-    max_steps: int = _opt(400_000, "stop after this many optimizer steps")
-    log_every: int = _opt(10, "steps between metrics.csv / TensorBoard rows")
-    save_every: int = _opt(5_000, "steps between checkpoints (checkpoints/last.pt and ema/)")
-    keep_every: int = _opt(0, "also keep checkpoints/step-N.pt and ema-N/ every this many steps (0 = never)")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
-    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice; 1 is often fastest for "
-                                     "tiny models on a busy machine)")
+    keep_every: int = _opt(0, "also keep checkpoints/step-N.pt and ema-N/ every this many steps (0 = never)", min=0)
     tf32: bool = _opt(True, "allow TF32 matrix products on CUDA (set when training starts, never at import)")
     compile: bool = _opt(False, "torch.compile each transformer block")
-    grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass (saves memory)")
-    parallel: str = _opt("auto", "auto (DDP under torchrun) | none | ddp | fsdp (FSDP2 fully_shard per block)")
-    tensorboard: bool = _opt(True, "write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)")
-    progress: bool = _opt(True, "show a tqdm progress bar")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        d, scale = self.data, self.sample.cfg_scale
+        return [*super().checks(),
+                (math.isfinite(scale), f"sample.cfg_scale must be a finite number, got {scale}"),
+                (d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1 pixels, got {d.image_size}"),
+                (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")]
 
 
-SECTIONS = ("model", "data", "flow", "optim", "ema", "sample")
 ALIASES = {"model": "model.name", "data": "data.name", "data_path": "data.path", "lr": "optim.lr",
            "init": "model.init"}
-MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
+# ModelConfig fields as `model.<field>` (stored in model.overrides), typed as they may be given
+_MODEL_HINTS = {**typing.get_type_hints(ModelConfig), "input_size": int | list[int], "schedule": Any}
+MODEL_FIELDS = set(_MODEL_HINTS) - {"name"}
+_ModelFields = dataclasses.make_dataclass("ModelFields", [(k, _MODEL_HINTS[k], MISSING) for k in sorted(MODEL_FIELDS)])
 
 
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
-
-
-# ------------------------------------------------------------------ type coercion
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
+# ------------------------------------------------------------------ plain data -> config (OmegaConf checks types)
 def _is_union(tp) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against annotation `tp`; strings (from the command line) are parsed."""
-    if tp is Any:
-        return value
-    if _is_union(tp):
-        args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        # non-string types first so '0.5,0.5' becomes a list while 'span' stays a string
-        for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
-            try:
-                return coerce(value, a, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
-    origin = typing.get_origin(tp)
-    if origin is list:
-        if isinstance(value, str):
-            text = value.strip()
-            value = yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [coerce(v, item, key) for v in value]
-    if tp is dict or origin is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping such as '{{a: 1}}', got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, str):
-            try:
-                f = float(value.replace("_", ""))
-            except ValueError:
-                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-            value = int(f) if f.is_integer() else value
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported option type {tp}")  # pragma: no cover - developer error
+def _number(v) -> float | None:
+    try:
+        return None if isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return None
 
 
-def _type_name(tp) -> str:
-    if _is_union(tp):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return {type(None): "none"}.get(tp, getattr(tp, "__name__", str(tp)))
+def _prepare(v: Any, tp: Any) -> Any:
+    """`v` as OmegaConf takes it for annotation `tp`: text parsed where YAML 1.1 / OmegaConf would not ('none',
+    '0.5,0.5', '1e5' for an integer), and a union's list items made numbers (OmegaConf converts nothing there)."""
+    args = typing.get_args(tp) if _is_union(tp) else (tp,)
+    if isinstance(v, str) and type(None) in args and v.lower() in ("none", "null"):
+        return None
+    item = next((typing.get_args(a)[0] for a in args if typing.get_origin(a) is list), None)
+    text = v
+    if item is not None and isinstance(v, str) and (len(args) == 1 or str in args or "," in v or "[" in v):
+        v = yaml.safe_load(v) if v.lstrip().startswith("[") else [x for x in v.split(",") if x.strip()]
+    if len(args) > 1 and item in (int, float) and isinstance(v, list):
+        numbers = [_number(x) for x in v]
+        if None in numbers:
+            return text  # for a `str` alternative to take, or OmegaConf to reject naming the key
+        return [int(x) if item is int and x.is_integer() else x for x in numbers]
+    if int in args and isinstance(v, (str, float)):
+        n = _number(v)
+        return int(n) if n is not None and n.is_integer() else v
+    return v
 
 
-# ------------------------------------------------------------------ dict <-> config
-def config_from_dict(d: dict, cls=TrainConfig, prefix: str = "") -> Any:
-    """Build a (nested) config from plain data; unknown keys and wrong types raise ConfigError."""
+def _shape(d: Any, cls, prefix: str = "") -> dict:
+    """Plain data made ready for OmegaConf: leaves `_prepare`d, empty sections dropped, ModelConfig fields given
+    under `model:` moved to `model.overrides`, the derived `model_config` of saved runs dropped."""
     if not isinstance(d, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
-    hints = _hints(cls)
-    d = dict(d)
-    if cls is ModelSection:  # architecture fields given directly under `model:` go to overrides
-        extra = {k: d.pop(k) for k in list(d) if k in MODEL_FIELDS}
-        d["overrides"] = {**dict(d.get("overrides") or {}), **extra}
-    if cls is TrainConfig:
-        d.pop("model_config", None)  # derived, saved for readers; rebuilt from the rest
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known keys under "
-                          f"{prefix.rstrip('.') or 'the top level'}: {sorted(names)}")
-    kwargs = {}
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    out = {}
     for k, v in d.items():
-        tp = hints[k]
+        tp = hints.get(k)
         if dataclasses.is_dataclass(tp):
-            kwargs[k] = config_from_dict(v or {}, tp, f"{prefix}{k}.")
+            if v is not None:
+                out[k] = _shape(v, tp, f"{prefix}{k}.")
         else:
-            kwargs[k] = coerce(v, tp, prefix + k)
-    obj = cls(**kwargs)
+            out[k] = v if tp is None else _prepare(v, tp)
     if cls is ModelSection:
-        check_model_overrides(obj.overrides)
-    return obj
+        extra = {k: out.pop(k) for k in list(out) if k in MODEL_FIELDS}
+        out["overrides"] = {**dict(out.get("overrides") or {}), **extra}
+    if cls is TrainConfig:
+        out.pop("model_config", None)
+    return out
 
 
-def check_model_overrides(overrides: dict) -> None:
+def _merged(cls, base, data: dict, prefix: str = "", to=OmegaConf.to_object):
+    """`base` (a config or its class) with `data` merged in, made plain by `to`; OmegaConf errors as ConfigError."""
+    try:
+        return to(OmegaConf.merge(OmegaConf.structured(base), data))
+    except OmegaConfBaseException as e:
+        key = prefix + (e.full_key or "")
+        if isinstance(e, ConfigKeyError):
+            section = e.full_key.rpartition(".")[0]
+            known = sorted(f.name for f in dataclasses.fields(_annotation(cls, section)))
+            raise ConfigError(f"unknown config key(s) {[key]}; known keys under {prefix + section or 'the top level'}: "
+                              f"{known}") from None
+        if isinstance(e, ValidationError):
+            raise ConfigError(f"{key}: expected {_expected(_annotation(cls, e.full_key))}, got {e.value!r}") from None
+        raise ConfigError(f"{key}: {e.msg}") from None
+
+
+def _annotation(cls, key: str) -> Any:
+    tp = cls
+    for part in filter(None, key.split(".")):
+        name, _, index = part.partition("[")
+        tp = typing.get_type_hints(tp)[name]
+        tp = typing.get_args(tp)[0] if index else tp
+    return tp
+
+
+def _expected(tp) -> str:
+    if _is_union(tp):
+        return " or ".join(_expected(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return "a list (A,B or [A, B])"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "none"}
+    return names.get(tp, "a mapping" if dataclasses.is_dataclass(tp) or tp is dict else str(tp))
+
+
+def config_from_dict(d: dict, cls=TrainConfig) -> Any:
+    """Build a (nested) config from plain data; unknown keys and wrong types raise ConfigError."""
+    return _build(cls, cls, d)
+
+
+def _build(cls, base, data: dict):
+    """`base` (a class or a config) with plain `data` merged in; a TrainConfig's model.overrides typed and checked."""
+    cfg = _merged(cls, base, _shape(data, cls))
+    if isinstance(cfg, TrainConfig):
+        cfg.model.overrides = model_overrides(cfg.model.overrides)
+    return cfg
+
+
+def model_overrides(overrides: dict) -> dict:
+    """`overrides` (ModelConfig fields) typed and checked by `ppflow.models.config_checks`."""
     unknown = sorted(set(overrides) - MODEL_FIELDS)
     if unknown:
         raise ConfigError(f"unknown model field(s) {unknown}; ModelConfig fields are {sorted(MODEL_FIELDS)}")
-    hints = _hints(ModelConfig)
-    for k, v in overrides.items():
-        if k == "input_size" and isinstance(v, str) and "," in v:
-            v = v.split(",")
-        if k == "input_size" and isinstance(v, (list, tuple)):
-            overrides[k] = [coerce(x, int, f"model.{k}") for x in v]
-        elif k == "input_size":
-            overrides[k] = coerce(v, int, f"model.{k}")
-        elif k == "schedule":
-            overrides[k] = str(v) if not isinstance(v, dict) else v
-        else:
-            overrides[k] = coerce(v, hints[k], f"model.{k}")
-        from ..convert.native import model_field_problem
-
-        problem = model_field_problem(k, overrides[k])
-        if problem and k != "schedule":
+    given = {k: _prepare(v, _MODEL_HINTS[k]) for k, v in overrides.items()}
+    typed = _merged(_ModelFields, _ModelFields, given, "model.", lambda c: OmegaConf.to_container(c, resolve=True))
+    out = {k: typed[k] for k in overrides}
+    for k, v in out.items():
+        if k == "schedule":
+            out[k] = v if isinstance(v, dict) else str(v)
+        elif problem := model_field_problem(k, v):
             raise ConfigError(f"model.{problem}")
+    return out
 
 
 def config_to_dict(cfg) -> dict:
@@ -297,7 +232,7 @@ def _plain(v):
     return v
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, cls=TrainConfig) -> Any:
     """Read a YAML config file (the same nested keys as `config.yaml` in a run folder)."""
     path = Path(path)
     if not path.exists():
@@ -315,31 +250,33 @@ def load_config(path: str | Path) -> TrainConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid YAML ({where}{what}); fix it, or compare with "
-                          "'ppflow train --print-config'") from None
+                          "the output of --print-config") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path} holds a YAML {type(data).__name__}, not a mapping of options "
-                          "(e.g. 'batch_size: 256'); compare with 'ppflow train --print-config'")
+                          "(e.g. 'batch_size: 256'); compare with the output of --print-config")
     try:
-        return config_from_dict(data or {})
+        return config_from_dict(data or {}, cls)
     except ConfigError as e:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
-def save_config(cfg: TrainConfig, path: str | Path, extra: dict | None = None) -> Path:
-    """Write the resolved config as YAML, atomically (a failed write leaves the old file and no temporary file)."""
-    from ..convert.native import write_text_atomic
+def config_yaml(cfg, extra: dict | None = None) -> str:
+    """The config as YAML text, keys in field order (what --print-config prints and config.yaml holds)."""
+    return yaml.safe_dump({**config_to_dict(cfg), **(extra or {})}, sort_keys=False)
 
+
+def save_config(cfg, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the resolved config as YAML, atomically (a failed write leaves the old file and no temporary file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, yaml.safe_dump({**config_to_dict(cfg), **(extra or {})}, sort_keys=False),
-                             "run config")
+    return write_text_atomic(path, config_yaml(cfg, extra), "run config")
 
 
 # ------------------------------------------------------------------ dotted keys
 def leaf_keys(cls=TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str, Any]]:
     """Every settable dotted key -> (type, help, default), model fields included as `model.<field>`."""
     out = {}
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
@@ -348,11 +285,11 @@ def leaf_keys(cls=TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str, An
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             out[prefix + f.name] = (tp, f.metadata.get("help", ""), default)
     if cls is ModelSection:
-        mh = _hints(ModelConfig)
+        model_hints = typing.get_type_hints(ModelConfig)
         for f in dataclasses.fields(ModelConfig):
             if f.name in MODEL_FIELDS:
                 help_text = f"ModelConfig.{f.name} override (default: from the model name and the data)"
-                out[f"{prefix}{f.name}"] = (mh[f.name], help_text, None)
+                out[f"{prefix}{f.name}"] = (model_hints[f.name], help_text, None)
     return out
 
 
@@ -361,80 +298,26 @@ def normalize_key(key: str) -> str:
     return ALIASES.get(key, key)
 
 
-def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+def apply_overrides(cfg, overrides: dict[str, Any]):
     """A new config with dotted-key values set (`{'optim.lr': '3e-4', 'model.schedule': 'ppf3'}`).
 
     Works for any config dataclass built like TrainConfig (e.g. ppflow.flux.train_config.FluxTrainConfig).
     """
     cls = type(cfg)
-    d = config_to_dict(cfg)
     keys = leaf_keys(cls)
+    nested: dict = {}
     for raw, value in overrides.items():
         key = normalize_key(raw)
         if key not in keys:
             close = [k for k in keys if k.split(".")[-1] == key.split(".")[-1]]
             hint = f"; did you mean {close}?" if close else "; run 'ppflow train --help' for the list"
             raise ConfigError(f"unknown config key {raw!r}{hint}")
-        parts = key.split(".")
-        if cls is TrainConfig and parts[0] == "model" and parts[1] in MODEL_FIELDS:
-            d["model"]["overrides"][parts[1]] = value
-            continue
-        node = d
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return config_from_dict(d, cls)
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Value checks that types alone can't express; each error names the option and a fix."""
-    from ..flow.time_sampling import DENSITIES, MODES
-
-    checks = [
-        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
-        (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
-        (cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}"),
-        (cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}"),
-        (cfg.save_every >= 1, f"save_every must be >= 1, got {cfg.save_every}"),
-        (cfg.keep_every >= 0, f"keep_every must be >= 0, got {cfg.keep_every}"),
-        (cfg.flow.time_sampling in MODES, f"flow.time_sampling {cfg.flow.time_sampling!r} is not one of {MODES}"),
-        (0.0 <= cfg.flow.stage_margin < 1.0, f"flow.stage_margin must be in [0, 1), got {cfg.flow.stage_margin}"),
-        (cfg.flow.density in DENSITIES, f"flow.density {cfg.flow.density!r} is not one of {DENSITIES}"),
-        (0.0 <= cfg.flow.label_dropout < 1.0, f"flow.label_dropout must be in [0, 1), got {cfg.flow.label_dropout}"),
-        (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
-        (len(cfg.optim.betas) == 2, f"optim.betas needs two values, got {cfg.optim.betas}"),
-        (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
-         f"optim.grad_clip must be positive or none, got {cfg.optim.grad_clip}"),
-        (cfg.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}"),
-        (0.0 <= cfg.ema.decay < 1.0, f"ema.decay must be in [0, 1), got {cfg.ema.decay}"),
-        (cfg.precision in ("auto", "fp32", "bf16"), f"precision {cfg.precision!r} is not one of auto, fp32, bf16"),
-        (cfg.parallel in ("auto", "none", "ddp", "fsdp"),
-         f"parallel {cfg.parallel!r} is not one of auto, none, ddp, fsdp"),
-        (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
-        (cfg.sample.every is None or cfg.sample.every >= 0, f"sample.every must be >= 0, got {cfg.sample.every}"),
-        (cfg.sample.count >= 1 and cfg.sample.steps >= 1, "sample.count and sample.steps must be >= 1"),
-        (math.isfinite(cfg.sample.cfg_scale), f"sample.cfg_scale must be a finite number, got {cfg.sample.cfg_scale}"),
-        (cfg.data.image_size is None or cfg.data.image_size >= 1,
-         f"data.image_size must be >= 1 pixels, got {cfg.data.image_size}"),
-        (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
-        (all(math.isfinite(v) for v in (cfg.optim.lr, cfg.optim.eps, cfg.optim.weight_decay, cfg.ema.decay)),
-         "optim.lr, optim.eps, optim.weight_decay and ema.decay must be finite numbers"),
-    ]
-    try:
-        from ..sampling import METHODS
-
-        checks.append((cfg.sample.method in METHODS, f"sample.method {cfg.sample.method!r} is not one of {METHODS}"))
-    except ImportError:  # pragma: no cover - sampling is part of the package
-        pass
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    from .parallel import resolve_device
-
-    try:
-        resolve_device(cfg.device)
-    except ValueError as e:
-        raise ConfigError(str(e).replace("--device", "device", 1)) from None
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return _build(cls, cfg, nested)
 
 
 # ------------------------------------------------------------------ command line
@@ -468,11 +351,10 @@ def _metavar(tp) -> str:
     return {int: "N", float: "X", bool: "BOOL", dict: "YAML"}.get(tp, "TEXT")
 
 
-def config_from_args(args) -> TrainConfig:
-    """The config an argparse namespace asks for: defaults < --config YAML < --key overrides."""
-    cfg = load_config(args.config) if getattr(args, "config", None) else TrainConfig()
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
-    cfg = apply_overrides(cfg, overrides)
+def config_from_args(args, cls=TrainConfig):
+    """The config an argparse namespace asks for: defaults < --config YAML < --key overrides, validated."""
+    cfg = load_config(args.config, cls) if getattr(args, "config", None) else cls()
+    cfg = apply_overrides(cfg, cli_overrides(args))
     validate(cfg)
     return cfg
 

@@ -70,3 +70,42 @@ def test_every_option_has_help_and_a_cli_flag():
                  "--ema.decay", "--sample.every", "--parallel", "--grad-checkpointing", "--compile", "--tf32"):
         assert flag in text
     validate(TrainConfig())
+
+
+def test_old_run_config_and_text_spellings_still_load(tmp_path):
+    old = {"model": {"name": "PPF-tiny-2", "init": None, "init_format": None, "overrides": {"input_size": 16},
+                     "depth": 2}, "data": {"name": "digits"}, "flow": {"shares": [1, 1]}, "optim": None,
+           "max_steps": 1e3, "sample": {"every": "none"}, "model_config": {"depth": 2, "hidden_size": 64}}
+    cfg = config_from_dict(old)
+    assert cfg.model.overrides == {"input_size": 16, "depth": 2} and cfg.flow.shares == [1.0, 1.0]
+    assert cfg.max_steps == 1000 and cfg.sample.every is None and cfg.optim.lr == 1e-4
+    cfg = parse(["--max_steps", "2e3", "--flow.shares", "0.5", "--model.input-size", "32,16", "--model.vae", "none",
+                 "--optim.betas", "[0.9, 0.95]", "--threads", "none"])
+    assert cfg.max_steps == 2000 and cfg.flow.shares == [0.5] and cfg.optim.betas == [0.9, 0.95]
+    assert cfg.model.overrides == {"input_size": [32, 16], "vae": None} and cfg.threads is None
+    with pytest.raises(ConfigError, match=r"model.stage_init 'bogus' is not one of \('independent', 'pooled'\)"):
+        parse(["--model.stage-init", "bogus"])
+    with pytest.raises(ConfigError, match=r"optim.betas\[1\]: expected a number, got 'x'"):
+        parse(["--optim.betas", "0.9,x"])
+    with pytest.raises(ConfigError, match=r"ema.decay must be in \[0, 1\), got 1.0"):
+        parse(["--ema.decay", "1"])
+
+
+def test_flux_config_uses_the_same_functions(tmp_path):
+    from ppflow.flux.train_config import FluxTrainConfig
+
+    path = tmp_path / "flux.yaml"
+    path.write_text(yaml.safe_dump({"model": {"base": "b", "schedule": "1:2x2"}, "data": {"cache": "c"},
+                                    "optim": {"lr": 2e-4}}))
+    cfg = load_config(path, FluxTrainConfig)
+    assert cfg.model.schedule == "1:2x2" and cfg.optim.lr == 2e-4 and cfg.ema.decay == 0.999 and cfg.batch_size == 4
+    cfg = apply_overrides(cfg, {"train.lora-targets": "to_q,to_k", "max-steps": "5", "init": "tiled"})
+    assert cfg.train.lora_targets == ["to_q", "to_k"] and cfg.max_steps == 5 and cfg.model.init == "tiled"
+    assert config_from_dict(config_to_dict(cfg), FluxTrainConfig) == cfg
+    validate(cfg)
+    with pytest.raises(ConfigError, match="parallel 'ddp' is not one of auto, none, fsdp"):
+        validate(apply_overrides(cfg, {"parallel": "ddp"}))
+    with pytest.raises(ConfigError, match="max_steps must be >= 1, got 0"):
+        validate(apply_overrides(cfg, {"max_steps": 0}))
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['train.rank'\]"):
+        config_from_dict({"train": {"rank": 4}}, FluxTrainConfig)
