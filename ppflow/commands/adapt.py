@@ -6,10 +6,10 @@ from pathlib import Path
 
 from ..cli import at_least, non_negative
 from ..convert.adaptation import adapt
-from ..convert.native import is_pretrained_dir, save_pretrained
 from ..errors import CommandError
 from ..models.flops import schedule_flops
 from ..models.output import OUTPUTS
+from ..models.pretrained import is_pretrained_dir
 from ..models.schedule import PRESETS
 from .convert import add_load_arguments, load_with_info, semantics_note
 
@@ -74,7 +74,7 @@ def main(args) -> int:
     calibration = _calibration(args, source) if args.init == "lstsq" else None
     model = adapt(source, args.schedule, level_init_std=args.level_init_std, coarse_output=args.coarse_output,
                   init=args.init, calibration=calibration, generator=torch.Generator().manual_seed(args.seed))
-    save_pretrained(model, out)  # a full disk, a read-only folder: no temporary file is left, an old folder stays
+    model.save_pretrained(out)  # a full disk, a read-only folder: no temporary file is left, an old folder stays
     r = schedule_flops(model.config)
     print(f"{args.source} [{fmt}{': ' + '; '.join(notes) if notes else ''}]: {source.config.name or 'custom size'}")
     print(f"-> {out}: {model.config.name or 'PPFlow model'}, schedule {model.schedule.to_string()}, "

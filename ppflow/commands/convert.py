@@ -8,9 +8,10 @@ from ..cli import at_least
 from ..convert import load_model
 from ..convert.formats import FORMATS, build, convert_file
 from ..convert.keymap import CheckpointError
-from ..convert.native import is_pretrained_dir, resolve_path, save_pretrained
+from ..convert.load import resolve_path
 from ..errors import CommandError
 from ..models.backbone import TIME_MAPS, PPFlowTransformer
+from ..models.pretrained import is_pretrained_dir
 
 
 def add_load_arguments(p, format_flag: str) -> None:
@@ -86,7 +87,7 @@ def main(args) -> int:
     if is_pretrained_dir(out) and not args.force:
         raise CommandError(f"{out} already holds a ppflow model; pass --force to overwrite it")
     model, fmt, notes = load_with_info(args.input, args)
-    save_pretrained(model, out)  # a full disk, a read-only folder: no temporary file is left, an old folder stays
+    model.save_pretrained(out)  # a full disk, a read-only folder: no temporary file is left, an old folder stays
     c = model.config
     print(f"{args.input} [{fmt}{': ' + '; '.join(notes) if notes else ''}]")
     print(f"-> {out}: {c.name or 'custom size'}, schedule {model.schedule.to_string()}, "

@@ -95,7 +95,8 @@ LOAD_OPTIONS = ("format", "weights", "num_heads", "time_map", "input_size", "vae
 
 def is_checkpoint(spec: str) -> bool:
     """Whether SAMPLES names a model (ppflow folder, training run, checkpoint file) rather than images."""
-    from ..convert.native import is_pretrained_dir, resolve_path
+    from ..convert.load import resolve_path
+    from ..models.pretrained import is_pretrained_dir
 
     p = Path(spec)
     if not p.exists():

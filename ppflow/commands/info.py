@@ -9,18 +9,11 @@ import torch
 
 from ..convert.formats import build, convert_file
 from ..convert.keymap import CheckpointError, size_name
-from ..convert.native import (
-    CONFIG,
-    WEIGHTS,
-    check_state_shapes,
-    is_pretrained_dir,
-    model_config_from_dict,
-    read_config,
-    read_weights,
-    resolve_path,
-)
-from ..models.backbone import PPFlowTransformer
+from ..convert.load import resolve_path
+from ..io import read_weights
+from ..models.backbone import CONFIG, WEIGHTS, PPFlowTransformer
 from ..models.flops import schedule_flops
+from ..models.pretrained import check_state_shapes, is_pretrained_dir, model_config_from_dict, read_config
 from . import parse_scales
 from .convert import add_load_arguments, load_overrides, semantics_note
 

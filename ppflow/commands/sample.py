@@ -260,7 +260,7 @@ def _gather(parts: list[np.ndarray], args, rank: int, world: int) -> np.ndarray 
 
 
 def _write(images: np.ndarray, labels: torch.Tensor | None, args) -> None:
-    from ..convert.native import remove_quietly, save_error
+    from ..io import remove_quietly, save_error
     from ..utils.images import grid, save_image
 
     if args.npz:

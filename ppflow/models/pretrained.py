@@ -8,7 +8,6 @@ metadata (ppflow.io.read_weights) unless `verify=False`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import torch
 
 from ..io import CheckpointError, one_line, read_weights
 from .backbone import CONFIG, WEIGHTS, ModelConfig, PPFlowTransformer
-
-save_pretrained = PPFlowTransformer.save_pretrained  # save_pretrained(model, directory), as a function
+from .config_checks import model_field_problem
 
 
 def is_pretrained_dir(path: str | os.PathLike) -> bool:
@@ -45,43 +43,6 @@ def read_config(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object of model settings "
                               f"({{\"depth\": ..., \"hidden_size\": ...}}); {fix}")
     return cfg
-
-
-def _is_int(v, lo: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# ModelConfig field -> (check of a value, what a valid value is)
-_FIELD_CHECKS = {
-    "depth": (lambda v: _is_int(v, 1), "an integer >= 1"),
-    "hidden_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
-    "num_heads": (lambda v: _is_int(v, 1), "an integer >= 1"),
-    "in_channels": (lambda v: _is_int(v, 1), "an integer >= 1"),
-    "num_classes": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "input_size": (lambda v: _is_int(v, 1) or (isinstance(v, (list, tuple)) and len(v) == 2
-                                               and all(_is_int(x, 1) for x in v)), "a size >= 1 or [height, width]"),
-    "mlp_ratio": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "level_init_std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
-    "level_embedding": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
-    "time_map": (lambda v: isinstance(v, str), "a string"),
-    "coarse_output": (lambda v: isinstance(v, str), "a string"),
-    "name": (lambda v: isinstance(v, str), "a string"),
-    "vae": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "schedule": (lambda v: isinstance(v, (str, dict)), "a string such as 'ppf2' or '0.5:4x4,1:2x2'"),
-}
-
-
-def model_field_problem(key: str, value: object) -> str | None:
-    """What is wrong with one ModelConfig field value (wrong type or out of range), or None."""
-    check = _FIELD_CHECKS.get(key)
-    if check is None or check[0](value):
-        return None
-    return f"{key} must be {check[1]}, got {value!r}"
 
 
 def model_config_from_dict(cfg: object, source: str | os.PathLike) -> ModelConfig:
