@@ -123,14 +123,13 @@ def add_arguments(p) -> None:
     import argparse
 
     from ..flux.train_config import FluxTrainConfig
-    from ..train.config import add_config_arguments
+    from .train import add_run_arguments
 
     p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
     sub = p.add_subparsers(dest="subcommand", metavar="{train,cache,demo}", required=True)
     t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly where it stopped")
-    add_config_arguments(t, FluxTrainConfig)
+    add_run_arguments(t, FluxTrainConfig)
     c = sub.add_parser("cache", help="encode an image-caption folder once: FLUX latents + T5/CLIP embeddings",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--data.path", dest="path", required=True, help="image-caption folder (.txt captions or "
@@ -174,27 +173,10 @@ def main(args) -> int:
 
 def _train(args) -> int:
     from ..flux.train import train_flux
-    from ..flux.train_config import flux_config_from_args
-    from ..train.config import cli_overrides
+    from ..flux.train_config import FluxTrainConfig
+    from .train import run_training
 
-    if args.resume:
-        result = train_flux(resume=args.resume, overrides=cli_overrides(args))
-    else:
-        cfg = flux_config_from_args(args)
-        if args.print_config:
-            import yaml
-
-            from ..train.config import config_to_dict
-
-            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-            return 0
-        result = train_flux(cfg)
-    if result.interrupted:
-        print(f"ppflow flux train: stopped at step {result.step}; continue with --resume {result.run_dir}",
-              file=sys.stderr)
-        return 130
-    print(f"done: step {result.step}, loss {result.loss:.4f}, PPFlux folder {result.ema_dir}")
-    return 0
+    return run_training("ppflow flux train", args, train_flux, FluxTrainConfig)
 
 
 def _cache(args) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from ..models.pretrained import load_state_strict
 from ..train.batches import derive_seed, generator
-from ..train.config import ConfigError
+from ..train.config import ConfigError, validate
 from ..train.ema import EMA
 from ..train.engine import TrainResult
 from ..train.launch import run_task
@@ -28,7 +28,7 @@ from ..train.parallel import barrier, broadcast_object
 from ..train.task import Task
 from .captions import CaptionCache
 from .objective import flux_loss, train_sigmas
-from .train_config import FluxTrainConfig, validate_flux
+from .train_config import FluxTrainConfig
 
 KIND = "ppflux"  # checkpoint "kind": a `ppflow flux train` run (ppflow train's have none)
 FluxTrainResult = TrainResult  # the name earlier releases returned
@@ -110,7 +110,7 @@ class FluxTask(Task):
     command = "ppflow flux train"
     kind = KIND
     config_cls = FluxTrainConfig
-    validate = staticmethod(validate_flux)
+    validate = staticmethod(validate)
 
     @staticmethod
     def default_out(cfg: FluxTrainConfig) -> str:
@@ -237,6 +237,6 @@ def pack(z: torch.Tensor) -> torch.Tensor:
 
 
 def train_flux(config: FluxTrainConfig | dict | None = None, *, resume: str | os.PathLike | None = None,
-               overrides: dict | None = None) -> TrainResult:
+               overrides: dict | None = None, verify: bool = True) -> TrainResult:
     """Train from `config`, or continue the run in `resume` with `overrides` amending its saved config."""
-    return run_task(FluxTask, config, resume=resume, overrides=overrides)
+    return run_task(FluxTask, config, resume=resume, overrides=overrides, verify=verify)

@@ -9,8 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..flow.time_sampling import DENSITIES
-from ..train.config import config_from_args
-from ..train.run_config import EmaSection, RunConfig, _opt, validate
+from ..train.run_config import EmaSection, RunConfig, _opt
 from .packing import COARSE_OUTPUTS, INITS
 from .sigmas import BOUNDARY_SPACES
 
@@ -123,10 +122,3 @@ class FluxTrainConfig(RunConfig):
             (schedule_problem is None, schedule_problem),
         ]
 
-
-validate_flux = validate  # the checks above, then the device
-
-
-def flux_config_from_args(args) -> FluxTrainConfig:
-    """defaults < --config YAML < --key overrides, validated."""
-    return config_from_args(args, FluxTrainConfig)

@@ -50,20 +50,22 @@ class AdapterSection:
     """The speed adapter and how it is distilled from its source (model.init)."""
 
     schedule: str = _opt("ppf2", "PPFlow schedule; its finest stage is the source itself")
-    rank: int = _opt(16, "LoRA rank")
+    rank: int = _opt(16, "LoRA rank", min=1)
     alpha: float = _opt(16.0, "LoRA alpha (scale alpha / rank)")
     targets: list[str] = field(default_factory=lambda: list(TARGETS), metadata={
         "help": f"block layers the LoRA adapts: {', '.join(TARGETS)}"})
-    coarse_output: str = _opt("noise_skip", "what coarse stages emit: v | noise_skip | x | snr (models/output.py)")
+    coarse_output: str = _opt("noise_skip", "what coarse stages emit: v | noise_skip | x | snr (models/output.py)",
+                              choices=OUTPUTS)
     data_free: bool = _opt(True, "x_t from the teacher's own ODE trajectories (no dataset); false: from data")
     guided: float | None = _opt(None, "distil the teacher's CFG-guided velocity at this scale into the conditional "
                                       "coarse stage (sample it with CFG 1 there: no unconditional pass)")
     mix: float = _opt(0.0, "with data: share of the flow-matching target (x1 - x0) in the target")
     teacher: str = _opt("cache", "data-free targets: cache (the cached teacher velocities at the trajectories' step "
                                  "times: no teacher forward while training) | forward (any coarse t, the teacher "
-                                 "evaluated there: one or two full-resolution forwards per sample)")
-    trajectories: int = _opt(1024, "data-free: teacher trajectories in the cache")
-    trajectory_steps: int = _opt(16, "data-free: Euler steps of a trajectory over the coarse range")
+                                 "evaluated there: one or two full-resolution forwards per sample)",
+                           choices=TEACHERS)
+    trajectories: int = _opt(1024, "data-free: teacher trajectories in the cache", min=1)
+    trajectory_steps: int = _opt(16, "data-free: Euler steps of a trajectory over the coarse range", min=1)
     trajectory_cfg: float | None = _opt(None, "data-free: CFG scale of the trajectories (default: guided, else 1)")
     cache: str | None = _opt(None, "data-free: teacher-state cache file (default RUN/teacher-states.safetensors)")
 
@@ -74,25 +76,15 @@ class AdaptConfig(TrainConfig):
 
     adapter: AdapterSection = field(default_factory=AdapterSection)
 
-
-def validate_adapt(cfg: AdaptConfig) -> None:
-    validate(cfg)
-    a = cfg.adapter
-    checks = [
-        (cfg.model.init is not None, "model.init is not set: give the SiT/DiT to convert (--from MODEL)"),
-        (a.rank >= 1, f"adapter.rank must be >= 1, got {a.rank}"),
-        (set(a.targets) <= set(TARGETS), f"adapter.targets {a.targets} must be among {list(TARGETS)}"),
-        (a.coarse_output in OUTPUTS, f"adapter.coarse_output {a.coarse_output!r} is not one of {OUTPUTS}"),
-        (a.guided is None or (math.isfinite(a.guided) and a.guided >= 1),
-         f"adapter.guided must be a CFG scale >= 1, got {a.guided}"),
-        (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
-         f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)"),
-        (a.trajectories >= 1 and a.trajectory_steps >= 1, "adapter.trajectories and trajectory_steps must be >= 1"),
-        (a.teacher in TEACHERS, f"adapter.teacher {a.teacher!r} is not one of {TEACHERS}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    def checks(self) -> list[tuple[bool, str]]:
+        a = self.adapter
+        return [*super().checks(),
+                (self.model.init is not None, "model.init is not set: give the SiT/DiT to convert (--from MODEL)"),
+                (set(a.targets) <= set(TARGETS), f"adapter.targets {a.targets} must be among {list(TARGETS)}"),
+                (a.guided is None or (math.isfinite(a.guided) and a.guided >= 1),
+                 f"adapter.guided must be a CFG scale >= 1, got {a.guided}"),
+                (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
+                 f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)")]
 
 
 class AdaptTask(SiTTask):
@@ -101,7 +93,7 @@ class AdaptTask(SiTTask):
     command = "ppflow adapt"
     kind = KIND
     config_cls = AdaptConfig
-    validate = staticmethod(validate_adapt)
+    validate = staticmethod(validate)
 
     @staticmethod
     def default_out(cfg: AdaptConfig) -> str:
