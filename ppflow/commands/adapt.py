@@ -1,7 +1,9 @@
-"""`ppflow adapt`: a one-stage SiT/DiT model -> a PPFlow model (average/copy init, level embedding at zero)."""
+"""`ppflow adapt`: a one-stage SiT/DiT model -> PPFlow: the paper's adapted model (`--method init`, to fine-tune
+with `ppflow train --model.init OUT`), or a distilled stage-gated speed adapter (`--method lora-distill`)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..cli import at_least, non_negative
@@ -13,26 +15,37 @@ from ..models.pretrained import is_pretrained_dir
 from ..models.schedule import PRESETS
 from .convert import add_load_arguments, load_with_info, semantics_note
 
+METHODS = ("init", "lora-distill")
+
 
 def add_arguments(p) -> None:
-    p.description = ("Build a PPFlow model from a one-stage SiT/DiT checkpoint, as the paper's adaptation: blocks "
-                     "and embedders copied, larger patches' patchify = average init, their unpatchify = copy init, "
-                     "level embedding at zero (the finest stage reproduces the source exactly). The result is "
-                     "the starting point for PPFlow fine-tuning: `ppflow train --model.init OUT ...`.")
-    p.add_argument("--from", dest="source", required=True,
-                   help="one-stage checkpoint: SiT/DiT file, training checkpoint or ppflow folder")
+    p.description = (
+        "Turn a one-stage SiT/DiT checkpoint into PPFlow. Which method when: lora-distill (recommended) keeps the "
+        "source frozen and trains a small stage-gated adapter (coarse projections + a LoRA active only on "
+        "coarse-stage tokens) to reproduce the source's own velocity: the fine stage stays the source bit for bit, "
+        "no dataset is needed (--data-free, the default), and --guided S bakes CFG at scale S into the coarse stage "
+        "so it runs one forward per step there; the result is an adapter folder ppflow.load_model applies on the "
+        "base. init writes the paper's adapted model (blocks copied, average/copy init of the new projections, level "
+        "embedding at zero) as the start of a full fine-tune (`ppflow train --model.init OUT`): use it to reproduce "
+        "the paper's recipe or to train the shared backbone further.")
+    p.add_argument("--method", choices=METHODS, default="init", help="init: the adapted model to fine-tune; "
+                   "lora-distill: train a speed adapter by distillation from the frozen source")
+    p.add_argument("--from", dest="source", default=None,
+                   help="one-stage checkpoint: SiT/DiT file, training checkpoint, run folder or ppflow folder")
     p.add_argument("--schedule", default="ppf2",
                    help=f"target pyramid: a preset ({', '.join(PRESETS)}) or 't_end:ROWSxCOLS,...' whose finest "
                         "patch is the source patch")
-    p.add_argument("--out", required=True, help="folder to write (model.safetensors + config.json)")
+    p.add_argument("--out", default=None, help="init: folder to write (model.safetensors + config.json); "
+                                                "lora-distill: the run folder (its ema/ is the adapter)")
     p.add_argument("--level-init-std", type=non_negative, default=0.0,
                    help="start of the level embedding: 0 keeps the finest stage equal to the source; 0.02 is the "
                         "official code's N(0, 0.02^2)")
-    p.add_argument("--coarse-output", choices=OUTPUTS, default="v",
+    p.add_argument("--coarse-output", choices=OUTPUTS, default=None,
                    help="what the coarse stages emit: v (the paper), x (clean sample), noise_skip (within-block noise "
                         "handled analytically; the adapted coarse stage then starts far closer to the source), snr "
                         "(noise_skip, and the coarse stage runs at the noise level its pooled tokens have: the adapted "
-                        "coarse stage starts as the source denoising the pooled image at that level)")
+                        "coarse stage starts as the source denoising the pooled image at that level); default: v for "
+                        "init, noise_skip for lora-distill")
     p.add_argument("--init", choices=("pooled", "lstsq"), default="pooled",
                    help="pooled: the paper's average/copy init; lstsq: then refit each coarse unpatchify by least "
                         "squares on --calib-data images (seconds; the coarse stage starts far closer to its optimum)")
@@ -43,6 +56,30 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the level embedding when --level-init-std > 0")
     add_load_arguments(p, "--format")
     p.add_argument("--force", action="store_true", help="overwrite an existing ppflow folder at --out")
+    d = p.add_argument_group("lora-distill options")
+    d.add_argument("--budget", type=float, default=None,
+                   help="conversion compute as a fraction of the source's training compute (0.05 = +5%%; teacher "
+                        "trajectories included); sets the steps")
+    d.add_argument("--source-steps", type=at_least(1), default=None,
+                   help="the source's training steps for --budget (default: read from its run folder)")
+    d.add_argument("--source-batch", type=at_least(1), default=None, help="the source's batch size for --budget")
+    d.add_argument("--steps", type=at_least(1), default=None, help="adapter training steps (instead of --budget)")
+    d.add_argument("--data", default=None, help="distil on this dataset's x_t (fashion-mnist, imagefolder, "
+                                                "latents, ...) instead of the teacher's own trajectories")
+    d.add_argument("--data-path", default=None, help="folder of --data")
+    d.add_argument("--guided", type=float, default=None, help="CFG scale distilled into the coarse stage (sample "
+                                                               "with CFG 1 there)")
+    d.add_argument("--rank", type=at_least(1), default=16, help="LoRA rank")
+    d.add_argument("--batch-size", type=at_least(1), default=32)
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--trajectories", type=at_least(1), default=1024, help="data-free: teacher trajectories")
+    d.add_argument("--trajectory-steps", type=at_least(1), default=16,
+                   help="data-free: Euler steps per trajectory over the coarse range")
+    d.add_argument("--trajectory-cfg", type=float, default=None,
+                   help="data-free: CFG scale of the trajectories (default: --guided, else 1)")
+    d.add_argument("--ema-decay", type=float, default=0.99)
+    d.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
+    d.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an adapter run where it stopped")
 
 
 def _calibration(args, source):
@@ -63,8 +100,14 @@ def _calibration(args, source):
 
 
 def main(args) -> int:
+    if args.method == "lora-distill" or args.resume:
+        return distill_main(args)
     import torch
 
+    if args.source is None or args.out is None:
+        raise CommandError("--method init needs --from SOURCE and --out FOLDER")
+    _check_out(args.source, args.out)
+    args.coarse_output = args.coarse_output or "v"
     out = Path(args.out)
     if is_pretrained_dir(out) and not args.force:
         raise CommandError(f"{out} already holds a ppflow model; pass --force to overwrite it")
@@ -84,3 +127,93 @@ def main(args) -> int:
     if note:
         print(f"note: {note}")
     return 0
+
+
+def _check_out(source: str, out: str) -> None:
+    """--out may never be the source (resolved, through symlinks), whatever the flags."""
+    src, dst = Path(source), Path(out)
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
+        raise CommandError(f"--out {out} is the source {source}: writing there would destroy it; choose another --out")
+    if src.exists() and src.resolve().is_relative_to(dst.resolve()):
+        raise CommandError(f"--out {out} holds the source {source}: choose a folder outside it")
+
+
+def distill_main(args) -> int:
+    """--method lora-distill: an AdaptTask run (ppflow.train.distill) sized by --budget or --steps."""
+    from ..train.distill import AdaptConfig, adapt_train
+    from .train import run_training
+
+    ns = argparse.Namespace(resume=args.resume, config=None, print_config=False, verify=True)
+    if args.resume:
+        return run_training("ppflow adapt", ns, adapt_train, AdaptConfig, report=_report)
+    if args.source is None or args.out is None:
+        raise CommandError("--method lora-distill needs --from SOURCE and --out RUN_DIR")
+    _check_out(args.source, args.out)
+    cfg = AdaptConfig(out=args.out, seed=args.seed, batch_size=args.batch_size, log_every=10, save_every=250,
+                      threads=args.threads)
+    cfg.model.init, cfg.model.init_format = args.source, args.format
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.ema.decay, cfg.sample.every = args.lr, 0, args.ema_decay, 0
+    a = cfg.adapter
+    a.schedule, a.rank, a.alpha, a.guided = args.schedule, args.rank, float(args.rank), args.guided
+    a.coarse_output = args.coarse_output or "noise_skip"
+    a.data_free = args.data is None
+    a.trajectories, a.trajectory_steps, a.trajectory_cfg = args.trajectories, args.trajectory_steps, args.trajectory_cfg
+    if args.data:
+        cfg.data.name, cfg.data.path = args.data, args.data_path
+    cfg.max_steps = args.steps or plan_steps(cfg, args)
+    return run_training("ppflow adapt", ns, adapt_train, AdaptConfig, config=cfg, report=_report)
+
+
+def plan_steps(cfg, args) -> int:
+    """Adapter steps that spend `--budget` of the source's training compute (teacher trajectories included)."""
+    from ..convert import load_model
+    from ..train.distill import conversion_flops
+
+    if args.budget is None:
+        raise CommandError("give --budget FRACTION (of the source's training compute, e.g. 0.05) or --steps N")
+    if not 0 < args.budget <= 10:
+        raise CommandError(f"--budget {args.budget} must be a fraction of the source's training compute in (0, 10]")
+    steps, batch = args.source_steps, args.source_batch
+    if steps is None or batch is None:
+        found = source_training(args.source)
+        if found is None:
+            raise CommandError(f"cannot tell how long {args.source} was trained: give --source-steps N and "
+                               "--source-batch B for --budget")
+        steps, batch = steps or found[0], batch or found[1]
+    source = load_model(args.source, format=args.format)
+    config = adapt(source, cfg.adapter.schedule).config
+    f = conversion_flops(config, cfg.adapter, cfg.batch_size, 1)
+    budget = args.budget * steps * batch * f["source_step_per_sample"]
+    if budget <= f["cache"]:
+        raise CommandError(f"--budget {args.budget}: the {cfg.adapter.trajectories} teacher trajectories alone cost "
+                           f"{f['cache'] / (steps * batch * f['source_step_per_sample']):.3f} of the source's "
+                           "training; raise --budget or lower --trajectories / --trajectory-steps")
+    return max(1, int((budget - f["cache"]) // f["step"]))
+
+
+def source_training(source: str) -> tuple[int, int] | None:
+    """(steps, batch size) of the ppflow train run a source folder belongs to (RUN, RUN/ema or a checkpoint)."""
+    import torch
+
+    p = Path(source)
+    for ckpt in (p / "checkpoints" / "last.pt", p.parent / "checkpoints" / "last.pt", p):
+        if ckpt.is_file() and ckpt.suffix == ".pt":
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+                return int(state["step"]), int(state["config"]["batch_size"])
+            except (OSError, RuntimeError, KeyError, TypeError, ValueError):
+                return None
+    return None
+
+
+def _report(result) -> None:
+    from ..convert import load_model
+    from ..models.adapter import adapter_size
+
+    if result.ema_dir is None:
+        return
+    model = load_model(result.ema_dir)
+    extra, share = adapter_size(model)
+    size = sum(f.stat().st_size for f in Path(result.ema_dir).iterdir())
+    print(f"adapter {result.ema_dir}: {extra / 1e6:.3f}M parameters ({100 * share:.1f}% of the base), "
+          f"{size / 1e6:.2f} MB; load it with ppflow.load_model('{result.ema_dir}')")

@@ -48,9 +48,10 @@ def add_run_arguments(p, config_cls) -> None:
     add_config_arguments(p, config_cls)
 
 
-def run_training(command: str, args, run, config_cls) -> int:
-    """The body of every training command: a new run from --config / --key options (or --print-config), or
-    --resume; a stop by a signal exits 128 + the signal after saving, a Ctrl-C while starting 130."""
+def run_training(command: str, args, run, config_cls, config=None, report=None) -> int:
+    """The body of every training command: a new run from `config` or the --config / --key options (or
+    --print-config), or --resume; a stop by a signal exits 128 + the signal after saving, a Ctrl-C while starting
+    130; `report(result)` prints what a finished run made."""
     from ..train import NonFiniteLossError
     from ..train.config import ConfigError, cli_overrides, config_from_args, config_yaml
     from ..train.signals import TrainingInterrupted
@@ -64,7 +65,7 @@ def run_training(command: str, args, run, config_cls) -> int:
                 raise ConfigError("--print-config shows a new run's config; see RUN_DIR/config.yaml for a saved run")
             result = run(resume=args.resume, overrides=cli_overrides(args), verify=args.verify)
         else:
-            cfg = config_from_args(args, config_cls)
+            cfg = config if config is not None else config_from_args(args, config_cls)
             if args.print_config:
                 print(config_yaml(cfg), end="")
                 return 0
@@ -81,4 +82,6 @@ def run_training(command: str, args, run, config_cls) -> int:
         print(f"{command}: stopped at step {result.step}; its checkpoint is saved: continue with {command} "
               f"--resume {result.run_dir}", file=sys.stderr)
         return 128 + (result.stop_signal or 2)
+    if report is not None:
+        report(result)
     return 0

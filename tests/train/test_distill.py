@@ -95,3 +95,24 @@ def test_conversion_compute_counts_teacher_student_and_cache(source, tmp_path):
     data = conversion_flops(mc, _cfg(source, tmp_path, data_free=False).adapter, batch=8, steps=10)
     assert data["cache"] == 0 and data["step"] == 8 * (fine + 3 * coarse)
     assert coarse < fine / 3  # 4x fewer tokens
+
+
+def test_the_adapt_command_sizes_the_run_by_budget_and_never_writes_over_its_source(source, tmp_path, capsys):
+    from ppflow import cli
+
+    out = tmp_path / "cli"
+    args = ["adapt", "--method", "lora-distill", "--from", str(source), "--out", str(out), "--budget", "0.5",
+            "--trajectories", "16", "--trajectory-steps", "2", "--rank", "4", "--batch-size", "8", "--threads", "1"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "% of the base)" in printed and "ppflow.load_model(" in printed
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    mc = ppflow.adapt(ppflow.load_model(source), "ppf2").config
+    f = conversion_flops(mc, AdaptConfig(batch_size=8).adapter.__class__(trajectories=16, trajectory_steps=2), 8, 1)
+    source_flops = 12 * 16 * f["source_step_per_sample"]  # the source: 12 steps at batch 16 (its run folder says)
+    assert ckpt["step"] == int((0.5 * source_flops - f["cache"]) // f["step"])
+    link = tmp_path / "link"
+    link.symlink_to(source)
+    for target in (str(source), str(link)):  # the source itself, also through a symlink: refused before anything
+        assert cli.main([*args[:5], "--out", target, "--steps", "1"]) == 2
+        assert "would destroy it" in capsys.readouterr().err
