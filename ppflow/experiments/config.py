@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# the speed adapter of the demos: data-free, distilled along the teacher's CFG-2 trajectories (the sampler's)
+ADAPTER = {"data_free": True, "trajectory_cfg": 2.0, "trajectories": 256, "trajectory_steps": 8, "rank": 16}
+
+
 @dataclass
 class DemoModel:
     """One contestant: a label, a model name and its schedule.
@@ -28,6 +32,9 @@ class DemoModel:
     train: dict = field(default_factory=dict)  # further `ppflow train` options, e.g. {"flow.stage_margin": 0.1}
     checkpoint: int | None = None  # with same_as: that run's EMA kept at this step (its train needs keep_every)
     budget: float | None = None  # instead of steps: training compute as a fraction of the baseline's training
+    adapter: dict | None = None  # a speed adapter distilled from `adapt_from` (ppflow.train.distill AdapterSection
+    #   fields, e.g. {"guided": 2.0}); `budget` is then a fraction of the source's training compute
+    adapter_ema: float | None = None  # the adapter run's EMA decay (default: the config's)
 
 
 @dataclass
@@ -43,6 +50,8 @@ class DemoConfig:
         DemoModel("SiT baseline", "SiT-mini/4", "1:4x4"),
         DemoModel("PPF-2", "PPF-mini-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip", "stage_init": "pooled"}),
         DemoModel("PPF-2, CFG everywhere", "PPF-mini-2", "0.5:8x8,1:4x4", same_as="PPF-2", cfg_scales=[2.0, 2.0]),
+        DemoModel("SiT -> PPF-2 adapter, +5%", "SiT-mini/4", "0.5:8x8,1:4x4", adapt_from="SiT baseline", budget=0.05,
+                  adapter=ADAPTER, cfg_scales=[2.0, 2.0]),
     ])
     steps: int = 1400  # training steps of the baseline (~4 min for SiT-mini/4 on 2 cores)
     protocol: str = "equal-compute"  # scratch contestants: equal training FLOPs (the paper's) or "equal-steps"
@@ -83,6 +92,9 @@ class DemoConfig:
             "models": [DemoModel("SiT baseline", "SiT-tiny/4", "1:4x4"),
                        DemoModel("PPF-2", "PPF-tiny-2", "0.5:8x8,1:4x4", model={"coarse_output": "noise_skip"}),
                        DemoModel("PPF-2, CFG everywhere", "PPF-tiny-2", "0.5:8x8,1:4x4", same_as="PPF-2",
+                                 cfg_scales=[2.0, 2.0]),
+                       DemoModel("SiT -> PPF-2 adapter, +5%", "SiT-tiny/4", "0.5:8x8,1:4x4", adapt_from="SiT baseline",
+                                 budget=0.5, adapter={**ADAPTER, "trajectories": 16, "trajectory_steps": 1},
                                  cfg_scales=[2.0, 2.0])],
             "profile_num": 32, "profile_bins": 4,
         }

@@ -26,6 +26,7 @@ from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
 from ..utils.report import Report, format_scales, hardware, millions, plain_json, side_by_side
+from .adapters import paired_stage, train_adapter
 from .analysis import loss_profile_stage, pareto_stage, speed_stage
 from .config import DemoConfig, DemoModel
 
@@ -61,6 +62,8 @@ class Demo:
                     models[m.label] = StageSwap([models[k] for k in m.swap]).eval()
                 elif m.same_as:
                     models[m.label] = self.kept(m) if m.checkpoint else models[m.same_as]
+                elif m.adapter is not None:
+                    models[m.label] = train_adapter(self, m)
                 else:
                     models[m.label] = self.train(m, models)
             self.loss_plot()
@@ -225,7 +228,7 @@ class Demo:
         series = {}
         for m in self.cfg.models:
             r = self.results[m.label]
-            if "metrics_csv" not in r:  # an evaluation-only variant of another contestant
+            if "metrics_csv" not in r or m.adapter is not None:  # evaluation-only, or a distillation loss
                 continue
             steps, losses = _read_losses(Path(r["metrics_csv"]))
             scale = self.train_flops_fraction(m)  # x axis: training compute in baseline steps
@@ -281,7 +284,7 @@ class Demo:
 
     def metrics(self, models: dict[str, torch.nn.Module]) -> None:
         from ..eval import ClassifierTrainConfig, EvalOptions, evaluate, load_classifier
-        from ..eval.classifier import classifier_metrics
+        from ..eval.classifier import classifier_metrics, classifier_outputs
         from ..eval.sources import array_source
 
         cache = self.out / "cache"
@@ -291,9 +294,11 @@ class Demo:
         g = torch.Generator().manual_seed(self.cfg.seed + 3)
         noise = torch.randn(n, 1, self.cfg.image_size, self.cfg.image_size, generator=g)
         y = torch.arange(n) % 10
+        preds, samples = {}, {}
         for label, model in models.items():
             stats: dict = {}
             images = to_uint8(self.sample(label, model, noise, y, f"eval samples {label}", stats=stats))  # (n, H, W, 1)
+            samples[label], preds[label] = images, classifier_outputs(clf, images)[1].argmax(1)
             np.savez(self.out / f"samples_{_slug(label)}.npz", arr_0=images, arr_1=y.numpy())
             m = classifier_metrics(images, y.numpy(), ref="fashion-mnist-test", cache_dir=cache, model=clf)
             res = self.results[label]
@@ -306,6 +311,7 @@ class Demo:
                              EvalOptions(cache_dir=str(cache), classifier=False))
                 res.update({"inception_fid": r["fid"], "sfid": r["sfid"], "precision": r["precision"],
                             "recall": r["recall"]})
+        paired_stage(self, preds, samples)
         self.commands.append(f"ppflow eval {self.out}/samples_<model>.npz fashion-mnist-test --json")
 
     def pareto(self, models: dict[str, torch.nn.Module]) -> None:
@@ -333,6 +339,11 @@ class Demo:
                                                for st, k in zip(sched.stages, m.swap))
         if m.same_as:
             return f"= {m.same_as}" + (f" at step {m.checkpoint}" if m.checkpoint else "")
+        if m.adapter is not None:
+            r = self.results[label]
+            how = "data-free" if r.get("data_free") else "on data"
+            guided = f", guided {r['guided']:g}" if r.get("guided") else ""
+            return f"speed adapter from {m.adapt_from}, +{100 * m.budget:g}% ({r.get('train_steps')} steps), {how}{guided}"
         if m.adapt_from:
             return f"adapted from {m.adapt_from}, +{self.steps(m)} steps" + (f" at lr {m.lr:g}" if m.lr else "")
         return f"scratch, {self.steps(m)} steps"
@@ -352,7 +363,8 @@ class Demo:
         rep.heading("Results")
         header = ["model", "name", "schedule", "training", "training compute (x baseline)", "params (M)",
                   "CFG", "test FLOPs % (with CFG)", "test FLOPs % (no CFG)",
-                  "sampling speed-up", "FLOPs bound", "efficiency", "classifier FID", "class accuracy"]
+                  "sampling speed-up", "FLOPs bound", "efficiency", "classifier FID", "class accuracy",
+                  "paired agreement", "paired PSNR (dB)", "extra params (% of base)"]
         if c.inception:
             header += ["Inception FID", "sFID", "precision", "recall"]
         header += ["held-out loss (x baseline)", "final loss", "train steps/s"]
@@ -361,7 +373,8 @@ class Demo:
             row = [label, r["model"], r["schedule"], self.training_note(label), r.get("train_compute"),
                    millions(r.get("params")), format_scales(r.get("cfg_scales")), r.get("test_flops_percent"),
                    r.get("test_flops_percent_no_cfg"), r.get("speedup"), r.get("flops_bound"), r.get("efficiency"),
-                   r.get("classifier_fid"), r.get("class_accuracy")]
+                   r.get("classifier_fid"), r.get("class_accuracy"), r.get("paired_agreement"), r.get("paired_psnr"),
+                   None if r.get("extra_params") is None else 100 * r["extra_params"]]
             if c.inception:
                 row += [r.get("inception_fid"), r.get("sfid"), r.get("precision"), r.get("recall")]
             row += [r.get("heldout_loss_ratio"), r.get("final_loss"), r.get("train_steps_per_sec")]

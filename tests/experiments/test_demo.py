@@ -16,7 +16,13 @@ def test_quick_demo_leaves_a_full_report(tmp_path):
     for name in ("report.md", "report.html", "results.json", "samples.png", "loss.png", "profile_ratio.png"):
         assert (out / name).exists(), name
     res = json.loads((out / "results.json").read_text())["results"]
-    assert set(res) == {"SiT baseline", "PPF-2", "PPF-2, CFG everywhere"}
+    assert set(res) == {"SiT baseline", "PPF-2", "PPF-2, CFG everywhere", "SiT -> PPF-2 adapter, +5%"}
+    ad, sit = res["SiT -> PPF-2 adapter, +5%"], res["SiT baseline"]  # issue 25: the speed adapter row
+    assert sit["source"] is True and sit["paired_agreement"] == 1 and sit["method"] == "scratch"
+    assert ad["method"] == "lora-distill" and ad["data_free"] is True and 0 < ad["extra_params"] < 0.5
+    assert 0 <= ad["paired_agreement"] <= 1 and ad["paired_psnr"] > 0 and ad["flops_bound"] > 1.3
+    assert ad["train_compute"] == pytest.approx(sit["train_compute"] * (1 + ad["conversion_compute"]))
+    assert ad["conversion_compute"] <= 0.5 and ad["speedup"] > 0
     ppf = res["PPF-2"]
     assert ppf["test_flops_percent_no_cfg"] == pytest.approx(61.2, abs=1.0)  # 8x8 over 4x4 at 32x32, tiny width
     assert ppf["flops_bound"] > 1.5 and ppf["classifier_fid"] > 0 and 0 <= ppf["class_accuracy"] <= 1
