@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.imagefolder import IMAGE_ERRORS, image_problem
 from ..io import write_atomic
 from .stats import FeatureStats
 
@@ -163,9 +164,8 @@ class ImageFolder:
             with Image.open(path) as im:
                 gray = im.mode in ("1", "L", "I", "I;16", "F")
                 arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged file (PIL raises all three)
-            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(f"cannot read image {path} ({reason}); it is not skipped, since the metrics would then "
+        except IMAGE_ERRORS as e:  # truncated or damaged file, or a decompression bomb
+            raise ValueError(f"cannot read image {path} ({image_problem(e)}); it is not skipped, since the metrics would then "
                              "describe another set of images: replace or delete the file and run again") from None
         return arr[..., None] if arr.ndim == 2 else arr  # (H, W, C)
 
