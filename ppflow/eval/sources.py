@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.imagefolder import IMAGE_ERRORS, image_problem
-from ..io import write_atomic
+from ..io import one_line, remove_quietly, write_atomic
 from .stats import FeatureStats
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -36,6 +37,22 @@ def save_npz_atomic(path: str | os.PathLike, **arrays) -> Path:
             np.savez(f, **arrays)
 
     return write_atomic(path, write, sum(np.asarray(a).nbytes for a in arrays.values()), "npz file")
+
+
+def read_npz_cache(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays `keys` of a cache file ppflow wrote (save_npz_atomic), or None when it is missing or damaged
+    (truncated, not an npz, pickled, lacking a key): a damaged one is named on stderr, deleted and recomputed."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: np.asarray(d[k]) for k in keys}
+    except Exception as e:  # BadZipFile, pickled data, EOFError, zlib.error, KeyError, OSError, ...
+        print(f"ppflow: the cached statistics {path} are damaged ({type(e).__name__}: {one_line(e)}); deleting "
+              "the file and computing them again", file=sys.stderr)
+        remove_quietly(path)
+        return None
 
 
 def short_hash(*parts) -> str:
