@@ -49,8 +49,10 @@ def read_npz_cache(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, 
         with np.load(path, allow_pickle=False) as d:
             return {k: np.asarray(d[k]) for k in keys}
     except Exception as e:  # BadZipFile, pickled data, EOFError, zlib.error, KeyError, OSError, ...
-        print(f"ppflow: the cached statistics {path} are damaged ({type(e).__name__}: {one_line(e)}); deleting "
-              "the file and computing them again", file=sys.stderr)
+        why = ("it holds pickled Python objects, which ppflow never loads" if "pickle" in str(e)
+               else f"{type(e).__name__}: {one_line(e)}")
+        print(f"ppflow: the cached statistics {path} are damaged ({why}); deleting the file and computing them "
+              "again", file=sys.stderr)
         remove_quietly(path)
         return None
 
