@@ -7,6 +7,7 @@ import os
 import struct
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ def read_npz_cache(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, 
     try:
         with np.load(path, allow_pickle=False) as d:
             return {k: np.asarray(d[k]) for k in keys}
-    except Exception as e:  # BadZipFile, pickled data, EOFError, zlib.error, KeyError, OSError, ...
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:  # ValueError: pickled
         why = ("it holds pickled Python objects, which ppflow never loads" if "pickle" in str(e)
                else f"{type(e).__name__}: {one_line(e)}")
         print(f"ppflow: the cached statistics {path} are damaged ({why}); deleting the file and computing them "

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..io import CheckpointError, one_line, read_weights
 from .backbone import CONFIG, WEIGHTS, ModelConfig, PPFlowTransformer
@@ -128,7 +128,7 @@ def _file_shapes(path: Path) -> dict[str, torch.Tensor] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
-    except Exception:  # not readable: read_weights says why
+    except (OSError, SafetensorError, ValueError, RuntimeError):  # not readable: read_weights says why
         return None
 
 

@@ -70,7 +70,7 @@ def test_a_host_without_range_restarts_and_a_complete_part_is_accepted(server, h
     part.parent.mkdir(parents=True)
     part.write_bytes(sit_bytes)
     server.state.ranges = True
-    assert fetch(other).read_bytes() == sit_bytes  # 416: nothing left to fetch, the hash decides
+    assert fetch(other).read_bytes() == sit_bytes  # a .part with no validator is fetched again; the hash decides
 
 
 def test_unreachable_and_offline(closed_port, home, sit_bytes, monkeypatch, tmp_path):
