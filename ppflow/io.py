@@ -158,11 +158,13 @@ def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | os.PathL
     return write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata), state_nbytes(state), what)
 
 
-def replace_folder(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def replace_folder(target: str | os.PathLike, write: Callable[[Path], object],
+                   keep: Callable[[str], bool] | None = None) -> Path:
     """Run `write(tmp)` on an empty temporary sibling folder (`.NAME.tmp`), then swap it in for `target`.
 
-    The old folder is renamed to `.NAME.old` and removed only after the new one is in place; a failed write
-    removes the temporary folder and leaves `target` as it was.
+    `keep(name)`: entries of the old folder that `write` did not create and `keep` accepts are carried over
+    (hard links, copies where links fail). The old folder is renamed to `.NAME.old` and removed only after the
+    new one is in place; a failed write removes the temporary folder and leaves `target` as it was.
     """
     target = Path(target)
     tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
@@ -172,6 +174,10 @@ def replace_folder(target: str | os.PathLike, write: Callable[[Path], object]) -
     try:
         tmp.mkdir(parents=True)
         write(tmp)
+        if keep is not None and target.is_dir():
+            for entry in target.iterdir():
+                if keep(entry.name) and not (tmp / entry.name).exists():
+                    _carry(entry, tmp / entry.name)
     except BaseException:
         remove_quietly(tmp)  # no half-written .NAME.tmp folder stays behind
         raise
@@ -181,6 +187,53 @@ def replace_folder(target: str | os.PathLike, write: Callable[[Path], object]) -
     if old.exists():
         shutil.rmtree(old)
     return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) a file, a symlink or a folder tree into a new folder."""
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(str(src), str(dst))
+
+
+def check_writable(path: str | os.PathLike, what: str = "file") -> Path:
+    """Fail now, not after hours of work, when `path` cannot be written as a file: it is a folder, a parent is a
+    file, or the nearest existing parent is not writable. OSError naming the path and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write the {what} {path}: it is a folder; give a file name (e.g. "
+                                f"{path / 'cache.safetensors'})")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write the {what} {path}: {parent} is a file, not a folder; choose another "
+                                 "path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the {what} {path}: {parent} is not writable; choose another path")
+    return path
+
+
+def check_inside(path: str | os.PathLike, root: str | os.PathLike, what: str = "folder") -> Path:
+    """`path` (resolved) when it lies inside `root` (resolved); CheckpointError naming it when a symbolic link
+    leads out of the folder."""
+    path, root = Path(path), Path(root)
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise CheckpointError(f"{path} is a symbolic link to {real}, outside the {what} {root}: ppflow never reads "
+                              "files from outside the folder it was given; copy the file into the folder instead "
+                              "of linking it")
+    return real
 
 
 # ---------------------------------------------------------------- content hashes
@@ -254,6 +307,19 @@ def verify_state(state: dict, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------- safe reads
 def read_weights(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked against the "sha256" in its metadata when it has one."""
+    return read_safetensors(path, verify)[0]
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None,
+                 what: str = "weights file") -> Path:
+    """save_safetensors_atomic with the SHA-256 of the tensors in the metadata (read_weights verifies it)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return save_safetensors_atomic(state, path, {**(metadata or {}), HASH_KEY: content_sha256(state)}, what)
+
+
+def read_safetensors(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a safetensors file; CheckpointError naming it when it is not a complete one,
+    DamagedFileError when the tensors no longer match the "sha256" in its metadata (unless `verify=False`)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -265,7 +331,7 @@ def read_weights(path: str | os.PathLike, verify: bool = True) -> dict[str, torc
                               "or restore it from a backup") from e
     if verify and HASH_KEY in meta:
         check_sha256(state, meta[HASH_KEY], path, "weights")
-    return state
+    return state, meta
 
 
 def refused_pickle(path: str | os.PathLike, err: BaseException) -> CheckpointError | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,6 +56,20 @@ class UnreadableImageError(ValueError):
     """An image file that PIL cannot decode (truncated, damaged, not an image)."""
 
 
+# what PIL raises for a file it cannot open or decode: "image file is truncated", "cannot identify image file", ...
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def image_problem(err: BaseException) -> str:
+    """Why PIL could not read an image, in one line (a decompression-bomb refusal says what to do)."""
+    if isinstance(err, Image.DecompressionBombError):
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        return (f"{size}, more than the {2 * (Image.MAX_IMAGE_PIXELS or 0):,} PIL opens, as a guard against "
+                "decompression bombs; downscale it")
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """An image file -> (3, size, size) float32 in [-1, 1] after the ADM center crop.
 
@@ -63,9 +78,8 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             arr = np.asarray(center_crop_adm(im.convert("RGB"), size), dtype=np.float32)  # (size, size, 3)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL: "image file is truncated", "cannot identify image file"
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise UnreadableImageError(f"cannot read image {path} ({reason})") from None
+    except IMAGE_ERRORS as e:
+        raise UnreadableImageError(f"cannot read image {path} ({image_problem(e)})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0)
 
 

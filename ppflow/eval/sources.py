@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import sys
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..io import write_atomic
+from ..data.imagefolder import IMAGE_ERRORS, image_problem
+from ..io import one_line, remove_quietly, write_atomic
 from .stats import FeatureStats
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -35,6 +38,24 @@ def save_npz_atomic(path: str | os.PathLike, **arrays) -> Path:
             np.savez(f, **arrays)
 
     return write_atomic(path, write, sum(np.asarray(a).nbytes for a in arrays.values()), "npz file")
+
+
+def read_npz_cache(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays `keys` of a cache file ppflow wrote (save_npz_atomic), or None when it is missing or damaged
+    (truncated, not an npz, pickled, lacking a key): a damaged one is named on stderr, deleted and recomputed."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: np.asarray(d[k]) for k in keys}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:  # ValueError: pickled
+        why = ("it holds pickled Python objects, which ppflow never loads" if "pickle" in str(e)
+               else f"{type(e).__name__}: {one_line(e)}")
+        print(f"ppflow: the cached statistics {path} are damaged ({why}); deleting the file and computing them "
+              "again", file=sys.stderr)
+        remove_quietly(path)
+        return None
 
 
 def short_hash(*parts) -> str:
@@ -163,9 +184,8 @@ class ImageFolder:
             with Image.open(path) as im:
                 gray = im.mode in ("1", "L", "I", "I;16", "F")
                 arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged file (PIL raises all three)
-            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(f"cannot read image {path} ({reason}); it is not skipped, since the metrics would then "
+        except IMAGE_ERRORS as e:  # truncated or damaged file, or a decompression bomb
+            raise ValueError(f"cannot read image {path} ({image_problem(e)}); it is not skipped, since the metrics would then "
                              "describe another set of images: replace or delete the file and run again") from None
         return arr[..., None] if arr.ndim == 2 else arr  # (H, W, C)
 

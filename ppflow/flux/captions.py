@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..data.imagefolder import IMAGE_ERRORS, image_problem
+from ..io import CheckpointError, DamagedFileError, check_writable, one_line, read_safetensors, save_weights
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_KEYS = ("text", "caption", "prompt")
 CACHE_VERSION = 1
@@ -30,7 +33,7 @@ def scan_folder(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     meta = root / "metadata.jsonl"
     items = []
     if meta.exists():
-        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_read_text(meta).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -49,28 +52,36 @@ def scan_folder(folder: str | os.PathLike) -> list[tuple[Path, str]]:
             txt = img.with_suffix(".txt")
             if not txt.is_file():
                 raise ValueError(f"image {img} has no caption: add {txt.name} next to it (or a metadata.jsonl)")
-            items.append((img, txt.read_text(encoding="utf-8").strip()))
+            items.append((img, _read_text(txt).strip()))
     if not items:
         raise ValueError(f"data folder {root} holds no images ({', '.join(IMAGE_EXTS)}) with captions")
     return items
 
 
+def _read_text(path: Path) -> str:
+    """A caption file's text; bytes that are not UTF-8 are one error naming the file and the byte."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
 def check_images(items: list[tuple[Path, str]]) -> None:
     """Open every image header before any encoder is loaded: an unreadable file is one error naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     for path, _ in items:
         try:
             with Image.open(path) as im:
                 im.verify()
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove it") from None
+        except IMAGE_ERRORS as e:
+            raise ValueError(f"cannot read image {path} ({image_problem(e)}); replace or remove it") from None
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:
     """(3, R, R) float in [-1, 1]: short side resized to R (bicubic), then center-cropped."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -82,8 +93,8 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
             left, top = (w - resolution) // 2, (h - resolution) // 2
             im = im.crop((left, top, left + resolution, top + resolution))
             arr = np.asarray(im, dtype=np.float32)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove it") from None
+    except IMAGE_ERRORS as e:
+        raise ValueError(f"cannot read image {path} ({image_problem(e)}); replace or remove it") from None
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0)  # (3, R, R)
 
 
@@ -105,39 +116,29 @@ class CaptionCache:
         return self.latents[idx], idx
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file + rename)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        """Write atomically (temporary file + rename), the SHA-256 of the tensors in the metadata."""
         meta = {"ppflow": json.dumps({**self.meta, "version": CACHE_VERSION, "captions": self.captions})}
-        tensors = {"latents": self.latents.float().contiguous(), "prompt_embeds": self.prompt_embeds.contiguous(),
-                   "pooled": self.pooled.contiguous()}
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        tensors = {"latents": self.latents.float(), "prompt_embeds": self.prompt_embeds, "pooled": self.pooled}
+        return save_weights(tensors, path, meta, "caption cache")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> CaptionCache:
-        from safetensors import safe_open
-
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> CaptionCache:
+        """Read a cache; a file that is not one (truncated, pickled, another format) is one error naming it."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"cache {path} does not exist: build it with ppflow flux cache --data.path "
                                     f"FOLDER --data.pipeline FLUX --data.cache {path}")
+        rebuild = "delete it and build it again with ppflow flux cache (or pass another --data.cache)"
         try:
-            with safe_open(str(path), "pt") as f:
-                info = json.loads((f.metadata() or {})["ppflow"])
-                t = {k: f.get_tensor(k) for k in ("latents", "prompt_embeds", "pooled")}
-        except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a ppflow flux cache ({type(e).__name__}); rebuild it with "
-                             "ppflow flux cache") from None
-        captions = info.pop("captions")
+            t, meta = read_safetensors(path, verify)
+            info = json.loads(meta["ppflow"])
+            captions = info.pop("captions")
+            t = {k: t[k] for k in ("latents", "prompt_embeds", "pooled")}
+        except DamagedFileError:
+            raise
+        except (CheckpointError, KeyError, TypeError, AttributeError, ValueError) as e:
+            why = one_line(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {one_line(e)}"
+            raise ValueError(f"{path} is not a ppflow flux cache ({why}); {rebuild}") from None
         return cls(t["latents"], t["prompt_embeds"], t["pooled"], captions, info)
 
 
@@ -166,10 +167,16 @@ def build_cache(captions: Sequence[str], images: Callable[[int], torch.Tensor] |
 
 
 def cache_folder(folder: str | os.PathLike, pipeline, resolution: int, max_sequence_length: int = 512,
-                 batch_size: int = 8, progress: bool = True) -> CaptionCache:
-    """Cache an image-caption folder with a FluxPipeline's VAE and text encoders (its transformer is not needed)."""
+                 batch_size: int = 8, progress: bool = True, out: str | os.PathLike | None = None) -> CaptionCache:
+    """Cache an image-caption folder with a FluxPipeline's VAE and text encoders (its transformer is not needed).
+
+    `out`: the cache file, checked for writability before any image is encoded and written at the end.
+    """
+    if out is not None:
+        check_writable(out, "cache")
     items = scan_folder(folder)
     check_images(items)
+    check_sequence_length(pipeline, max_sequence_length)
     device = pipeline._execution_device
 
     def prompts(texts):
@@ -178,8 +185,21 @@ def cache_folder(folder: str | os.PathLike, pipeline, resolution: int, max_seque
         return e, p
 
     meta = {"resolution": resolution, "source": str(Path(folder).resolve()), "max_sequence_length": max_sequence_length}
-    return build_cache([c for _, c in items], lambda i: load_image(items[i][0], resolution), prompts,
-                       lambda x: encode_latents(pipeline.vae, x), batch_size, meta, progress)
+    cache = build_cache([c for _, c in items], lambda i: load_image(items[i][0], resolution), prompts,
+                        lambda x: encode_latents(pipeline.vae, x), batch_size, meta, progress)
+    if out is not None:
+        cache.save(out)
+    return cache
+
+
+def check_sequence_length(pipeline, max_sequence_length: int) -> None:
+    """T5 pads every caption to `max_sequence_length` tokens: more than its tokenizer takes is refused here, before
+    an allocation of that size."""
+    limit = getattr(getattr(pipeline, "tokenizer_2", None), "model_max_length", None)
+    if isinstance(limit, int) and max_sequence_length > limit:
+        raise ValueError(f"max_sequence_length {max_sequence_length} (--data.max-sequence-length) is more than the "
+                         f"{limit} tokens the pipeline's T5 tokenizer takes; give at most {limit} (FLUX.1-dev 512, "
+                         "schnell 256)")
 
 
 def load_encoders(name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):

@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from .flops import FluxArch, counts_flops
 from .sigmas import FluxShift, insert_boundaries, inverse_time_shift, stage_grid, step_stages
-from .transformer import CONFIG_NAME, PPFluxConfig, PPFluxTransformer
+from .transformer import CONFIG_NAME, PPFluxTransformer, read_ppflux_config, resolve_base
 
 
 @dataclass
@@ -61,24 +61,22 @@ class PPFluxPipeline(FluxPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, ppflow: str | os.PathLike | None = None, *,
-                        schedule: str = "ppf2", init: str = "pooled", **kwargs):
+                        schedule: str = "ppf2", init: str = "pooled", verify: bool = True, **kwargs):
         """Load FLUX (hub id or folder) and the PPFlow extras of `ppflow` on top, or wrap it with `from_flux`.
 
         A PPFlux folder (from `PPFluxTransformer.save_pretrained`) as the first argument loads the base
-        pipeline it names. Other keywords (torch_dtype, revision, ...) go to `FluxPipeline.from_pretrained`.
+        pipeline it names. `verify=False` skips the SHA-256 check of the PPFlux weights. Other keywords
+        (torch_dtype, revision, ...) go to `FluxPipeline.from_pretrained`.
         """
         path = str(pretrained_model_name_or_path)
         if ppflow is None and os.path.isfile(os.path.join(path, CONFIG_NAME)):
-            import json
-
-            with open(os.path.join(path, CONFIG_NAME)) as f:
-                cfg = PPFluxConfig.from_dict(json.load(f))
+            cfg = read_ppflux_config(path)
             if not cfg.base_model:
                 raise ValueError(f"{path} names no base model: pass the FLUX pipeline first and ppflow={path!r}")
-            ppflow, path = path, cfg.base_model
+            ppflow, path = path, resolve_base(cfg.base_model, path)
         base = FluxPipeline.from_pretrained(path, **kwargs)
         if ppflow is not None:
-            transformer = PPFluxTransformer.from_pretrained(ppflow, base=base.transformer)
+            transformer = PPFluxTransformer.from_pretrained(ppflow, base=base.transformer, verify=verify)
         else:
             transformer = PPFluxTransformer.from_flux(base.transformer, schedule=schedule, init=init,
                                                       shift=FluxShift.from_scheduler(base.scheduler))

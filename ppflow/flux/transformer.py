@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils.peft_utils import apply_lora_scale
 from torch import nn
 
+from ..hub.hub import is_hub_id
+from ..io import read_weights, replace_folder, save_weights, write_text_atomic
 from ..models.schedule import PyramidSchedule
 from .packing import (
     COARSE_OUTPUTS,
@@ -274,58 +277,102 @@ class PPFluxTransformer(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, base_model: str | None = None,
                         base_subfolder: str | None = None) -> None:
-        """Write the extras, the config and a reference to the base (hub id or folder); LoRA weights if any."""
-        from safetensors.torch import save_file
+        """Write the extras, the config and a reference to the base (hub id or folder); LoRA weights if any.
 
+        The folder is written beside `folder` and swapped in (other entries of an existing folder are kept), and
+        every weights file carries the SHA-256 of its tensors. A relative base folder is stored relative to
+        `folder`, so the two can move together.
+        """
         from .lora import lora_state
 
-        cfg = self.ppflow_config
+        cfg = replace(self.ppflow_config)  # the model's config changes only once the folder is written
         if base_model is not None:
-            cfg.base_model, cfg.base_subfolder = str(base_model), base_subfolder
+            cfg.base_model, cfg.base_subfolder = base_reference(base_model, folder), base_subfolder
         elif cfg.base_model is None:
             cfg.base_model = getattr(self.base.config, "_name_or_path", None) or None
-        os.makedirs(folder, exist_ok=True)
         lora_config, lora_weights = lora_state(self.base)
         cfg.lora = lora_config
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.extras_state_dict().items()}
-        save_file(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
-        if lora_weights:
-            save_file(lora_weights, os.path.join(folder, LORA_NAME), metadata={"format": "pt"})
-        with open(os.path.join(folder, CONFIG_NAME), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
+        extras = self.extras_state_dict()
+
+        def write(tmp: Path) -> None:
+            save_weights(extras, tmp / WEIGHTS_NAME, {"format": "pt"}, "PPFlux weights")
+            if lora_weights:
+                save_weights(lora_weights, tmp / LORA_NAME, {"format": "pt"}, "LoRA weights")
+            write_text_atomic(tmp / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2), "PPFlux config")
+
+        replace_folder(folder, write, keep=lambda name: name not in OWN_FILES)
+        self.ppflow_config = cfg
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, base: nn.Module | None = None, **base_kwargs):
-        """Load the extras of `folder` onto `base` (a loaded FluxTransformer2DModel) or the base it names."""
-        from safetensors.torch import load_file
+    def from_pretrained(cls, folder: str | os.PathLike, base: nn.Module | None = None, *, verify: bool = True,
+                        **base_kwargs):
+        """Load the extras of `folder` onto `base` (a loaded FluxTransformer2DModel) or the base it names.
 
+        Weights files are checked against their stored SHA-256 unless `verify=False`.
+        """
         from .lora import load_lora
 
-        path = os.path.join(folder, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a PPFlux folder (see save_pretrained)")
-        try:
-            with open(path) as f:
-                cfg = PPFluxConfig.from_dict(json.load(f))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path} is damaged: {e}") from None
+        cfg = read_ppflux_config(folder)
         if base is None:
             if not cfg.base_model:
-                raise ValueError(f"{path} names no base model: pass base=<FluxTransformer2DModel>")
+                raise ValueError(f"{Path(folder) / CONFIG_NAME} names no base model: pass base=<FluxTransformer2DModel>")
             from diffusers import FluxTransformer2DModel
 
             sub = {"subfolder": cfg.base_subfolder} if cfg.base_subfolder else {}
-            base = FluxTransformer2DModel.from_pretrained(cfg.base_model, **sub, **base_kwargs)
+            base = FluxTransformer2DModel.from_pretrained(resolve_base(cfg.base_model, folder), **sub, **base_kwargs)
         if cfg.lora:
-            load_lora(base, cfg.lora, load_file(os.path.join(folder, LORA_NAME)))
+            load_lora(base, cfg.lora, read_weights(Path(folder) / LORA_NAME, verify))
         model = cls(base, cfg)
-        weights = load_file(os.path.join(folder, WEIGHTS_NAME))
+        weights = read_weights(Path(folder) / WEIGHTS_NAME, verify)
         p = next(base.parameters())
         expected = set(model.extras_state_dict())
         if set(weights) != expected:
             raise ValueError(f"{folder}: extras {sorted(weights)} do not match the schedule's {sorted(expected)}")
         model.load_state_dict({k: v.to(p.dtype) for k, v in weights.items()}, strict=False)
         return model
+
+
+OWN_FILES = (CONFIG_NAME, WEIGHTS_NAME, LORA_NAME)  # what save_pretrained writes (the rest of a folder is kept)
+
+
+def read_ppflux_config(folder: str | os.PathLike) -> PPFluxConfig:
+    """The PPFluxConfig of a PPFlux folder; errors name the file."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a PPFlux folder (see save_pretrained)")
+    try:
+        return PPFluxConfig.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is damaged: {e}") from None
+
+
+def _is_local(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith(("./", "../")) or name in (".", "..")
+
+
+def base_reference(base_model: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """How a PPFlux folder stores its base: a hub id or an absolute path as given; a relative folder relative to
+    `folder` ('./x' or '../x'), so a folder loads from any working directory."""
+    name = str(base_model)
+    if os.path.isabs(name) or not (os.path.exists(name) or _is_local(name)):
+        return name  # a hub id (or an absolute folder)
+    rel = os.path.relpath(os.path.abspath(name), os.path.abspath(folder))
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def resolve_base(reference: str, folder: str | os.PathLike) -> str:
+    """The base a PPFlux folder names: a local folder resolved against `folder`, else a hub id.
+
+    A local base that does not exist is a FileNotFoundError naming the path (not a hub connection error).
+    """
+    local = os.path.normpath(os.path.join(os.path.abspath(folder), reference))
+    if os.path.exists(local):
+        return local
+    if _is_local(reference) or not is_hub_id(reference):
+        raise FileNotFoundError(f"the base folder {local} of the PPFlux folder {folder} is missing (its "
+                                f"{CONFIG_NAME} names base_model {reference!r}); restore it, or pass the base "
+                                "model explicitly (base=... / the FLUX pipeline first)")
+    return reference
 
 
 def _controlnet(samples, index: int, depth: int, repeat: bool) -> torch.Tensor:

@@ -2,13 +2,16 @@
 
 Layout: PPFLOW_HOME/releases/NAME/FILE (or `to=DIR`), plus
     FILE.part         an unfinished transfer; the next fetch resumes it with an HTTP Range request
+    FILE.part.json    the server's validator of that transfer (strong ETag or Last-Modified): a resume sends it as
+                      If-Range, so a file that changed on the server is downloaded again, never spliced
     FILE.sha256.json  what the file was verified against: {"sha256", "size", "source", "mtime_ns", ...}
     FILE.lock         held (flock) while a process downloads, so two processes never write one .part
 
 A finished transfer is hashed before it is renamed into place: a wrong hash deletes it and fails; a transfer that
 stops early keeps the .part and says how to resume. Where the authors publish no SHA-256, the first download's
-hash is recorded ("trust on first use", said out loud) and every later download and load must match it. A cached
-file is re-hashed whenever its size or modification time differs from the record.
+hash is recorded ("trust on first use", said out loud) and every later download and load must match it; a damaged
+record is an error naming it (`rerecord=True` trusts the file as it is now). A cached file is re-hashed whenever its
+size or modification time differs from the record.
 
 Downloads are off with PPFLOW_OFFLINE=1 or HF_HUB_OFFLINE=1 (cached files still load).
 """
@@ -28,7 +31,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..io import CHUNK, remove_quietly, sha256_file, write_text_atomic
+from ..io import CHUNK, one_line, remove_quietly, sha256_file, write_text_atomic
 from .registry import Release, get_release, release_dir
 
 try:
@@ -38,6 +41,7 @@ except ImportError:  # pragma: no cover - not POSIX: no locking
 
 OFFLINE_ENVS = ("PPFLOW_OFFLINE", "HF_HUB_OFFLINE")
 RECORD_SUFFIX = ".sha256.json"
+VALIDATOR_SUFFIX = ".json"  # FILE.part.json
 
 
 class DownloadError(OSError):
@@ -50,6 +54,10 @@ class TruncatedDownloadError(DownloadError):
 
 class HashMismatchError(DownloadError):
     """A downloaded or cached file does not have the expected SHA-256."""
+
+
+class DamagedRecordError(DownloadError):
+    """FILE.sha256.json exists but cannot be read: the file it vouches for cannot be checked."""
 
 
 @dataclass
@@ -72,12 +80,29 @@ def record_path(path: Path) -> Path:
     return path.with_name(path.name + RECORD_SUFFIX)
 
 
-def read_record(path: Path) -> HashRecord | None:
-    """The hash record of a cached file, or None (missing or unreadable records are ignored)."""
+def load_record(path: Path) -> HashRecord | None:
+    """The hash record of a cached file; None when there is none, DamagedRecordError naming it when it is damaged."""
+    rec = record_path(path)
+    if not rec.exists():
+        return None
     try:
-        d = json.loads(record_path(path).read_text())
-        return HashRecord(**{k: d[k] for k in HashRecord.__dataclass_fields__ if k in d})
-    except (OSError, ValueError, TypeError, KeyError):
+        d = json.loads(rec.read_bytes().decode("utf-8"))
+        r = HashRecord(**{k: d[k] for k in HashRecord.__dataclass_fields__ if k in d})
+        if not (isinstance(r.sha256, str) and re.fullmatch(r"[0-9a-f]{64}", r.sha256) and isinstance(r.size, int)):
+            raise ValueError("no valid sha256 / size")
+        return r
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise DamagedRecordError(f"the hash record {rec} is damaged ({type(e).__name__}: {one_line(e)}), so "
+                                 f"{path.name} cannot be checked against the hash of its first download; restore "
+                                 "the record, or trust the file as it is now with `ppflow download NAME --rerecord` "
+                                 "(Python: fetch(NAME, rerecord=True))") from None
+
+
+def read_record(path: Path) -> HashRecord | None:
+    """The hash record of a cached file for display, or None (missing or damaged: see load_record)."""
+    try:
+        return load_record(path)
+    except DamagedRecordError:
         return None
 
 
@@ -91,17 +116,18 @@ def _note(msg: str) -> None:
 
 # ---------------------------------------------------------------- public
 def fetch(release: Release | str, to: str | os.PathLike | None = None, *, force: bool = False,
-          progress: bool = False, timeout: float = 60.0) -> Path:
+          progress: bool = False, timeout: float = 60.0, rerecord: bool = False) -> Path:
     """Path of the verified file of `release` (a Release or a registry name), downloading it when needed.
 
     `to`: folder to keep it in (default PPFLOW_HOME/releases/NAME). `force`: download again even when a verified
-    copy is cached (the new file must still match the published or recorded hash).
+    copy is cached (the new file must still match the published or recorded hash). `rerecord`: where no hash is
+    published, replace the recorded hash (damaged or not) by the file's as it is now.
     """
     release = get_release(release) if isinstance(release, str) else release
     folder = Path(to).expanduser() if to is not None else release_dir(release)
     path = folder / release.filename
     if path.is_file() and not force:
-        return verify_cached(release, path)
+        return verify_cached(release, path, rerecord)
     if offline():
         raise DownloadError(f"{release.name} is not in the cache ({path}) and downloads are off "
                             f"({'/'.join(OFFLINE_ENVS)} is set): unset it, or copy the file to {path} "
@@ -113,15 +139,33 @@ def fetch(release: Release | str, to: str | os.PathLike | None = None, *, force:
                             "or pass --to DIR to a writable folder") from None
     with _lock(path.with_name(path.name + ".lock")):
         if path.is_file() and not force:  # another process finished it while we waited
-            return verify_cached(release, path)
+            return verify_cached(release, path, rerecord)
+        if not (release.sha256 or rerecord):
+            load_record(path)  # a damaged record fails before the transfer, not after it
         part = path.with_name(path.name + ".part")
         _transfer(release, part, timeout, progress)
-        return _accept(release, part, path)
+        return _accept(release, part, path, rerecord)
 
 
-def verify_cached(release: Release, path: Path) -> Path:
+def _trusted_record(release: Release, path: Path, rerecord: bool) -> HashRecord | None:
+    """The record to check `path` against: none when re-recording, and a damaged one is an error only where it
+    is the sole source of the expected hash (a published hash makes the record a cache, rewritten here)."""
+    if rerecord and not release.sha256:
+        if record_path(path).exists():
+            _note(f"--rerecord: the hash recorded in {record_path(path).name} is replaced by this file's")
+        return None
+    try:
+        return load_record(path)
+    except DamagedRecordError as e:
+        if not release.sha256:
+            raise
+        _note(f"{e.args[0].split(', so ')[0]}; it is written again from the published SHA-256")
+        return None
+
+
+def verify_cached(release: Release, path: Path, rerecord: bool = False) -> Path:
     """Check a cached file against the published or recorded hash; HashMismatchError when it differs."""
-    rec = read_record(path)
+    rec = _trusted_record(release, path, rerecord)
     expected = release.sha256 or (rec.sha256 if rec else None)
     st = path.stat()
     if rec and rec.sha256 == expected and rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
@@ -132,7 +176,8 @@ def verify_cached(release: Release, path: Path) -> Path:
         raise HashMismatchError(
             f"{path} does not match {what} of {release.name} (got {digest[:16]}..., expected {expected[:16]}...): "
             f"it is damaged or was replaced; it is not loaded. Fetch it again with `ppflow download {release.name} "
-            f"--force`" + ("" if release.sha256 else f" (or delete {record_path(path).name} to accept this file)"))
+            f"--force`" + ("" if release.sha256 else f" (or accept this file: delete {record_path(path).name}, or "
+                          "pass --rerecord)"))
     source = "published" if release.sha256 else (rec.source if rec else "first download")
     recorded = rec.recorded if rec else _now()
     if expected is None:
@@ -165,12 +210,12 @@ def _host(url: str) -> str:
     return p.netloc or p.path if p.scheme != "file" else "file://" + p.path
 
 
-def _open(release: Release, have: int, timeout: float):
+def _open(release: Release, have: int, timeout: float, validator: str | None = None):
     from .. import __version__
 
     headers = {"User-Agent": f"ppflow/{__version__}"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
+    if have:  # only with a validator: the server sends the whole (new) file when it changed
+        headers["Range"], headers["If-Range"] = f"bytes={have}-", validator
     req = urllib.request.Request(release.url, headers=headers)
     try:
         return urllib.request.urlopen(req, timeout=timeout)
@@ -194,16 +239,55 @@ def _content_range_start(resp) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def validator_path(part: Path) -> Path:
+    return part.with_name(part.name + VALIDATOR_SUFFIX)
+
+
+def _validator(resp) -> str | None:
+    """What proves a later range comes from the same file: a strong ETag, else Last-Modified (RFC 9110 If-Range)."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified") or None
+
+
+def _saved_validator(release: Release, part: Path) -> str | None:
+    try:
+        d = json.loads(validator_path(part).read_text())
+        return d["validator"] if d.get("url") == release.url and isinstance(d.get("validator"), str) else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 def _transfer(release: Release, part: Path, timeout: float, progress: bool) -> None:
-    """Stream the release into `part`, resuming an earlier .part when the server honours Range."""
+    """Stream the release into `part`, resuming an earlier .part only when the server proves (If-Range) that its
+    file is the one the .part came from; otherwise start over."""
     have = part.stat().st_size if part.is_file() else 0
-    resp = _open(release, have, timeout)
+    validator = _saved_validator(release, part) if have else None
+    if have and validator is None:
+        _note(f"{part} has no ETag / Last-Modified of its transfer to prove the file on {_host(release.url)} is "
+              f"unchanged; downloading {release.name} from the start")
+        have = 0
+    resp = _open(release, have, timeout, validator)
     if resp is None:
         return
     with resp:
-        resumed = bool(have) and getattr(resp, "status", None) == 206 and _content_range_start(resp) == have
+        resumed = bool(have) and getattr(resp, "status", None) == 206 and _content_range_start(resp) == have \
+            and _validator(resp) in (None, validator)
         if have and not resumed:
-            _note(f"{_host(release.url)} does not resume transfers; downloading {release.name} from the start")
+            _note(f"{_host(release.url)} sent {release.name} from the start (the file changed since the cut, or the "
+                  "host does not resume transfers); downloading it again")
+            if getattr(resp, "status", None) == 206:  # a range of a changed file: ask for the whole file
+                resp.close()
+                remove_quietly(part)
+                return _transfer(release, part, timeout, progress)
+        if not resumed:
+            v = _validator(resp)
+            if v is None:
+                remove_quietly(validator_path(part))
+            else:
+                write_text_atomic(validator_path(part), json.dumps({"url": release.url, "validator": v}),
+                                  "transfer validator")
         length = resp.headers.get("Content-Length")
         total = int(length) + (have if resumed else 0) if length and length.isdigit() else release.size
         got = have if resumed else 0
@@ -243,17 +327,19 @@ def _truncated(release: Release, part: Path, got: int, total: int | None, why: s
             f"`ppflow download {release.name}` (or load it) again to resume")
 
 
-def _accept(release: Release, part: Path, path: Path) -> Path:
+def _accept(release: Release, part: Path, path: Path, rerecord: bool = False) -> Path:
     """Hash a finished transfer; rename it into place when it matches, delete it when it does not."""
-    old = read_record(path)
+    old = _trusted_record(release, path, rerecord)
     expected = release.sha256 or (old.sha256 if old else None)
     size = part.stat().st_size
     if release.size is not None and size != release.size:
         if size < release.size:
             raise TruncatedDownloadError(_truncated(release, part, size, release.size, "short file"))
         remove_quietly(part)
+        remove_quietly(validator_path(part))
         raise HashMismatchError(f"the download of {release.name} has {size} bytes, more than the published "
                                 f"{release.size}; it was deleted: the address no longer serves this release")
+    remove_quietly(validator_path(part))  # the transfer is over: a .part from now on starts afresh
     digest = sha256_file(part)
     if expected is not None and digest != expected:
         remove_quietly(part)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..convert.load import load_model
-from ..io import CheckpointError, one_line, write_text_atomic
+from ..io import CheckpointError, check_inside, one_line, write_text_atomic
 from ..models.backbone import CONFIG, WEIGHTS, PPFlowTransformer
 from ..models.flops import schedule_flops
 from ..models.pretrained import is_pretrained_dir, load_pretrained
@@ -116,9 +116,10 @@ def build_upload_folder(source: PPFlowTransformer | str | os.PathLike, repo_id: 
     elif isinstance(source, str) and not Path(source).exists() and is_release_name(source):
         model = load_model(source)  # a known release, fetched and verified, with its registry overrides
     else:
-        src = Path(source)
+        src = root = Path(source)
         if not is_pretrained_dir(src) and is_pretrained_dir(src / "ema"):
             src = src / "ema"
+        _refuse_links_out(root, src, src / CONFIG, src / WEIGHTS)
         if src.is_file():  # a DiT / SiT / official PPFlow / training checkpoint file: converted
             model = load_model(src, verify=verify)
         elif not is_pretrained_dir(src):
@@ -128,6 +129,8 @@ def build_upload_folder(source: PPFlowTransformer | str | os.PathLike, repo_id: 
             model = load_pretrained(src, verify=verify)  # a damaged file is never uploaded
         is_run = src.name.startswith("ema") and (src.parent / "config.yaml").is_file()  # RUN/ema, RUN/ema-N
         run_dir = src.parent if is_run else None
+        if run_dir is not None:
+            _refuse_links_out(run_dir, run_dir / "config.yaml", run_dir / "metrics.csv")
     cfg, last = training_summary(run_dir) if run_dir is not None else (None, None)
     cfg = training_config if training_config is not None else cfg
     merged = {**(last or {}), **(metrics or {})} or None
@@ -136,6 +139,13 @@ def build_upload_folder(source: PPFlowTransformer | str | os.PathLike, repo_id: 
     write_text_atomic(folder / CARD, model_card(model, repo_id, training_config=cfg, metrics=merged,
                                                 base_model=base_model), "model card")
     return folder
+
+
+def _refuse_links_out(root: Path, *paths: Path) -> None:
+    """CheckpointError naming the first of `paths` that a symbolic link leads out of `root` (never uploaded)."""
+    for p in paths:
+        if p != root and (p.is_symlink() or p.exists()):
+            check_inside(p, root, "folder being uploaded")
 
 
 def push_to_hub(source: PPFlowTransformer | str | os.PathLike, repo_id: str, *, revision: str | None = None,

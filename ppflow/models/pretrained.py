@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..io import CheckpointError, one_line, read_weights
 from .backbone import CONFIG, WEIGHTS, ModelConfig, PPFlowTransformer
@@ -71,10 +72,25 @@ def load_pretrained(directory: str | os.PathLike, *, verify: bool = True, **over
     cfg = read_config(directory / CONFIG)
     cfg.pop("format", None)
     cfg.update(overrides)
-    model = PPFlowTransformer(model_config_from_dict(cfg, directory / CONFIG))
+    config = model_config_from_dict(cfg, directory / CONFIG)
+    shapes = _file_shapes(directory / WEIGHTS)
+    if shapes is None:
+        read_weights(directory / WEIGHTS, verify=verify)  # the one-line error of an unreadable file
+    with torch.device("meta"):  # sizes are checked before anything is allocated (a config with huge sizes)
+        check_state_shapes(PPFlowTransformer(config), shapes, str(directory))
+    model = PPFlowTransformer(config)
     state = read_weights(directory / WEIGHTS, verify=verify)
     load_state_strict(model, state, source=str(directory))
     return model
+
+
+def _file_shapes(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a safetensors file as empty meta tensors (read from its header alone), or None."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError, ValueError, RuntimeError):  # not readable: read_weights says why
+        return None
 
 
 def load_state_strict(model: torch.nn.Module, state: dict, source: str, assign: bool = False) -> None:

@@ -228,3 +228,75 @@ def test_noise_skip_adds_the_within_block_noise_exactly(flux, tmp_path):
     assert loaded.ppflow_config.coarse_output == "noise_skip"
     with pytest.raises(ValueError, match="unknown coarse_output 'x'"):
         PPFluxTransformer.from_flux(flux, "ppf2", coarse_output="x")
+
+
+# ---------------------------------------------------------------- issue 27: PPFlux folders atomic, verified, portable
+def _hashes(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_save_pretrained_over_an_existing_folder_is_all_or_nothing(flux, tmp_path):
+    model = PPFluxTransformer.from_flux(flux, "ppf2")
+    folder = tmp_path / "ppf"
+    model.save_pretrained(folder)
+    (folder / "README.md").write_text("mine")  # what else the folder holds is kept
+    before = _hashes(folder)
+    _randomize_extras(model)
+    with pytest.raises(TypeError):  # fails after the new weights were written: the config cannot be encoded
+        model.save_pretrained(folder, base_model=str(tmp_path), base_subfolder=object())
+    assert _hashes(folder) == before  # the old folder is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ppf"]  # and no temporary folder is left
+    PPFluxTransformer.from_pretrained(folder, base=tiny_flux())
+    model.save_pretrained(folder)
+    assert (folder / "README.md").read_text() == "mine" and _hashes(folder)[WEIGHTS_NAME] != before[WEIGHTS_NAME]
+
+
+def test_a_relative_base_is_stored_relative_to_the_folder(flux, tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    flux.save_pretrained(tmp_path / "work" / "base")
+    monkeypatch.chdir(tmp_path / "work")
+    model = PPFluxTransformer.from_flux(flux, "ppf2")
+    model.save_pretrained("runs/ppf", base_model="base")
+    assert json.loads((tmp_path / "work/runs/ppf" / CONFIG_NAME).read_text())["base_model"] == "../../base"
+    other = tmp_path / "elsewhere"
+    tiny_flux(seed=5).save_pretrained(other / "base")  # another base/ where the folder is loaded from
+    monkeypatch.chdir(other)
+    loaded = PPFluxTransformer.from_pretrained(tmp_path / "work/runs/ppf")
+    kw = flux_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(**kw, stage=1)[0], model(**kw, stage=1)[0])  # the folder's base, not ./base
+    os.rename(tmp_path / "work" / "base", tmp_path / "work" / "gone")
+    with pytest.raises(FileNotFoundError, match=r"the base folder .*work/base of the PPFlux folder .* is missing"):
+        PPFluxTransformer.from_pretrained(tmp_path / "work/runs/ppf")
+
+
+def test_ppflux_and_lora_files_carry_a_verified_sha256(tmp_path):
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ppflow.flux.transformer import LORA_NAME
+    from ppflow.io import CheckpointError, DamagedFileError
+
+    base = tiny_flux()
+    base.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights=False))
+    PPFluxTransformer.from_flux(base, "ppf2").save_pretrained(tmp_path / "ppf")
+    for name in (WEIGHTS_NAME, LORA_NAME):
+        path = tmp_path / "ppf" / name
+        original = path.read_bytes()
+        with safe_open(str(path), "pt") as f:
+            meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        assert len(meta["sha256"]) == 64
+        key = next(iter(state))
+        state[key] = state[key] + 1  # tampered, metadata kept
+        save_file(state, str(path), metadata=meta)
+        with pytest.raises(DamagedFileError, match=f"{name} is damaged.*verify=False"):
+            PPFluxTransformer.from_pretrained(tmp_path / "ppf", base=tiny_flux())
+        PPFluxTransformer.from_pretrained(tmp_path / "ppf", base=tiny_flux(), verify=False)  # on purpose
+        path.write_bytes(original[: len(original) // 2])  # truncated: one error naming the file
+        with pytest.raises(CheckpointError, match=f"cannot read .*{name}: it is not a complete safetensors file"):
+            PPFluxTransformer.from_pretrained(tmp_path / "ppf", base=tiny_flux())
+        path.write_bytes(original)

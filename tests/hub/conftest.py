@@ -1,7 +1,8 @@
 """Local stand-ins for the places releases come from: file:// URLs and an HTTP server on loopback.
 
-`server` serves bytes from a dict with real Range support (206 / 416), and can be told to cut the next transfer
-short (`cut_after`) or to ignore Range (`ranges = False`), as an unreliable host would.
+`server` serves bytes from a dict with real Range support (206 / 416) and If-Range (a strong ETag of the content;
+a stale one gets the whole file, 200), and can be told to cut the next transfer short (`cut_after`), to ignore
+Range (`ranges = False`) or to send no ETag (`etags = False`), as an unreliable host would.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests.conftest import randomize
 class ServerState:
     files: dict = field(default_factory=dict)  # path -> bytes
     ranges: bool = True  # honour Range requests
+    etags: bool = True  # send a strong ETag (and honour If-Range)
     cut_after: int | None = None  # send only this many bytes of the next response, then hang up
     requests: list = field(default_factory=list)  # (path, Range header or None)
 
@@ -42,8 +44,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         start = 0
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"' if st.etags else None
         m = re.match(r"bytes=(\d+)-$", rng or "")
-        if m and st.ranges:
+        if_range = self.headers.get("If-Range")
+        if m and st.ranges and (if_range is None or if_range == etag):
             start = int(m.group(1))
             if start >= len(data):
                 self.send_response(416)
@@ -56,6 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
+        if etag:
+            self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if st.cut_after is not None:

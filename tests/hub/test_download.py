@@ -70,7 +70,7 @@ def test_a_host_without_range_restarts_and_a_complete_part_is_accepted(server, h
     part.parent.mkdir(parents=True)
     part.write_bytes(sit_bytes)
     server.state.ranges = True
-    assert fetch(other).read_bytes() == sit_bytes  # 416: nothing left to fetch, the hash decides
+    assert fetch(other).read_bytes() == sit_bytes  # a .part with no validator is fetched again; the hash decides
 
 
 def test_unreachable_and_offline(closed_port, home, sit_bytes, monkeypatch, tmp_path):
@@ -156,3 +156,53 @@ def test_commands_take_release_names(tmp_path, home, sit_bytes, monkeypatch, cap
     assert "format      sit" in out and "vae stabilityai/sd-vae-ft-ema" in out  # the registry entry's VAE
     assert cli.main(["push", "SiT-test", "org/sit", "--dry-run", str(tmp_path / "dry")]) == 0  # converted on the way
     assert ppflow.load_model(str(tmp_path / "dry")).config.vae == "stabilityai/sd-vae-ft-ema"
+
+
+# ---------------------------------------------------------------- issue 27: never spliced, damaged records named
+def test_a_file_changed_on_the_server_after_a_cut_is_downloaded_again_never_spliced(server, home, sit_bytes, capsys):
+    v1, v2 = sit_bytes, bytes(b ^ 0xFF for b in sit_bytes)  # same size, other bytes: a new upload under one name
+    server.state.files["/f.pt"], server.state.cut_after = v1, 1000
+    r = release(server.url + "/f.pt")  # no published hash: the download's own is recorded, so a splice would stick
+    with pytest.raises(TruncatedDownloadError):
+        fetch(r)
+    server.state.files["/f.pt"] = v2
+    path = fetch(r)
+    assert path.read_bytes() == v2 and read_record(path).sha256 == sha(v2)
+    assert server.state.requests[-1] == ("/f.pt", "bytes=1000-")  # it asked to resume; If-Range got the whole file
+    assert "downloading it again" in capsys.readouterr().err
+    assert sorted(p.name for p in path.parent.iterdir()) == ["SiT-test.pt", "SiT-test.pt.lock", "SiT-test.pt.sha256.json"]
+
+    server.state.etags = False  # a host that proves nothing: a cut transfer starts over
+    server.state.files["/g.pt"], server.state.cut_after = v1, 1000
+    g = release(server.url + "/g.pt", name="SiT-g")
+    with pytest.raises(TruncatedDownloadError):
+        fetch(g)
+    server.state.files["/g.pt"] = v2
+    assert fetch(g).read_bytes() == v2
+    assert server.state.requests[-1] == ("/g.pt", None)  # no Range without a validator
+    assert "no ETag / Last-Modified" in capsys.readouterr().err
+
+
+def test_a_damaged_hash_record_is_an_error_naming_it(tmp_path, home, sit_bytes, monkeypatch, capsys):
+    from ppflow.hub.download import DamagedRecordError
+
+    src = tmp_path / "SiT-test.pt"
+    src.write_bytes(sit_bytes)
+    r = release(src.as_uri())
+    monkeypatch.setitem(RELEASES, r.name, r)
+    path = fetch(r)
+    other = bytes(b ^ 1 for b in sit_bytes)
+    path.write_bytes(other)  # the file is replaced ...
+    record_path(path).write_text('{"sha256": "0123')  # ... and its record damaged
+    for call in (lambda: fetch(r), lambda: ppflow.load_model("SiT-test"), lambda: fetch(r, force=True)):
+        with pytest.raises(DamagedRecordError, match=f"hash record {record_path(path)} is damaged.*--rerecord"):
+            call()
+    assert path.read_bytes() == other and record_path(path).read_text() == '{"sha256": "0123'  # nothing changed
+    assert fetch(r, rerecord=True) == path  # explicitly: trust the file as it is now
+    assert read_record(path).sha256 == sha(other) and "replaced by this file's" in capsys.readouterr().err
+
+    published = release(src.as_uri(), sha(sit_bytes), name="SiT-pub")  # the record is only a cache here
+    p = fetch(published)
+    record_path(p).write_text("garbage")
+    assert fetch(published) == p and read_record(p).sha256 == sha(sit_bytes)
+    assert "written again from the published SHA-256" in capsys.readouterr().err

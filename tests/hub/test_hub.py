@@ -179,3 +179,26 @@ def test_cli_push_dry_run_and_errors(tmp_path, capsys):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("ppflow push: ") and msg in err and err.count("\n") == 1
+
+
+def test_push_never_follows_a_symlink_out_of_the_run_folder(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("api_key: do-not-publish\n")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(secret)
+    dry = tmp_path / "dry"
+    assert cli.main(["push", str(run), REPO, "--dry-run", str(dry)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run / 'config.yaml'} is a symbolic link to {secret}, outside" in err
+    assert not dry.exists()  # nothing written, nothing published
+    with pytest.raises(CheckpointError, match="model.safetensors is a symbolic link"):
+        weights = tmp_path / "elsewhere.safetensors"
+        shutil.move(run / "ema" / "model.safetensors", weights)
+        (run / "ema" / "model.safetensors").symlink_to(weights)
+        build_upload_folder(run / "ema", REPO, tmp_path / "up")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").write_text(secret.read_text())
+    (run / "ema" / "model.safetensors").unlink()
+    shutil.move(weights, run / "ema" / "model.safetensors")
+    assert build_upload_folder(run, REPO, tmp_path / "up").is_dir()
