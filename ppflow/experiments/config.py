@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 # the speed adapter of the demos: data-free, distilled along the teacher's CFG-2 trajectories (the sampler's)
 ADAPTER = {"data_free": True, "trajectory_cfg": 2.0, "trajectories": 256, "trajectory_steps": 8, "rank": 16}
 
