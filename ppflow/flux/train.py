@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,9 +111,7 @@ class FluxTask(Task):
     config_cls = FluxTrainConfig
     validate = staticmethod(validate)
 
-    @staticmethod
-    def default_out(cfg: FluxTrainConfig) -> str:
-        return str(Path("runs") / f"flux-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = staticmethod(lambda cfg: "flux")
 
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         cfg, info = self.cfg, self.info

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +94,7 @@ class AdaptTask(SiTTask):
     config_cls = AdaptConfig
     validate = staticmethod(validate)
 
-    @staticmethod
-    def default_out(cfg: AdaptConfig) -> str:
-        return str(Path("runs") / f"adapter-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = staticmethod(lambda cfg: "adapter")
 
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         cfg, info, a = self.cfg, self.info, self.cfg.adapter
@@ -207,7 +204,7 @@ class AdaptTask(SiTTask):
         cfg, dev, a = self.cfg, self.info.device, self.cfg.adapter
         states, cond, uncond = self.data.split(mb.x.to(dev))
         n, K = len(states), self.data.steps
-        k = torch.randint(0, K, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "time")).to(dev)  # (n,)
+        k = torch.randint(0, K + 1, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "time")).to(dev)  # (n,)
         rows = torch.arange(n, device=dev)
         t = self.data.grid.to(dev)[k]  # (n,)
         x_t, c, u = states[rows, k], cond[rows, k], uncond[rows, k]  # (n, C, H, W) each
@@ -280,14 +277,14 @@ def conversion_flops(config: ModelConfig, a: AdapterSection, batch: int, steps: 
     """Training FLOPs of a conversion (matrix products; backward = 2x forward as in models.flops.train_flops):
     per step and sample, the student's coarse forward and backward, plus the teacher's full-resolution forward
     (two with `guided`) unless the targets come from the cache; once, a data-free cache's trajectories (a
-    conditional and an unconditional forward per step)."""
+    conditional and an unconditional forward per state)."""
     sched = config.get_schedule()
     fine = forward_flops(config, sched.num_stages - 1).total
     spans = [s.t_end - s.t_start for s in sched.stages[:-1]]
     coarse = sum(w * forward_flops(config, s).total for s, w in enumerate(spans)) / sum(spans)
     teacher = 0 if a.data_free and a.teacher == "cache" else fine * (2 if a.guided not in (None, 1.0) else 1)
     step = batch * (teacher + 3 * coarse)
-    cache = a.trajectories * a.trajectory_steps * fine * (2 if config.num_classes else 1) if a.data_free else 0
+    cache = a.trajectories * (a.trajectory_steps + 1) * fine * (2 if config.num_classes else 1) if a.data_free else 0
     return {"step": step, "cache": cache, "total": steps * step + cache, "source_step_per_sample": 3 * fine}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -129,9 +128,8 @@ class SiTTask(Task):
     validate = staticmethod(validate)
 
     @staticmethod
-    def default_out(cfg: TrainConfig) -> str:
-        name = cfg.model.name.replace("/", "-")
-        return str(Path("runs") / f"{name}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    def run_name(cfg: TrainConfig) -> str:
+        return f"{cfg.model.name.replace('/', '-')}-{cfg.data.name}"
 
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         cfg, info = self.cfg, self.info

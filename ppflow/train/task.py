@@ -43,8 +43,13 @@ class Task:
         """Value checks of the task's config (ConfigError naming the option)."""
 
     @staticmethod
-    def default_out(cfg) -> str:
-        return str(Path("runs") / f"run-{time.strftime('%Y%m%d-%H%M%S')}")
+    def run_name(cfg) -> str:
+        """The start of the default run folder's name (runs/NAME-DATE-TIME)."""
+        return "run"
+
+    @classmethod
+    def default_out(cls, cfg) -> str:
+        return str(Path("runs") / f"{cls.run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}")
 
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         """Build data, model (weights of `ckpt` loaded), its parallel wrapper and EMA."""

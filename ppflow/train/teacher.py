@@ -3,7 +3,8 @@
 Trajectory k starts from seeded noise with label k % num_classes and follows the teacher's velocity, CFG-guided at
 `cfg_scale` (the distribution a sampler with that scale visits), with Euler steps from t = 0 to the end of the
 coarse range. The cache keeps each step's state and the teacher's conditional and unconditional velocities there
-(the guided step needs both anyway), so training targets at the step times cost no teacher forward: the
+(the guided step needs both anyway; at the last state, one more pair), so training targets at the step times, the
+range's end included, cost no teacher forward: the
 conditional velocity for a labelled sample, the unconditional one for a dropped label, or any guided mix. It is
 written after every chunk (atomically); a cut generation continues from the last chunk, with the same noise.
 """
@@ -25,7 +26,7 @@ CHUNK = 64  # trajectories generated (and saved) at a time
 
 class TeacherStates:
     """Euler trajectories of the teacher: states (N, K+1, C, H, W) at times `grid` (K+1,), its conditional and
-    unconditional velocities (N, K, C, H, W) at the first K states, labels (N,). `get_batch` returns the three
+    unconditional velocities (N, K+1, C, H, W) there, labels (N,). `get_batch` returns the three
     stacked along dim 1 (training data of ppflow.train.distill); `split` takes them apart again."""
 
     def __init__(self, states: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, labels: torch.Tensor,
@@ -42,8 +43,7 @@ class TeacherStates:
 
     def split(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(states, cond, uncond) of a batch `get_batch` returned."""
-        K = self.steps
-        return packed[:, :K + 1], packed[:, K + 1:2 * K + 1], packed[:, 2 * K + 1:]
+        return packed.chunk(3, dim=1)
 
     def state_at(self, states: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """States (n, C, H, W) of trajectories `states` (n, K+1, C, H, W) at times t (n,) inside the grid: between
@@ -78,8 +78,8 @@ def teacher_states(teacher, teacher_id: str, path: str | os.PathLike | None, cou
     grid = torch.linspace(0.0, t_end, steps + 1, dtype=torch.float64)
     key = {"teacher": teacher_id, "count": str(count), "steps": str(steps), "t_end": repr(t_end),
            "cfg": repr(cfg_scale), "seed": str(seed), "shape": repr(tuple(shape))}
-    parts = {"states": torch.empty(0, steps + 1, *shape), "cond": torch.empty(0, steps, *shape),
-             "uncond": torch.empty(0, steps, *shape), "labels": torch.empty(0, dtype=torch.long)}
+    parts = {k: torch.empty(0, steps + 1, *shape) for k in ("states", "cond", "uncond")}
+    parts["labels"] = torch.empty(0, dtype=torch.long)
     if path is not None and Path(path).is_file():
         meta = _metadata(path)
         diff = [k for k, v in key.items() if meta.get(k) != v]
@@ -106,7 +106,8 @@ def teacher_states(teacher, teacher_id: str, path: str | os.PathLike | None, cou
             unconds.append(uncond.cpu())
             return v
 
-        euler(velocity, x, grid, [stage] * steps, callback=lambda i, t, x, states=states: states.append(x.cpu()))
+        x = euler(velocity, x, grid, [stage] * steps, callback=lambda i, t, x, states=states: states.append(x.cpu()))
+        velocity(x, torch.full((n,), t_end, device=device), stage)  # the velocities at the range's end
         new = {"states": torch.stack(states, 1), "cond": torch.stack(conds, 1), "uncond": torch.stack(unconds, 1),
                "labels": y.cpu() if y is not None else torch.zeros(n, dtype=torch.long)}
         parts = {k: torch.cat([parts[k], new[k]]) for k in parts}

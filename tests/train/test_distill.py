@@ -50,7 +50,7 @@ def test_a_cut_data_free_cache_resumes_to_the_same_states(source, tmp_path):
     teacher_states(src, "id", tmp_path / "b.safetensors", **args, limit=64)  # cut after the first chunk
     resumed = teacher_states(src, "id", tmp_path / "b.safetensors", **args)
     assert torch.equal(resumed.states, full.states) and torch.equal(resumed.labels, full.labels)
-    assert full.states.shape == (70, 4, 1, 16, 16)
+    assert full.states.shape == full.cond.shape == full.uncond.shape == (70, 4, 1, 16, 16)
     # the stored states are the teacher's Euler trajectory; between two of them state_at is that straight line
     x0, y = full.states[:2, 0], full.labels[:2]
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_conversion_compute_counts_teacher_student_and_cache(source, tmp_path):
     assert forward["step"] == 8 * (2 * fine + 3 * coarse)  # guided: two teacher forwards per sample
     cached = conversion_flops(mc, _cfg(source, tmp_path, guided=2.0).adapter, batch=8, steps=10)
     assert cached["step"] == 8 * 3 * coarse  # the targets come from the cache: the student alone
-    assert cached["cache"] == 24 * 4 * fine * 2 and cached["total"] == 10 * cached["step"] + cached["cache"]
+    assert cached["cache"] == 24 * 5 * fine * 2 and cached["total"] == 10 * cached["step"] + cached["cache"]
     data = conversion_flops(mc, _cfg(source, tmp_path, data_free=False).adapter, batch=8, steps=10)
     assert data["cache"] == 0 and data["step"] == 8 * (fine + 3 * coarse)
     assert coarse < fine / 3  # 4x fewer tokens
