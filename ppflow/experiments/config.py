@@ -93,7 +93,7 @@ class DemoConfig:
                        DemoModel("PPF-2, CFG everywhere", "PPF-tiny-2", "0.5:8x8,1:4x4", same_as="PPF-2",
                                  cfg_scales=[2.0, 2.0]),
                        DemoModel("SiT -> PPF-2 adapter, +5%", "SiT-tiny/4", "0.5:8x8,1:4x4", adapt_from="SiT baseline",
-                                 budget=0.5, adapter={**ADAPTER, "trajectories": 16, "trajectory_steps": 1},
+                                 budget=1.0, adapter={**ADAPTER, "trajectories": 16, "trajectory_steps": 1},  # smoke size
                                  cfg_scales=[2.0, 2.0])],
             "profile_num": 32, "profile_bins": 4,
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .config import ADAPTER
 from .demo import Demo, DemoConfig, DemoModel
 
 PRESETS = ("fmnist", "smoke", "switch", "adapt", "search")
@@ -66,28 +67,41 @@ def switch_models(size: str, cfg_scale: float = 2.0) -> list[DemoModel]:
 
 
 def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None = None) -> list[DemoModel]:
-    """Adaptation from a trained SiT with +10% / +25% of its training compute (`ppflow repro --preset adapt`).
+    """Converting a trained SiT to PPFlow with a few % of its training compute (`ppflow repro --preset adapt`).
 
     `shared`: the paper's adaptation (one backbone fine-tuned on both stages). `coarse-only`: a copy of the
     adapted model trained on the coarse stage alone (`flow.shares 1,0`), sampled as a stage swap with the untouched
-    SiT serving the fine stage (the same sampling FLOPs; twice the weights in memory). Every model is sampled
-    with CFG in both stages; PPF steps are the budget over the step's training FLOPs (`DemoModel.budget`).
+    SiT serving the fine stage (the same sampling FLOPs; twice the weights in memory). `adapter`: a stage-gated
+    speed adapter on the frozen SiT, distilled from it (ppflow.train.distill): data-free from the teacher's CFG
+    trajectories, on data, guided (CFG baked into the coarse stage, sampled with CFG 1 there), and a 3-stage one.
+    Sampled with CFG in every stage unless said; PPF steps are the budget over the step's training FLOPs.
     """
-    s2, both, keep = "0.5:8x8,1:4x4", [cfg_scale] * 2, keep or max(1, base // 4)
+    s2, s3, both, keep = "0.5:8x8,1:4x4", "0.5:8x8,0.75:4x8,1:4x4", [cfg_scale] * 2, keep or max(1, base // 4)
     lr = 1e-3  # the from-scratch rate: at 1e-4 the coarse stage barely moves in a +25% budget (pilot: FID 152 vs 114)
     skip, only = {"coarse_output": "noise_skip"}, {"flow.shares": "1,0"}
     rows = [DemoModel("SiT", f"SiT-{size}/4", "1:4x4", train={"keep_every": keep})]
     rows += [DemoModel(f"SiT at {k}", f"SiT-{size}/4", "1:4x4", same_as="SiT", checkpoint=k)
              for k in range(keep, base, keep)]
-    for pct in (10, 25):
+    for pct in (5, 10, 25):
         shared = {"adapt_from": "SiT", "lr": lr, "cfg_scales": both, "budget": pct / 100}
-        if pct == 10:
-            rows.append(DemoModel("+10% shared, pooled v (paper)", f"PPF-{size}-2", s2, **shared))
         rows.append(DemoModel(f"+{pct}% shared, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq", **shared))
         rows.append(DemoModel(f"+{pct}% coarse-only, lstsq skip", f"PPF-{size}-2", s2, model=skip, init="lstsq",
                               adapt_from="SiT", lr=lr, cfg_scales=both, budget=pct / 100, train=only))
         rows.append(DemoModel(f"+{pct}% coarse-only + SiT fine", "StageSwap", s2, cfg_scales=both,
                               swap=[f"+{pct}% coarse-only, lstsq skip", "SiT"]))
+    ad = {"adapt_from": "SiT", "adapter_ema": 0.99}
+    cache = {"cache": "teacher-states-ppf2.safetensors"}  # one teacher cache for the data-free PPF-2 adapters
+    for pct in (2, 5, 10):
+        rows.append(DemoModel(f"+{pct}% adapter, data-free", f"SiT-{size}/4", s2, budget=pct / 100,
+                              adapter={**ADAPTER, **cache}, cfg_scales=both, **ad))
+    rows += [
+        DemoModel("+5% adapter, data", f"SiT-{size}/4", s2, budget=0.05, adapter={**ADAPTER, "data_free": False},
+                  cfg_scales=both, **ad),
+        DemoModel("+5% adapter, data-free, guided", f"SiT-{size}/4", s2, budget=0.05,
+                  adapter={**ADAPTER, **cache, "guided": cfg_scale}, cfg_scales=[1.0, cfg_scale], **ad),
+        DemoModel("+5% 3-stage adapter, data-free", f"SiT-{size}/4", s3, budget=0.05, adapter=ADAPTER,
+                  cfg_scales=[cfg_scale] * 3, **ad),
+    ]
     return rows
 
 
@@ -153,8 +167,11 @@ def repro_config(preset: str = "fmnist", out: str | None = None, **kw) -> DemoCo
     if preset == "adapt":
         base = kw.get("steps") or 5600
         settings.update(models=adapt_models(size, base, kw.get("cfg_scale", 2.0)), steps=base, inception=False,
-                        num_eval=500, pareto_steps=[], timing_models=["SiT", "+10% shared, lstsq skip",
-                                                                      "+10% coarse-only + SiT fine"],
+                        num_eval=500, pareto_steps=[], timing_models=["SiT", "+5% shared, lstsq skip",
+                                                                      "+5% coarse-only + SiT fine",
+                                                                      "+5% adapter, data-free",
+                                                                      "+5% adapter, data-free, guided",
+                                                                      "+5% 3-stage adapter, data-free"],
                         timing_repeats=2, profile_num=256, grid_models=None, inception_models=None,
                         pareto_models=None, profile_models=None,
                         title="ppflow: adapting a trained SiT to PPF-2 (Fashion-MNIST)")

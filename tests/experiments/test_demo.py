@@ -22,7 +22,7 @@ def test_quick_demo_leaves_a_full_report(tmp_path):
     assert ad["method"] == "lora-distill" and ad["data_free"] is True and 0 < ad["extra_params"] < 0.5
     assert 0 <= ad["paired_agreement"] <= 1 and ad["paired_psnr"] > 0 and ad["flops_bound"] > 1.3
     assert ad["train_compute"] == pytest.approx(sit["train_compute"] * (1 + ad["conversion_compute"]))
-    assert ad["conversion_compute"] <= 0.5 and ad["speedup"] > 0
+    assert ad["conversion_compute"] <= 1.0 and ad["speedup"] > 0
     ppf = res["PPF-2"]
     assert ppf["test_flops_percent_no_cfg"] == pytest.approx(61.2, abs=1.0)  # 8x8 over 4x4 at 32x32, tiny width
     assert ppf["flops_bound"] > 1.5 and ppf["classifier_fid"] > 0 and 0 <= ppf["class_accuracy"] <= 1
