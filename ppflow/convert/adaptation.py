@@ -74,7 +74,7 @@ def adapt(
             "from a one-stage SiT/DiT model"
         )
     base = src.schedule.stages[0].patch
-    target = PyramidSchedule.from_config(schedule)
+    target = PyramidSchedule.for_base(schedule, base)  # a preset name is relative to the source's patch
     if target.base_patch != base:
         raise CheckpointError(
             f"schedule {target.to_string()} has base patch {target.base_patch} but {label} uses {base} patches; "
@@ -83,7 +83,7 @@ def adapt(
     cfg = src.config
     size = size_name(cfg.depth, cfg.hidden_size, cfg.num_heads)
     name = f"PPF-{size}-{target.num_stages}" if size and base == (2, 2) else ""
-    config = dataclasses.replace(cfg, schedule=schedule if isinstance(schedule, str) else target,
+    config = dataclasses.replace(cfg, schedule=schedule if target == PyramidSchedule.from_config(schedule) else target,
                                  level_embedding=None, level_init_std=level_init_std, name=name,
                                  coarse_output=coarse_output)
 

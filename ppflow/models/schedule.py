@@ -86,6 +86,19 @@ class PyramidSchedule:
         stages = tuple(Stage(float(s["t_start"]), float(s["t_end"]), tuple(s["patch"])) for s in value["stages"])
         return cls(stages, tuple(value.get("base_patch", stages[-1].patch)))
 
+    @classmethod
+    def for_base(cls, value: str | dict | PyramidSchedule, base: Patch) -> PyramidSchedule:
+        """`value`, where a preset name (ppf2, ppf3) is scaled to a model whose finest patch is `base` (ppf2 on a
+        4x4-patch model: 0.5:8x8,1:4x4); anything else as given."""
+        sched = cls.from_config(value)
+        if not (isinstance(value, str) and value.strip() in PRESETS) or tuple(base) == sched.base_patch:
+            return sched
+        fh, fw = base[0] // sched.base_patch[0], base[1] // sched.base_patch[1]
+        if fh * sched.base_patch[0] != base[0] or fw * sched.base_patch[1] != base[1]:
+            return sched  # not a multiple: the caller's base-patch check names the problem
+        stages = tuple(Stage(s.t_start, s.t_end, (s.patch[0] * fh, s.patch[1] * fw)) for s in sched.stages)
+        return cls(stages, tuple(base))
+
     def to_dict(self) -> dict:
         return {
             "stages": [{"t_start": s.t_start, "t_end": s.t_end, "patch": list(s.patch)} for s in self.stages],

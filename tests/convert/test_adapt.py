@@ -167,3 +167,11 @@ def test_same_patch_adaptation_copies_every_stage_and_saves(sit_file, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x, t, y, stage=0), src(x, t, y)) and torch.equal(model(x, t, y, stage=1), src(x, t, y))
     ppflow.load_model(model.save_pretrained(tmp_path / "same"))  # no shared storage between the stages
+
+
+def test_a_preset_schedule_is_relative_to_the_source_patch():
+    sit = ppflow.create_model("SiT-tiny/4", input_size=32, num_classes=10)
+    assert ppflow.adapt(sit, "ppf2").schedule.to_string() == "0.5:8x8,1:4x4"
+    assert ppflow.adapt(sit, "ppf3").schedule.to_string() == "0.5:8x8,0.75:4x8,1:4x4"
+    with pytest.raises(CheckpointError, match="base patch"):
+        ppflow.adapt(sit, "0.5:4x4,1:2x2")  # an explicit schedule is taken as written
