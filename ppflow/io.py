@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -222,6 +223,37 @@ def check_writable(path: str | os.PathLike, what: str = "file") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write the {what} {path}: {parent} is not writable; choose another path")
     return path
+
+
+def check_output_folder(folder: str | os.PathLike, *, force: bool = False, marker: str | None = None,
+                        source: str | None = None, own: Callable[[str], bool] | None = None, what: str = "output",
+                        option: str = "--force") -> Path:
+    """Refuse to write into `folder` when it holds files ppflow did not write there for `source`.
+
+    Passes: a missing or empty folder, any folder with `force`, one whose `marker` JSON file records `source` as its
+    "source" (an earlier run of the same command), and one whose entries are all `own(name)` (the command's own
+    files, e.g. the shards of an interrupted run). Otherwise FileExistsError naming the folder and the fix.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"cannot write the {what} folder {folder}: it is a file; choose a folder")
+    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if force or not entries:
+        return folder
+    if marker is not None and (folder / marker).is_file():
+        try:
+            recorded = json.loads((folder / marker).read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # unreadable: not ours
+        if recorded == source:
+            return folder
+        why = f"it holds a {what} of {recorded}, not of {source}" if recorded else f"its {marker} is not ppflow's"
+    elif own is not None and all(own(name) for name in entries):
+        return folder
+    else:
+        why = f"it holds {len(entries)} entries that are not a {what} (e.g. {', '.join(entries[:3])})"
+    raise FileExistsError(f"{folder} is not empty: {why}; ppflow does not write over them: choose a new or empty "
+                          f"folder, or pass {option} to write into it anyway")
 
 
 def check_inside(path: str | os.PathLike, root: str | os.PathLike, what: str = "folder") -> Path:

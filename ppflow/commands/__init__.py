@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 
 from ..errors import CommandError
+from ..sampling.guidance import check_scales
 
 
 def command_line(name: str, args, options: tuple[str, ...], flags: tuple[str, ...] = ()) -> str:
@@ -18,14 +18,11 @@ def command_line(name: str, args, options: tuple[str, ...], flags: tuple[str, ..
 
 
 def parse_scales(text: str | None) -> float | list[float] | None:
-    """`--cfg`: one guidance scale ('4') or one per stage, noisiest first ('1,3'); None stays None."""
+    """`--cfg`: one guidance scale ('4') or one per stage, noisiest first ('1,3'); None stays None. The check is
+    the Python APIs' (ppflow.sampling.check_scales)."""
     if text is None:
         return None
     try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise CommandError(f"--cfg {text!r} is not a number or a comma-separated list of numbers, e.g. '1,3'") \
-            from None
-    if not all(math.isfinite(v) for v in vals):  # nan / inf guidance gives all-zero or garbage images
-        raise CommandError(f"--cfg {text!r}: CFG scales must be finite numbers, e.g. 1 (no guidance) or 4")
-    return vals[0] if len(vals) == 1 else vals
+        return check_scales(text, f"--cfg {text!r}")
+    except ValueError as e:
+        raise CommandError(str(e)) from None

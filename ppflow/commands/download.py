@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("name", nargs="?", help=f"release name: {', '.join(known_names())}")
     p.add_argument("--to", default=None, help="folder to keep the file in (default: PPFLOW_HOME/releases/NAME)")
     p.add_argument("--force", action="store_true", help="download again even when a verified copy is cached")
+    p.add_argument("--rerecord", action="store_true",
+                   help="where no SHA-256 is published: trust the file as it is now and record its hash again "
+                        "(after a damaged or outdated FILE.sha256.json)")
     p.add_argument("--list", action="store_true", help="list the known releases and what is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -40,7 +43,8 @@ def main(args) -> int:
         release = get_release(args.name)
     except KeyError as e:
         raise CommandError(e.args[0]) from None
-    path = fetch(release, args.to, force=args.force, progress=not args.no_progress)  # DownloadError: an OSError
+    path = fetch(release, args.to, force=args.force, progress=not args.no_progress,
+                 rerecord=args.rerecord)  # DownloadError: an OSError
     rec = read_record(path)
     how = "the published SHA-256" if release.sha256 else "the SHA-256 recorded at its first download"
     print(path)

@@ -24,12 +24,20 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--local-files-only", action="store_true", help="never contact the hub for the VAE")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--force", action="store_true", help="write into --out even when it holds other files (an image "
+                   "folder, a run folder, another cache)")
 
 
 def main(args) -> int:
-    from ..data.latents import extract_latents, write_meta
+    from pathlib import Path
+
+    from ..data.latents import EXTRACT_INFO, extract_latents, is_shard, write_meta
+    from ..io import check_output_folder
     from ..train.parallel import barrier, cleanup, init_distributed
 
+    # a latent cache of the same images (finished or interrupted) continues; anything else needs --force
+    check_output_folder(args.out, force=args.force, marker=EXTRACT_INFO, source=str(Path(args.data_path).resolve()),
+                        own=is_shard, what="latent cache", option="--force (or another --out)")
     info = init_distributed(args.device)  # --device cuda without CUDA: a ValueError naming it
     try:
         out = extract_latents(

@@ -181,12 +181,14 @@ def _train(args) -> int:
 
 def _cache(args) -> int:
     from ..flux.captions import cache_folder, check_images, load_encoders, scan_folder
+    from ..io import check_writable
     from ..train.parallel import resolve_device
 
-    check_images(scan_folder(args.path))  # bad data fails before the encoders load
+    check_writable(args.cache, "cache")  # a bad --data.cache or bad data fails before the encoders load
+    check_images(scan_folder(args.path))
     pipe = load_encoders(args.pipeline, resolve_device(args.device))
-    cache = cache_folder(args.path, pipe, args.resolution, args.max_sequence_length, args.batch_size)
-    path = cache.save(args.cache)
+    cache = cache_folder(args.path, pipe, args.resolution, args.max_sequence_length, args.batch_size, out=args.cache)
+    path = args.cache
     print(f"cached {len(cache)} images: latents {tuple(cache.latents.shape[1:])}, T5 {tuple(cache.prompt_embeds.shape[1:])}"
           f", CLIP {tuple(cache.pooled.shape[1:])} -> {path}")
     return 0

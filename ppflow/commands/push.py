@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import CommandError
 from ..hub.push import build_upload_folder, is_hub_id, push_to_hub
 from ..hub.registry import is_release_name
+from ..io import check_output_folder, write_text_atomic
+
+DRY_RUN = ".ppflow-dry-run.json"  # in a --dry-run folder: the source it was written for (a rerun may rewrite it)
 
 
 def add_arguments(p) -> None:
@@ -22,7 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--base-model", default=None, help="hub id of the model this one was adapted from")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--dry-run", metavar="DIR", default=None,
-                   help="write what would be uploaded into DIR and upload nothing")
+                   help="write what would be uploaded into DIR and upload nothing (DIR: new, empty or an earlier dry "
+                        "run of the same SOURCE)")
+    p.add_argument("--force", action="store_true", help="--dry-run: write into DIR even when it holds other files")
 
 
 def parse_metrics(items: list[str]) -> dict:
@@ -42,9 +48,12 @@ def main(args) -> int:
         raise CommandError(f"{args.source} does not exist (and is not a known release name)")
     metrics = parse_metrics(args.metric)
     if args.dry_run:
+        source = str(Path(args.source).resolve()) if Path(args.source).exists() else args.source
+        check_output_folder(args.dry_run, force=args.force, marker=DRY_RUN, source=source, what="dry run")
         folder = build_upload_folder(args.source, args.repo_id, args.dry_run, metrics=metrics or None,
                                      base_model=args.base_model)
-        print(f"{folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} (not uploaded)")
+        write_text_atomic(folder / DRY_RUN, json.dumps({"source": source, "repo_id": args.repo_id}), "dry-run record")
+        print(f"{folder}: {', '.join(sorted(p.name for p in folder.iterdir() if p.name != DRY_RUN))} (not uploaded)")
         return 0
     url = push_to_hub(args.source, args.repo_id, revision=args.revision, private=args.private or None,
                       commit_message=args.message, metrics=metrics or None, base_model=args.base_model)

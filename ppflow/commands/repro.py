@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from ..cli import at_least
 from ..errors import CommandError
 from . import command_line
 
@@ -12,13 +13,13 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", default="fmnist", choices=["fmnist", "smoke", "switch", "adapt", "search"],
                    help="fmnist: the experiment of docs/results.md; switch: the stage-machinery experiment of docs/quality.md (same-patch control, stage margin, pooled stage init; ~60 min on 2 cores); adapt: a 5600-step SiT adapted to PPF-2 with +10%%/+25%% of its training compute, shared backbone vs coarse-only + stage swap (docs/adaptation.md; ~90 min); search: hand-set PPF-2/PPF-3 vs the schedules `ppflow schedule search` found for the same test-FLOPs budget, with and without its verify step (docs/schedules.md; ~80 min); smoke: a seconds-long pipeline check")
     p.add_argument("--out", default=None, help="output folder (default runs/repro-<preset>)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of the from-scratch models "
+    p.add_argument("--steps", type=at_least(1), default=None, help="training steps of the from-scratch models "
                                                            "(adapted ones get 10%% of it)")
-    p.add_argument("--num-eval", type=int, default=None, help="samples per model for FID and accuracy")
+    p.add_argument("--num-eval", type=at_least(1), default=None, help="samples per model for FID and accuracy")
     p.add_argument("--no-inception", action="store_true", help="skip the Inception FID (classifier FID only)")
     p.add_argument("--data-path", default=None, help="folder with the Fashion-MNIST *-ubyte.gz files")
     p.add_argument("--docs", default=None, metavar="MD", help="also write the report here, e.g. docs/results.md")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch threads")
     p.add_argument("--seed", type=int, default=None, help="seed of every model's training and of the sampling noise "
                                                           "(default 0); a second seed measures the spread")
     p.add_argument("--searched", action="append", default=None, metavar="NAME=SCHEDULE",

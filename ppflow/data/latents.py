@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,18 @@ from .imagefolder import UnreadableImageError, load_image, scan_image_folder
 
 FORMAT = "ppflow-latents"
 META = "meta.json"
+EXTRACT_INFO = "extract.json"  # written by rank 0 after its shards: what was encoded from where
 DTYPES = ("float32", "float16")
 POSTERIORS = ("sample", "mean")
 
 
 def shard_names(index: int) -> tuple[str, str]:
     return f"latents-{index:05d}.npy", f"labels-{index:05d}.npy"
+
+
+def is_shard(name: str) -> bool:
+    """A file name extract_latents writes before it finishes (a shard, or its temporary file)."""
+    return re.fullmatch(r"\.?(latents|labels)-\d{5}\.npy(\.\d+\.tmp)?", name) is not None
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -171,14 +178,14 @@ def extract_latents(
             "num_classes": len(classes), "classes": classes, "dtype": dtype, "posterior": posterior,
             "source": str(Path(image_folder).resolve()), "count": len(files), "shard_size": shard_size}
     if rank == 0:
-        (out / "extract.json").write_text(json.dumps(info, indent=2))
+        (out / EXTRACT_INFO).write_text(json.dumps(info, indent=2))
     return out
 
 
 def write_meta(out: str | os.PathLike) -> Path:
     """Write `meta.json` once every shard listed by `extract.json` exists."""
     out = Path(out)
-    info = json.loads((out / "extract.json").read_text())
+    info = json.loads((out / EXTRACT_INFO).read_text())
     num_shards = (info["count"] + info["shard_size"] - 1) // info["shard_size"]
     shards = []
     for s in range(num_shards):

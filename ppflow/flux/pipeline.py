@@ -18,6 +18,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from ..sampling.guidance import check_count, check_scales
 from .flops import FluxArch, counts_flops
 from .sigmas import FluxShift, insert_boundaries, inverse_time_shift, stage_grid, step_stages
 from .transformer import CONFIG_NAME, PPFluxTransformer, read_ppflux_config, resolve_base
@@ -40,11 +41,12 @@ class StageStats:
 
 
 def per_stage(value, num_stages: int, name: str) -> list[float]:
-    """A scale or one per stage -> one float per stage."""
-    values = [value] * num_stages if isinstance(value, (int, float)) else list(value)
+    """A scale or one per stage -> one finite float per stage (the CLI's check, ppflow.sampling.check_scales)."""
+    values = check_scales(value, f"{name}={value!r}")
+    values = [values] * num_stages if isinstance(values, float) else values
     if len(values) != num_stages:
         raise ValueError(f"{name}: {len(values)} values given for {num_stages} stages; give one or one per stage")
-    return [float(v) for v in values]
+    return values
 
 
 class PPFluxPipeline(FluxPipeline):
@@ -126,6 +128,11 @@ class PPFluxPipeline(FluxPipeline):
         S = tr.schedule.num_stages
         g_scales = per_stage(guidance_scale, S, "guidance_scale")
         cfg_scales = per_stage(true_cfg_scale, S, "true_cfg_scale")
+        if sigmas is None:
+            num_inference_steps = check_count(num_inference_steps, "num_inference_steps")
+        height, width = (v if v is None else check_count(v, name) for v, name in ((height, "height"), (width, "width")))
+        if num_images_per_prompt is not None:
+            check_count(num_images_per_prompt, "num_images_per_prompt")
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
         self.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
+from ..io import check_writable
 from ..models.pretrained import load_state_strict
 from ..train.batches import derive_seed, generator
 from ..train.config import ConfigError, validate
 from ..train.ema import EMA
 from ..train.engine import TrainResult
 from ..train.launch import run_task
-from ..train.parallel import barrier, broadcast_object
+from ..train.parallel import barrier, broadcast_object, require_group
 from ..train.task import Task
 from .captions import CaptionCache
 from .objective import flux_loss, train_sigmas
@@ -33,15 +34,21 @@ KIND = "ppflux"  # checkpoint "kind": a `ppflow flux train` run (ppflow train's 
 FluxTrainResult = TrainResult  # the name earlier releases returned
 
 
-def load_data(cfg: FluxTrainConfig, log=print) -> CaptionCache:
-    """The cache when present; else cache data.path with data.pipeline's encoders into data.cache first."""
+def load_data(cfg: FluxTrainConfig, log=print, verify: bool = True) -> CaptionCache:
+    """The cache when present (checked against data.path, the folder it must have been built from); else cache
+    data.path with data.pipeline's encoders into data.cache first (data.cache checked before the encoders load)."""
     d = cfg.data
     if d.cache and Path(d.cache).is_file():
-        cache = CaptionCache.load(d.cache)
-        res = cache.meta.get("resolution")
+        cache = CaptionCache.load(d.cache, verify=verify)
+        res, source = cache.meta.get("resolution"), cache.meta.get("source")
         if res is not None and res != d.resolution:
             raise ConfigError(f"{d.cache} was cached at {res} px, not data.resolution {d.resolution}: pass "
                               f"--data.resolution {res} or cache again into another file")
+        if d.path and source and Path(d.path).is_dir() and Path(source) != Path(d.path).resolve():
+            raise ConfigError(f"{d.cache} was cached from {source}, not from --data.path {Path(d.path).resolve()}: "
+                              "training would ignore the new folder. Build its cache into another file (ppflow flux "
+                              f"cache --data.path {d.path} --data.pipeline FLUX --data.cache NEW.safetensors, or "
+                              f"delete {d.cache} to rebuild it) or drop --data.path to train on the cache as it is")
         return cache
     if not d.path:
         raise FileNotFoundError(f"cache {d.cache} does not exist and no --data.path folder is given to build it")
@@ -50,17 +57,27 @@ def load_data(cfg: FluxTrainConfig, log=print) -> CaptionCache:
                           "or build it first with ppflow flux cache")
     from .captions import cache_folder, check_images, load_encoders, scan_folder
 
-    check_images(scan_folder(d.path))  # bad data fails before the encoders load
+    if d.cache:
+        check_writable(d.cache, "cache")  # a bad --data.cache or bad data fails before the encoders load
+    check_images(scan_folder(d.path))
     log(f"caching {d.path} with the encoders of {d.pipeline} into {d.cache}")
     pipe = load_encoders(d.pipeline, "cuda" if torch.cuda.is_available() else "cpu")
-    cache = cache_folder(d.path, pipe, d.resolution, d.max_sequence_length)
-    if d.cache:
-        cache.save(d.cache)
-    return cache
+    return cache_folder(d.path, pipe, d.resolution, d.max_sequence_length, out=d.cache)
 
 
-def build_ppflux(cfg: FluxTrainConfig):
-    """The PPFluxTransformer to train, with its trainable parameters marked (LoRA or full)."""
+def data_change(old: dict, cfg: FluxTrainConfig, cache: CaptionCache) -> str | None:
+    """One line when a resumed run reads another cache than the one its checkpoint was trained on (None: same)."""
+    was, now = old.get("cache"), cfg.data.cache
+    if not was or not now or Path(was).resolve() == Path(now).resolve():
+        return None
+    return (f"note: data.cache changed on resume: {was} -> {now} ({len(cache)} images from "
+            f"{cache.meta.get('source', 'an unknown folder')}); training continues on the new data at the saved data "
+            "position (epoch and offset)")
+
+
+def build_ppflux(cfg: FluxTrainConfig, verify: bool = True):
+    """The PPFluxTransformer to train, with its trainable parameters marked (LoRA or full); `verify`: check
+    model.ppflux's weights against their stored SHA-256."""
     from diffusers import FluxTransformer2DModel
 
     from .transformer import PPFluxTransformer
@@ -71,7 +88,7 @@ def build_ppflux(cfg: FluxTrainConfig):
     sub = {"subfolder": m.subfolder} if m.subfolder else {}
     base = FluxTransformer2DModel.from_pretrained(m.base, torch_dtype=getattr(torch, m.dtype), **sub)
     if m.ppflux:
-        model = PPFluxTransformer.from_pretrained(m.ppflux, base=base)
+        model = PPFluxTransformer.from_pretrained(m.ppflux, base=base, verify=verify)
         if model.ppflow_config.schedule != m.schedule:
             raise ConfigError(f"{m.ppflux} has schedule {model.ppflow_config.schedule!r}, not model.schedule "
                               f"{m.schedule!r}; pass --model.schedule {model.ppflow_config.schedule}")
@@ -115,9 +132,11 @@ class FluxTask(Task):
 
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         cfg, info = self.cfg, self.info
-        dev = info.device
+        dev, self.verify = info.device, verify
         self.data = self._load_data(log)
-        raw = build_ppflux(cfg)
+        if ckpt is not None and info.is_main and (note := data_change(ckpt["config"].get("data", {}), cfg, self.data)):
+            log(note)
+        raw = build_ppflux(cfg, verify)
         self.names = [n for n, p in raw.named_parameters() if p.requires_grad]
         if ckpt is not None:
             load_state_strict(raw, {**raw.state_dict(), **ckpt["model"]}, source="checkpoint 'model'")
@@ -130,6 +149,7 @@ class FluxTask(Task):
         if self.mode == "fsdp":
             from .parallel import shard_ppflux
 
+            require_group("fsdp", self.command)
             shard_ppflux(raw)
         self.raw = self.model = raw
         named = dict(raw.named_parameters())
@@ -153,18 +173,18 @@ class FluxTask(Task):
     def _load_data(self, log: Callable[[str], None]) -> CaptionCache:
         """Rank 0 loads (or builds and writes) the cache first; the other ranks then read what it wrote."""
         if not self.info.distributed:
-            return load_data(self.cfg, log)
+            return load_data(self.cfg, log, self.verify)
         data = error = None
         if self.info.is_main:
             try:
-                data = load_data(self.cfg, log)
+                data = load_data(self.cfg, log, self.verify)
             except (OSError, ValueError) as e:
                 error = e
         error = broadcast_object(error, self.info)  # every rank stops on rank 0's error
         if error is not None:
             raise error
         barrier(self.info)
-        return data if data is not None else load_data(self.cfg, log)
+        return data if data is not None else load_data(self.cfg, log, self.verify)
 
     def param_groups(self) -> list[dict]:
         extra = [not n.startswith("base.") for n in self.names]  # PPFlow projections + stage embedding
@@ -209,7 +229,7 @@ class FluxTask(Task):
 
     def export(self, ema_state: dict, folder: Path, target: Path) -> None:
         """A PPFlux folder with the EMA weights in place: extras + LoRA referencing model.base, or (full) + the base."""
-        model = build_ppflux(self.cfg) if self.mode == "fsdp" else copy.deepcopy(self.raw).cpu()
+        model = build_ppflux(self.cfg, self.verify) if self.mode == "fsdp" else copy.deepcopy(self.raw).cpu()
         named = dict(model.named_parameters())
         with torch.no_grad():
             for n, v in ema_state.items():

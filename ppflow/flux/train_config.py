@@ -90,7 +90,7 @@ class FluxTrainConfig(RunConfig):
 
     ema: EmaSection = field(default_factory=lambda: EmaSection(decay=0.999))
     out: str | None = _opt(None, "run folder (default: runs/flux-<time>)")
-    batch_size: int = _opt(4, "global batch size (all processes and accumulation steps together)")
+    batch_size: int = _opt(4, "global batch size (all processes and accumulation steps together)", min=1)
     max_steps: int = _opt(1000, "stop after this many optimizer steps", min=1)
     save_every: int = _opt(500, "steps between checkpoints (checkpoints/last.pt and ema/)")
     parallel: str = _opt("auto", "auto (FSDP2 under torchrun) | none | fsdp (fully_shard per FLUX block)")

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.backbone import PPFlowTransformer
-from ..sampling import sample_model
+from ..sampling import check_count, check_scales, sample_model
 from .sampler import PPFlowSampler
 from .transformer import PPFlowTransformer2DModel
 
@@ -78,14 +78,15 @@ class PPFlowPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r}: choose one of {OUTPUT_TYPES}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        num_inference_steps = check_count(num_inference_steps, "num_inference_steps")
+        check_scales(guidance_scale, f"guidance_scale={guidance_scale!r}")
         model = self.transformer
         device = self._execution_device
         y = self._labels(class_labels, batch_size, device)
-        n = y.shape[0] if y is not None else batch_size
-        H, W = model.config.input_size
-        shape = (n, model.config.in_channels, height or H, width or W)
+        n = y.shape[0] if y is not None else check_count(batch_size, "batch_size")
+        H, W = (check_count(v, name) if v is not None else d
+                for v, d, name in zip((height, width), model.config.input_size, ("height", "width")))
+        shape = (n, model.config.in_channels, H, W)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=model.dtype)
         elif tuple(latents.shape) != shape:

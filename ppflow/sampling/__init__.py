@@ -1,7 +1,7 @@
 """Sampling: time grids that respect stage switches, ODE/SDE solvers, stage-level CFG."""
 
 from .grids import GRIDS, interval_stages, official_grid, shifted_grid, time_grid, uniform_grid
-from .guidance import ForwardCounter, doubled_cfg_velocity, guided_velocity, stage_scales
+from .guidance import ForwardCounter, check_count, check_scales, doubled_cfg_velocity, guided_velocity, stage_scales
 from .sampler import METHODS, SampleOutput, sample, sample_model
 from .solvers import DIFFUSION_FORMS, LAST_STEPS, SOLVERS
 from .swap import StageSwap
@@ -15,6 +15,8 @@ __all__ = [
     "ForwardCounter",
     "SampleOutput",
     "StageSwap",
+    "check_count",
+    "check_scales",
     "doubled_cfg_velocity",
     "guided_velocity",
     "interval_stages",

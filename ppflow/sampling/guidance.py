@@ -6,6 +6,8 @@ s == 1 this is v_cond, so no unconditional forward is computed for those samples
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,15 +16,44 @@ import torch
 Scales = float | Sequence[float]
 
 
+# ---------------------------------------------------------------- checks shared by the CLI and the Python APIs
+def check_scales(scales: Scales | str, label: str | None = None) -> float | list[float]:
+    """One guidance scale or a list of them (a comma-separated string too, as `--cfg` gives it) as float(s);
+    ValueError naming `label` (default: the value) when one is not a finite number (NaN guidance: NaN images)."""
+    label = label or f"guidance scale {scales!r}"
+    try:
+        items = scales.split(",") if isinstance(scales, str) else list(scales)
+    except TypeError:  # one number (int, float, numpy or 0-d tensor)
+        items = [scales]
+    try:
+        vals = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} is not a number or a comma-separated list of numbers, e.g. '1,3'") from None
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{label}: CFG scales must be finite numbers, e.g. 1 (no guidance) or 4")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def check_count(value, name: str = "num_inference_steps", lo: int = 1) -> int:
+    """An integer >= `lo` (steps, sizes); ValueError naming `name` for 2.5, '4', True, nan or 0."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number >= {lo}, got {value!r}") from None
+    if n < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {n}")
+    return n
+
+
 def stage_scales(cfg_scales: Scales | None, num_stages: int) -> list[float]:
-    """One CFG scale per stage from one scale (all stages) or a list (one per stage)."""
+    """One CFG scale per stage from one scale (all stages) or a list (one per stage); each a finite number."""
     if cfg_scales is None:
         return [1.0] * num_stages
-    if isinstance(cfg_scales, (int, float)):
-        return [float(cfg_scales)] * num_stages
-    scales = [float(s) for s in cfg_scales]
-    if len(scales) == 1:
-        return scales * num_stages
+    scales = check_scales(cfg_scales)
+    if isinstance(scales, float):
+        return [scales] * num_stages
     if len(scales) != num_stages:
         raise ValueError(
             f"{len(scales)} CFG scales {scales} given for a model with {num_stages} stages; "

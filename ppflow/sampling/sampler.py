@@ -10,7 +10,7 @@ import torch
 
 from ..models.schedule import PyramidSchedule
 from .grids import interval_stages, time_grid
-from .guidance import ForwardCounter, Scales, doubled_cfg_velocity, guided_velocity, stage_scales
+from .guidance import ForwardCounter, Scales, check_count, doubled_cfg_velocity, guided_velocity, stage_scales
 from .solvers import SOLVER_OPTIONS, SOLVERS
 
 METHODS = tuple(SOLVERS)
@@ -156,7 +156,11 @@ def sample_model(
     `options`: see `sample` (shift, t0, t1, atol, rtol, SDE options).
     """
     num_stages = model.schedule.num_stages
+    steps = check_count(steps, "steps")
     scales = stage_scales(cfg_scales, num_stages)
+    if noise.ndim != 4:
+        raise ValueError(f"noise must be a batch of latents (N, C, H, W), got shape {tuple(noise.shape)}")
+    model.schedule.check_latent(*noise.shape[-2:])
     C = noise.shape[1]
     if guidance_channels is not None and not 1 <= guidance_channels <= C:
         raise ValueError(f"guidance_channels={guidance_channels} must be in 1..{C} (or None for all channels)")

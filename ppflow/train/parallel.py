@@ -83,6 +83,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, dev, owns)
 
 
+def require_group(mode: str, command: str = "ppflow train") -> None:
+    """One line, not torch's "RANK expected", when `--parallel MODE` needs the process group only torchrun starts."""
+    if not dist.is_initialized():
+        raise ValueError(f"--parallel {mode} needs torchrun (e.g. torchrun --nproc_per_node 2 -m ppflow.cli "
+                         f"{command.removeprefix('ppflow ')} ...); one process trains with --parallel none")
+
+
 def cleanup(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

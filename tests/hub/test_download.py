@@ -206,3 +206,19 @@ def test_a_damaged_hash_record_is_an_error_naming_it(tmp_path, home, sit_bytes, 
     record_path(p).write_text("garbage")
     assert fetch(published) == p and read_record(p).sha256 == sha(sit_bytes)
     assert "written again from the published SHA-256" in capsys.readouterr().err
+
+
+def test_cli_download_rerecord_trusts_the_file_only_when_asked(tmp_path, home, sit_bytes, monkeypatch, capsys):
+    src = tmp_path / "SiT-test.pt"
+    src.write_bytes(sit_bytes)
+    monkeypatch.setitem(RELEASES, "SiT-test", release(src.as_uri()))
+    path = fetch(RELEASES["SiT-test"])
+    other = bytes(b ^ 1 for b in sit_bytes)
+    path.write_bytes(other)
+    record_path(path).write_text('{"sha256": "0123')  # a damaged record next to a replaced file
+    capsys.readouterr()
+    assert cli.main(["download", "SiT-test", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"hash record {record_path(path)} is damaged" in err and "--rerecord" in err
+    assert cli.main(["download", "SiT-test", "--no-progress", "--rerecord"]) == 0  # the advice works as written
+    assert read_record(path).sha256 == sha(other) and path.read_bytes() == other

@@ -85,3 +85,59 @@ def bad(run, tmp_path_factory):
     write_images(d / "images", truncate="003.jpg")
     write_images(d / "images-first-bad", truncate="000.jpg")
     return d
+
+
+# ---------------------------------------------------------------- FLUX: tiny parts built here (no downloads)
+def caption_folder(root, n: int = 4, size: int = 40):
+    """`root/img{i}.png` with same-named .txt captions."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    g = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(g.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(["a red cat", "a blue dog"][i % 2])
+    return root
+
+
+@pytest.fixture(scope="session")
+def flux_parts(tmp_path_factory):
+    """A tiny FLUX pipeline folder (pipe/, no transformer), a transformer folder (base/), an image-caption folder
+    (data/), its cache (cache.safetensors) and a 2-step LoRA run on it (run/, its ema/ a PPFlux folder)."""
+    pytest.importorskip("diffusers")
+    from diffusers import FluxPipeline
+
+    from ppflow.cli import main
+    from ppflow.flux.captions import cache_folder, load_encoders
+    from tests.flux.conftest import tiny_components, tiny_flux
+
+    tmp = tmp_path_factory.mktemp("flux_parts")
+    FluxPipeline(**{**tiny_components(), "transformer": None}).save_pretrained(tmp / "pipe")
+    tiny_flux(in_channels=16).save_pretrained(tmp / "base")
+    cache_folder(caption_folder(tmp / "data"), load_encoders(str(tmp / "pipe")), 32, max_sequence_length=8,
+                 progress=False, out=tmp / "cache.safetensors")
+    assert main(flux_train_args(tmp, tmp / "run", 2)) == 0
+    return tmp
+
+
+def flux_train_args(tmp, out, steps: int, *extra) -> list[str]:
+    """`ppflow flux train` argv: LoRA rank 4 on flux_parts' base and cache, batch 2, CPU, no logs to speak of."""
+    return ["flux", "train", "--model.base", str(tmp / "base"), "--data.cache", str(tmp / "cache.safetensors"),
+            "--data.resolution", "32", "--train.lora-rank", "4", "--device", "cpu", "--batch-size", "2",
+            "--max-steps", str(steps), "--save-every", "2", "--progress", "false", "--tensorboard", "false",
+            "--out", str(out), *extra]
+
+
+def tree_hashes(root) -> dict[str, str]:
+    """SHA-256 of every file under `root` (symlinks by their target path): compare before and after a command."""
+    import hashlib
+    import os
+
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = ("-> " + os.readlink(p)) if p.is_symlink() else \
+                hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
