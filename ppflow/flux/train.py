@@ -20,11 +20,11 @@ import torch
 from ..io import check_writable
 from ..models.pretrained import load_state_strict
 from ..train.batches import derive_seed, generator
-from ..train.config import ConfigError, validate
+from ..train.config import ConfigError
 from ..train.ema import EMA
 from ..train.engine import TrainResult
 from ..train.launch import run_task
-from ..train.parallel import barrier, broadcast_object, require_group
+from ..train.parallel import require_group
 from ..train.task import Task
 from .captions import CaptionCache
 from .objective import flux_loss, train_sigmas
@@ -126,14 +126,13 @@ class FluxTask(Task):
     command = "ppflow flux train"
     kind = KIND
     config_cls = FluxTrainConfig
-    validate = staticmethod(validate)
 
     run_name = staticmethod(lambda cfg: "flux")
 
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         cfg, info = self.cfg, self.info
         dev, self.verify = info.device, verify
-        self.data = self._load_data(log)
+        self.data = self.rank0_first(lambda: load_data(cfg, log, verify))  # rank 0 may write the cache
         if ckpt is not None and info.is_main and (note := data_change(ckpt["config"].get("data", {}), cfg, self.data)):
             log(note)
         raw = build_ppflux(cfg, verify)
@@ -169,22 +168,6 @@ class FluxTask(Task):
 
         self.img_ids = FluxPipeline._prepare_latent_image_ids(1, H // 2, W // 2, dev, torch.float32)  # (L, 3)
         self.txt_ids = torch.zeros(self.data.prompt_embeds.shape[1], 3, device=dev)  # (T, 3)
-
-    def _load_data(self, log: Callable[[str], None]) -> CaptionCache:
-        """Rank 0 loads (or builds and writes) the cache first; the other ranks then read what it wrote."""
-        if not self.info.distributed:
-            return load_data(self.cfg, log, self.verify)
-        data = error = None
-        if self.info.is_main:
-            try:
-                data = load_data(self.cfg, log, self.verify)
-            except (OSError, ValueError) as e:
-                error = e
-        error = broadcast_object(error, self.info)  # every rank stops on rank 0's error
-        if error is not None:
-            raise error
-        barrier(self.info)
-        return data if data is not None else load_data(self.cfg, log, self.verify)
 
     def param_groups(self) -> list[dict]:
         extra = [not n.startswith("base.") for n in self.names]  # PPFlow projections + stage embedding

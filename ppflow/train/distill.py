@@ -32,11 +32,11 @@ from ..models.flops import forward_flops
 from ..models.output import OUTPUTS
 from ..sampling.guidance import guided_velocity
 from .batches import derive_seed, generator
-from .config import ConfigError, TrainConfig, _opt, validate
+from .config import ConfigError, TrainConfig, _opt
 from .ema import EMA
 from .engine import TrainResult
 from .launch import run_task
-from .parallel import barrier, broadcast_object, parallel_mode, parallelize, unwrap
+from .parallel import parallel_mode, parallelize, unwrap
 from .sit import SiTTask
 from .teacher import teacher_states
 
@@ -92,7 +92,6 @@ class AdaptTask(SiTTask):
     command = "ppflow adapt"
     kind = KIND
     config_cls = AdaptConfig
-    validate = staticmethod(validate)
 
     run_name = staticmethod(lambda cfg: "adapter")
 
@@ -142,29 +141,15 @@ class AdaptTask(SiTTask):
         self.num_workers = 0 if a.data_free else cfg.data.num_workers
 
     def _load_data(self, log: Callable[[str], None]):
+        """The dataset, or (data-free) the teacher-state cache, built by rank 0 first."""
         cfg, a = self.cfg, self.cfg.adapter
         if not a.data_free:
             return build_dataset(cfg.data).to(self.info.device)
         path = a.cache or str(Path(cfg.out) / "teacher-states.safetensors")
         scale = a.trajectory_cfg if a.trajectory_cfg is not None else (a.guided or 1.0)
-
-        def make():
-            return teacher_states(self.raw, self.base_sha256, path, a.trajectories, a.trajectory_steps, self.t_end, scale, cfg.seed,
-                                  (self.mc.in_channels, *self.mc.input_size), self.mc.num_classes, self.fine, log)
-
-        if not self.info.distributed:
-            return make()
-        data = error = None
-        if self.info.is_main:  # rank 0 writes the cache, the others then read it
-            try:
-                data = make()
-            except (OSError, ValueError) as e:
-                error = e
-        error = broadcast_object(error, self.info)
-        if error is not None:
-            raise error
-        barrier(self.info)
-        return data if data is not None else make()
+        return self.rank0_first(lambda: teacher_states(
+            self.raw, self.base_sha256, path, a.trajectories, a.trajectory_steps, self.t_end, scale, cfg.seed,
+            (self.mc.in_channels, *self.mc.input_size), self.mc.num_classes, self.fine, log))
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.params), "lr_scale": 1.0}]

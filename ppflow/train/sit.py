@@ -24,7 +24,7 @@ from ..models.pretrained import load_state_strict
 from ..models.registry import create_config
 from ..models.schedule import ScheduleError
 from .batches import Layout, derive_seed, generator
-from .config import ConfigError, TrainConfig, validate
+from .config import ConfigError, TrainConfig
 from .ema import EMA
 from .engine import Engine, StepEvent, TrainResult
 from .launch import run_task
@@ -125,7 +125,6 @@ class SiTTask(Task):
     command = "ppflow train"
     kind = None
     config_cls = TrainConfig
-    validate = staticmethod(validate)
 
     @staticmethod
     def run_name(cfg: TrainConfig) -> str:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .ema import EMA
-from .parallel import DistInfo
+from .parallel import DistInfo, barrier, broadcast_object
+from .run_config import validate
 
 
 class Task:
@@ -38,9 +39,7 @@ class Task:
     def __init__(self, cfg, info: DistInfo) -> None:
         self.cfg, self.info = cfg, info
 
-    @staticmethod
-    def validate(cfg) -> None:
-        """Value checks of the task's config (ConfigError naming the option)."""
+    validate = staticmethod(validate)  # value checks of the task's config (ConfigError naming the option)
 
     @staticmethod
     def run_name(cfg) -> str:
@@ -54,6 +53,23 @@ class Task:
     def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
         """Build data, model (weights of `ckpt` loaded), its parallel wrapper and EMA."""
         raise NotImplementedError
+
+    def rank0_first(self, make: Callable[[], Any]) -> Any:
+        """`make()` on rank 0 first (it may write a cache the other ranks then read), then on the others; an
+        error on rank 0 stops every rank with it."""
+        if not self.info.distributed:
+            return make()
+        made = error = None
+        if self.info.is_main:
+            try:
+                made = make()
+            except (OSError, ValueError) as e:
+                error = e
+        error = broadcast_object(error, self.info)
+        if error is not None:
+            raise error
+        barrier(self.info)
+        return made if self.info.is_main else make()
 
     def param_groups(self) -> list[dict]:
         """The trainable parameters as optimizer groups; a group's "lr_scale" multiplies the learning rate."""
