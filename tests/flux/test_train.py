@@ -192,3 +192,24 @@ def test_flux_train_under_torchrun_equals_one_process_resumes_exactly_and_stops_
     step = load_checkpoint(stop)["step"]
     assert f"stopped by SIGTERM: step {step}/" in out and out.count("stopped by SIGTERM: step") == 1, out[-3000:]
     assert [int(r["step"]) for r in tr.metrics(stop)] == list(range(1, step + 1))
+
+
+def test_sigterm_stops_flux_train_like_ppflow_train(setup, tmp_path):
+    """Issue 27 #14: a SIGTERM exits 143 (128 + 15) with the stop line, not 130 and the Ctrl-C message."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests import torchrun as tr
+
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "ppflow.cli", *_cli(setup, out, 100000)], env=tr.env(),
+                            cwd=tr.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not tr.metrics(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "ppflow flux train: stopped at step" in err and "--resume" in err and "Traceback" not in err
