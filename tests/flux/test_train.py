@@ -1,6 +1,5 @@
 """`ppflow flux train`: caption folders and their cache, stage-stratified sigmas, LoRA/full steps, exact resume."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,15 +11,9 @@ from ppflow.flux.train_config import FluxTrainConfig
 from ppflow.flux.transformer import PPFluxTransformer
 from ppflow.train.config import ConfigError
 from tests.flux.conftest import tiny_components, tiny_flux
+from tests.reliability.conftest import caption_folder
 
-
-def _folder(root, n=4, size=40):
-    root.mkdir()
-    g = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(g.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(root / f"img{i}.png")
-        (root / f"img{i}.txt").write_text(["a red cat", "a blue dog"][i % 2])
-    return root
+_folder = caption_folder  # images with same-named .txt captions
 
 
 @pytest.fixture(scope="module")
