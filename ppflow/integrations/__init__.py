@@ -1,0 +1,1 @@
+"""ppflow inside other libraries' models (today: diffusers)."""

@@ -1,0 +1,14 @@
+"""PPFlow as a diffusers hook: `apply(pipe, "ppf2")` on an unmodified FLUX / Wan transformer.
+
+The pipeline keeps its class and everything diffusers gives it; a forward whose timestep lies in a coarse
+stage runs on fewer tokens. Families: flux.py, wan.py (one module each, see family.py).
+"""
+
+from . import flux, wan  # noqa: F401  (each family registers itself)
+from .adapter import HookConfig, StageAdapter
+from .api import adapter_of, apply, remove
+from .family import FAMILIES, Family, family_of
+from .stages import StagePlan
+
+__all__ = ["FAMILIES", "Family", "HookConfig", "StageAdapter", "StagePlan", "adapter_of", "apply", "family_of",
+           "remove"]

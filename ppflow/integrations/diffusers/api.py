@@ -1,0 +1,92 @@
+"""`apply` / `remove`: PPFlow on a diffusers pipeline or transformer, in place, the user's classes kept."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from ...flux.sigmas import FluxShift
+from . import hook, scheduler
+from .adapter import HookConfig, StageAdapter, fingerprint, is_adapter_folder, read_config
+from .family import family_of
+
+ATTR = "_ppflow_adapter"  # where a hooked transformer keeps its adapter (outside the module tree)
+
+
+def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "pooled",
+          boundaries: str = "unshifted", coarse_output: str = "v", rank: int = 0, alpha: float = 0.0,
+          targets=(), verify: bool = True, force: bool = False) -> StageAdapter:
+    """Add PPFlow to `target` (a diffusers pipeline with a `transformer`, or the transformer itself).
+
+    `schedule` is a stage plan (`ppf2`, `0.5:4x4,1:2x2`, video `0.3:2x4x4,0.6:1x4x4,1:1x2x2`) for a fresh
+    adapter (average/copy-initialised coarse projections, `rank` > 0 adds a stage-gated LoRA), or the folder
+    of a saved adapter (`StageAdapter.save_pretrained`), applied after checking that it was made for this
+    base (`force=True` skips that check, `verify=False` the weights' SHA-256). A pipeline's scheduler gets the
+    stage boundaries on its grid. Returns the adapter (train it, save it, read `counts`).
+    """
+    transformer, pipe = _transformer(target)
+    remove(target)
+    fam = family_of(transformer, family)
+    shift = _shift(pipe)
+    if is_adapter_folder(schedule):
+        config = read_config(schedule)
+        if config.family and config.family != fam.name:
+            raise ValueError(f"{schedule} is an adapter for {config.family} models, not for {type(transformer).__name__}")
+        if not force and config.base_fingerprint and config.base_fingerprint != fingerprint(transformer):
+            raise ValueError(f"{schedule} was made for another base model (its fingerprint differs from this "
+                             f"transformer's; it names base {config.base!r}). Load the base it was trained on, or "
+                             "pass force=True to apply it anyway")
+        adapter = StageAdapter(transformer, fam, config)
+        adapter.load_weights(schedule, verify)
+    else:
+        config = HookConfig(family=fam.name, schedule=str(schedule), init=init, boundaries=boundaries,
+                            shift=shift or FluxShift(), coarse_output=coarse_output, rank=rank, alpha=alpha,
+                            targets=list(targets), base=_name(transformer), base_fingerprint=fingerprint(transformer))
+        adapter = StageAdapter(transformer, fam, config)
+    adapter.requires_grad_(False)
+    transformer.__dict__[ATTR] = adapter
+    hook.attach(transformer, adapter)
+    if pipe is not None and getattr(pipe, "scheduler", None) is not None:
+        scheduler.patch(pipe.scheduler, adapter)
+    return adapter
+
+
+def remove(target) -> None:
+    """Take PPFlow off `target` again (hooks and the scheduler patch); the model is as before `apply`."""
+    transformer, pipe = _transformer(target)
+    if transformer.__dict__.pop(ATTR, None) is not None:
+        hook.detach(transformer)
+    if pipe is not None:
+        scheduler.unpatch(getattr(pipe, "scheduler", None))
+
+
+def adapter_of(target) -> StageAdapter | None:
+    """The adapter `apply` put on `target`'s transformer, if any."""
+    return _transformer(target)[0].__dict__.get(ATTR)
+
+
+def _transformer(target) -> tuple[nn.Module, object | None]:
+    if isinstance(target, nn.Module):
+        return target, None
+    transformer = getattr(target, "transformer", None)
+    if transformer is None:
+        raise ValueError(f"{type(target).__name__} has no transformer to add PPFlow to (built with transformer="
+                         "None?); load the pipeline with its transformer, or apply PPFlow to the transformer itself")
+    return transformer, target
+
+
+def _shift(pipe) -> FluxShift | None:
+    sched = getattr(pipe, "scheduler", None) if pipe is not None else None
+    if sched is None:
+        return None
+    c = sched.config
+    if "use_dynamic_shifting" in c or "base_shift" in c:
+        return FluxShift.from_scheduler(sched)
+    if c.get("use_flow_sigmas") or "flow_shift" in c:  # UniPC / DPM++ with flow sigmas (Wan)
+        return FluxShift(dynamic=False, shift=float(c.get("flow_shift") or 1.0))
+    return None
+
+
+def _name(model: nn.Module) -> str:
+    return str(getattr(model.config, "_name_or_path", "") or "")

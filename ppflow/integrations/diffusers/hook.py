@@ -1,0 +1,219 @@
+"""The PPFlow hook: diffusers `ModelHook`s that run a stage's forward on fewer tokens.
+
+`PPFlowHook` sits on the transformer. Per forward it reads the stage from the timestep the pipeline passes,
+and in a coarse stage it hands the model coarse tokens (`Family.coarsen`), lets small hooks on the patch
+embedding, output projection, time embedding and LoRA target layers swap in the stage's parameters, and maps
+the output back (`Family.refine`). The finest stage calls the model as it is: the plain diffusers forward, bit
+for bit. The model stays the user's class; its state dict, save/load and LoRA keys do not change.
+
+Caches: diffusers' cache hooks keep tensors of one token count. Each stage gets its own cache context
+(`name/ppflow-stageS`), and hooks that keep state without contexts (PAB, FasterCache) are reset when the stage
+changes, so no cached tensor crosses the switch. The hook is stateful: a pipeline's end-of-call reset clears it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+HOOK = "ppflow"
+PART_HOOK = "ppflow_part"  # the small hooks on embedding / projection / time embedding / LoRA layers
+
+
+class Active:
+    """The coarse stage the running forward is in (None outside coarse forwards)."""
+
+    def __init__(self) -> None:
+        self.stage: int | None = None
+
+
+class PPFlowHook(ModelHook):
+    """On the transformer: stage choice, coarse inputs and outputs, per-stage cache state."""
+
+    _is_stateful = True
+
+    def __init__(self, adapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.last_stage: int | None = None
+
+    def new_forward(self, module, *args, **kwargs):
+        ad = self.adapter
+        kw = ad.family.bind(module, args, kwargs)
+        stages = ad.stages_of(module, kw)
+        if len(set(stages)) == 1:
+            return self._run(module, stages[0], kw)
+        return self._run_mixed(module, stages, kw)
+
+    def _run(self, module, stage: int, kw: dict):
+        ad = self.adapter
+        B = kw["hidden_states"].shape[0]
+        ad.count(stage, B)
+        self._switch(module, stage)
+        if stage == ad.plan.num_stages - 1:  # the finest stage is the model itself
+            with self._stage_context(module, stage):
+                return self.fn_ref.original_forward(**kw)
+        factors = ad.plan.factors[stage]
+        ad.place(kw["hidden_states"])
+        ckw, ctx = ad.family.coarsen(module, kw, factors)
+        ad.active.stage = stage
+        try:
+            with self._stage_context(module, stage):
+                out = self.fn_ref.original_forward(**ckw)
+        finally:
+            ad.active.stage = None
+        return _map_sample(out, lambda x: ad.family.refine(module, x, ctx, ad.config.coarse_output))
+
+    def _run_mixed(self, module, stages: list[int], kw: dict):
+        """A batch whose samples sit in different stages (training): one forward per stage, in stage order."""
+        B = kw["hidden_states"].shape[0]
+        unbatched = self.adapter.family.unbatched
+        out, result = None, None
+        for s in sorted(set(stages)):
+            idx = torch.tensor([i for i, v in enumerate(stages) if v == s], device=kw["hidden_states"].device)
+            sub = {k: (v.index_select(0, idx) if torch.is_tensor(v) and k not in unbatched and v.ndim > 0
+                       and v.shape[0] == B else v) for k, v in kw.items()}
+            res = self._run(module, s, sub)
+            x = _sample(res)
+            if out is None:
+                out, result = x.new_empty((B, *x.shape[1:])), res
+            out[idx] = x
+        return _map_sample(result, lambda _: out)
+
+    def _switch(self, module, stage: int) -> None:
+        """Reset context-free stateful hooks (PAB, FasterCache) when the stage changes."""
+        if self.last_stage is not None and stage != self.last_stage:
+            for hook, owner in _stateful_hooks(module):
+                if hook is not self and not _has_state_manager(hook):
+                    hook.reset_state(owner)
+        self.last_stage = stage
+
+    @contextlib.contextmanager
+    def _stage_context(self, module, stage: int):
+        """Give context-keyed cache hooks a per-stage context name for this forward."""
+        if not self.adapter.plan.coarse:
+            yield
+            return
+        managers = [m for hook, _ in _stateful_hooks(module) for m in vars(hook).values()
+                    if isinstance(m, StateManager) and m._context is not None]
+        saved = [m._context for m in managers]
+        for m, ctx in zip(managers, saved, strict=True):
+            m.set_context(dataclasses.replace(ctx, name=f"{ctx.name}/ppflow-stage{stage}"))
+        try:
+            yield
+        finally:
+            for m, ctx in zip(managers, saved, strict=True):
+                m.set_context(ctx)
+
+    def reset_state(self, module):
+        self.last_stage = None
+        return module
+
+
+class SwapHook(ModelHook):
+    """On the patch embedding or output projection: the coarse stage's own layer while a coarse stage runs."""
+
+    def __init__(self, active: Active, layers) -> None:
+        super().__init__()
+        self.active, self.layers = active, layers
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.active.stage
+        if s is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self.layers[str(s)](*args, **kwargs)
+
+
+class StageEmbedHook(ModelHook):
+    """On the time embedding: adds the coarse stage's learned embedding (B, D) to its output."""
+
+    def __init__(self, active: Active, table: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.active, self.table = active, table
+
+    def post_forward(self, module, output):
+        s = self.active.stage
+        if s is None:
+            return output
+        if isinstance(output, tuple):  # e.g. Wan's condition embedder: temb first
+            return (output[0] + self.table[s].to(output[0].dtype), *output[1:])
+        return output + self.table[s].to(output.dtype)
+
+
+class LoRAHook(ModelHook):
+    """On a linear layer of the blocks: `layer(x) + scale * B A x` in coarse stages, `layer(x)` otherwise."""
+
+    def __init__(self, active: Active, lora) -> None:
+        super().__init__()
+        self.active, self.lora = active, lora
+
+    def new_forward(self, module, x, *args, **kwargs):
+        y = self.fn_ref.original_forward(x, *args, **kwargs)
+        if self.active.stage is None:
+            return y
+        return y + self.lora(x).to(y.dtype)
+
+
+def _sample(output) -> torch.Tensor:
+    if isinstance(output, tuple):
+        return output[0]
+    return output["sample"] if hasattr(output, "keys") and "sample" in output.keys() else output
+
+
+def _map_sample(output, fn):
+    """Apply `fn` to a model output's sample, keeping its type (tuple, Transformer2DModelOutput or tensor)."""
+    if isinstance(output, tuple):
+        return (fn(output[0]), *output[1:])
+    if torch.is_tensor(output):
+        return fn(output)
+    output["sample"] = fn(output["sample"])
+    return output
+
+
+def _stateful_hooks(module):
+    """(hook, module it sits on) for every stateful hook on `module` and its submodules."""
+    for _, m in module.named_modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for name in registry._hook_order:
+            hook = registry.hooks[name]
+            if hook._is_stateful:
+                yield hook, m
+
+
+def _has_state_manager(hook) -> bool:
+    return any(isinstance(v, StateManager) for v in vars(hook).values())
+
+
+def attach(module, adapter) -> None:
+    """Register the PPFlow hooks of `adapter` on `module` (a diffusers transformer)."""
+    fam, active = adapter.family, adapter.active
+    if adapter.plan.coarse:
+        HookRegistry.check_if_exists_or_initialize(module.get_submodule(fam.embed)).register_hook(
+            SwapHook(active, adapter.embed), PART_HOOK)
+        HookRegistry.check_if_exists_or_initialize(module.get_submodule(fam.out)).register_hook(
+            SwapHook(active, adapter.out), PART_HOOK)
+        HookRegistry.check_if_exists_or_initialize(module.get_submodule(fam.temb)).register_hook(
+            StageEmbedHook(active, adapter.stage_embed), PART_HOOK)
+        for path, lora in adapter.lora_layers():
+            HookRegistry.check_if_exists_or_initialize(module.get_submodule(path)).register_hook(
+                LoRAHook(active, lora), PART_HOOK)
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    registry.register_hook(PPFlowHook(adapter), HOOK)
+    registry.invalidate_child_registries_cache()
+
+
+def detach(module) -> None:
+    """Remove every PPFlow hook from `module` and its submodules."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    registry.remove_hook(HOOK, recurse=False)
+    for _, m in module.named_modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None and PART_HOOK in reg.hooks:
+            reg.remove_hook(PART_HOOK, recurse=False)
+    registry.invalidate_child_registries_cache()

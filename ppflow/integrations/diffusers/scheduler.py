@@ -1,0 +1,60 @@
+"""Stage boundaries on the pipeline's own sigma grid, without touching the pipeline's `__call__`.
+
+The pipeline's scheduler instance gets a `set_timesteps` that places every stage boundary on the grid it
+builds from a `sigmas` list (FLUX-style pipelines pass one), so each step runs at one patch size: the default grid (`linspace(1, 1/n, n)`, what FLUX-style
+pipelines pass) is redistributed over the stages with the same step count (ppflow.flux.sigmas.stage_grid);
+a custom `sigmas` list has each straddled step split. Only the instance changes: its config, class and
+saved files stay diffusers'. `unpatch` restores it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import numpy as np
+
+from ...flux.sigmas import inverse_time_shift, insert_boundaries, stage_grid
+
+PATCHED = "_ppflow_set_timesteps"
+
+
+def patch(scheduler, adapter) -> None:
+    """Make `scheduler.set_timesteps` put `adapter`'s stage boundaries on the grid (FlowMatch schedulers)."""
+    unpatch(scheduler)
+    original = scheduler.set_timesteps
+    if not adapter.plan.coarse or "sigmas" not in inspect.signature(original).parameters:
+        return  # no boundary, or a scheduler without custom sigmas (UniPC): a step runs at its start's stage
+
+    @functools.wraps(original)
+    def set_timesteps(num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None, **kwargs):
+        if timesteps is None and sigmas is not None:
+            n = len(sigmas)
+            bounds = _unshifted(adapter, scheduler, mu)
+            default = np.linspace(1.0, 1.0 / n, n)
+            if np.allclose(np.asarray(sigmas, dtype=np.float64), default, rtol=0, atol=1e-6):
+                sigmas = stage_grid(n, bounds)
+            else:
+                sigmas = np.asarray(insert_boundaries(sigmas, bounds))
+            num_inference_steps = len(sigmas)
+        return original(num_inference_steps=num_inference_steps, device=device, sigmas=sigmas, mu=mu,
+                        timesteps=timesteps, **kwargs)
+
+    scheduler.set_timesteps = set_timesteps
+    setattr(scheduler, PATCHED, True)
+
+
+def unpatch(scheduler) -> None:
+    if scheduler is not None and scheduler.__dict__.pop(PATCHED, False):
+        scheduler.__dict__.pop("set_timesteps", None)
+
+
+def _unshifted(adapter, scheduler, mu) -> list[float]:
+    """The boundaries as unshifted sigmas of this grid (the 'sigma' rule maps the network's back through mu)."""
+    raw = adapter.plan.unshifted_boundaries()
+    if adapter.config.boundaries == "unshifted":
+        return list(raw)
+    if mu is None:
+        c = scheduler.config
+        mu = float(np.log(c.get("shift", 1.0))) if not c.get("use_dynamic_shifting") else 0.0
+    return [inverse_time_shift(mu, b) for b in raw]

@@ -1,0 +1,105 @@
+"""Wan 2.x (`WanTransformer3DModel`): 3D conv patches on (B, C, F, H, W) latents, 3D RoPE from the latent shape.
+
+A coarse stage with factors (ft, fh, fw) is the same model run on a space-to-depth latent: each
+ft x fh x fw block of latent pixels becomes one pixel with n = ft*fh*fw times the channels (channel c*n + k),
+so Wan's own patchify, RoPE (on the coarse grid) and unpatchify (`reshape(..., -1)`) work unchanged; the
+stage's patch embedding reads C*n channels and its output projection emits C_out*n, which depth-to-space
+puts back. Init: the patch embedding of the block-averaged latent (pooled), the output copied to every
+pixel of its block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .family import Family, register
+
+
+def space_to_depth(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B, C*n, F/ft, H/fh, W/fw), channel c*n + (kt*fh + kh)*fw + kw."""
+    B, C, F, H, W = x.shape
+    ft, fh, fw = factors
+    x = x.view(B, C, F // ft, ft, H // fh, fh, W // fw, fw)  # (B, C, F', kt, H', kh, W', kw)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)  # (B, C, kt, kh, kw, F', H', W')
+    return x.reshape(B, C * ft * fh * fw, F // ft, H // fh, W // fw)
+
+
+def depth_to_space(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """Inverse of `space_to_depth`."""
+    B, K, F, H, W = x.shape
+    ft, fh, fw = factors
+    C = K // (ft * fh * fw)
+    x = x.view(B, C, ft, fh, fw, F, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)  # (B, C, F', kt, H', kh, W', kw)
+    return x.reshape(B, C, F * ft, H * fh, W * fw)
+
+
+@register
+class Wan(Family):
+    name = "wan"
+    classes = ("WanTransformer3DModel",)
+    embed = "patch_embedding"
+    out = "proj_out"
+    temb = "condition_embedder.time_embedder"
+    blocks = ("blocks.",)
+    lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                    "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
+
+    def base_patch(self, model: nn.Module) -> tuple[int, int, int]:
+        return tuple(int(v) for v in model.config.patch_size)
+
+    def width(self, model: nn.Module) -> int:
+        return model.condition_embedder.time_embedder.linear_2.out_features
+
+    def sigma(self, model: nn.Module, kw: dict) -> torch.Tensor:
+        t = kw["timestep"].detach().float().cpu()
+        B = kw["hidden_states"].shape[0]
+        t = t.reshape(B, -1)[:, 0] if t.ndim == 2 else t.reshape(-1).expand(B)  # (B,) per-token: the first
+        return t / 1000.0  # Wan gets the scheduler's timestep, sigma * 1000
+
+    def seq_len(self, model: nn.Module, kw: dict) -> int:
+        _, _, F, H, W = kw["hidden_states"].shape
+        return (F * H * W) // math.prod(self.base_patch(model))
+
+    def coarsen(self, model: nn.Module, kw: dict, factors: tuple[int, int, int]) -> tuple[dict, dict]:
+        x = kw["hidden_states"]  # (B, C, F, H, W)
+        if kw["timestep"].ndim == 2:
+            raise ValueError("per-token timesteps (Wan 2.2 TI2V) are not supported in coarse stages; use a "
+                             "one-stage schedule for image-to-video")
+        p = self.base_patch(model)
+        need = tuple(f * q for f, q in zip(factors, p, strict=True))
+        if any(s % n for s, n in zip(x.shape[2:], need, strict=True)):
+            raise ValueError(f"latent of {x.shape[2]}x{x.shape[3]}x{x.shape[4]} (frames x rows x cols) is not "
+                             f"divisible by the coarse stage's {'x'.join(map(str, need))} patches; choose a frame "
+                             "count and size that are, or a schedule without frame grouping")
+        return {**kw, "hidden_states": space_to_depth(x, factors)}, {"factors": factors}
+
+    def refine(self, model: nn.Module, out: torch.Tensor, ctx: dict, coarse_output: str) -> torch.Tensor:
+        return depth_to_space(out, ctx["factors"])  # (B, C_out, F, H, W)
+
+    def make_embed(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
+        if init != "pooled":
+            raise ValueError(f"init {init!r} is not available for Wan; use 'pooled'")
+        fine = model.patch_embedding
+        n = math.prod(factors)
+        w = fine.weight
+        layer = nn.Conv3d(fine.in_channels * n, fine.out_channels, fine.kernel_size, fine.stride,
+                          device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(w.repeat_interleave(n, dim=1) / n)  # the fine conv of the block-averaged latent
+            layer.bias.copy_(fine.bias)
+        return layer
+
+    def make_out(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
+        fine = model.proj_out
+        n = math.prod(factors)
+        P = math.prod(self.base_patch(model))
+        C = fine.out_features // P
+        w = fine.weight
+        layer = nn.Linear(fine.in_features, fine.out_features * n, device=w.device, dtype=w.dtype)
+        with torch.no_grad():  # rows (p, c*n + k) = fine row (p, c): every pixel of the block gets the output
+            layer.weight.copy_(w.view(P, C, -1).repeat_interleave(n, dim=1).reshape(P * C * n, -1))
+            layer.bias.copy_(fine.bias.view(P, C).repeat_interleave(n, dim=1).reshape(-1))
+        return layer
