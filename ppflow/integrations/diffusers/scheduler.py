@@ -3,7 +3,8 @@
 The pipeline's scheduler instance gets a `set_timesteps` that places every stage boundary on the grid it
 builds from a `sigmas` list (FLUX-style pipelines pass one), so each step runs at one patch size: the default grid (`linspace(1, 1/n, n)`, what FLUX-style
 pipelines pass) is redistributed over the stages with the same step count (ppflow.flux.sigmas.stage_grid);
-a custom `sigmas` list has each straddled step split. Only the instance changes: its config, class and
+a custom `sigmas` list has each straddled step split. With fewer steps than stages (1-step FLUX.1-schnell)
+the grid stays as given and each step runs in the stage of its starting sigma. Only the instance changes: its config, class and
 saved files stay diffusers'. `unpatch` restores it.
 """
 
@@ -28,7 +29,7 @@ def patch(scheduler, adapter) -> None:
 
     @functools.wraps(original)
     def set_timesteps(num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None, **kwargs):
-        if timesteps is None and sigmas is not None:
+        if timesteps is None and sigmas is not None and len(sigmas) >= adapter.plan.num_stages:
             n = len(sigmas)
             bounds = _unshifted(adapter, scheduler, mu)
             default = np.linspace(1.0, 1.0 / n, n)
