@@ -27,19 +27,23 @@ def patch(scheduler, adapter) -> None:
     if not adapter.plan.coarse or "sigmas" not in inspect.signature(original).parameters:
         return  # no boundary, or a scheduler without custom sigmas (UniPC): a step runs at its start's stage
 
+    signature = inspect.signature(original)
+
     @functools.wraps(original)
-    def set_timesteps(num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None, **kwargs):
-        if timesteps is None and sigmas is not None and len(sigmas) >= adapter.plan.num_stages:
+    def set_timesteps(*args, **kwargs):
+        kw = signature.bind_partial(*args, **kwargs).arguments
+        sigmas = kw.get("sigmas")
+        if kw.get("timesteps") is None and sigmas is not None and len(sigmas) >= adapter.plan.num_stages:
             n = len(sigmas)
-            bounds = _unshifted(adapter, scheduler, mu)
+            bounds = _unshifted(adapter, scheduler, kw.get("mu"))
             default = np.linspace(1.0, 1.0 / n, n)
             if np.allclose(np.asarray(sigmas, dtype=np.float64), default, rtol=0, atol=1e-6):
-                sigmas = stage_grid(n, bounds)
+                kw["sigmas"] = stage_grid(n, bounds)
             else:
-                sigmas = np.asarray(insert_boundaries(sigmas, bounds))
-            num_inference_steps = len(sigmas)
-        return original(num_inference_steps=num_inference_steps, device=device, sigmas=sigmas, mu=mu,
-                        timesteps=timesteps, **kwargs)
+                kw["sigmas"] = np.asarray(insert_boundaries(sigmas, bounds))
+            if kw.get("num_inference_steps") is not None:
+                kw["num_inference_steps"] = len(kw["sigmas"])
+        return original(**kw)
 
     scheduler.set_timesteps = set_timesteps
     setattr(scheduler, PATCHED, True)

@@ -1,0 +1,110 @@
+"""The PPFlow hook on an unmodified WanTransformer3DModel: spatio-temporal stages in the user's WanPipeline."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ppflow.integrations.diffusers import StagePlan, apply
+from ppflow.integrations.diffusers.wan import depth_to_space, space_to_depth
+
+CALL = {"prompt": "a shirt moving left", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 4,
+        "max_sequence_length": 8, "output_type": "np"}  # latent 2 frames x 4x4 (the pipeline assumes 8x spatial)
+
+
+def tiny_wan(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                  out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1,
+                                  rope_max_seq_len=32)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def wan_inputs(batch=2, frames=4, size=8, timestep=300.0, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"hidden_states": torch.randn(batch, 4, frames, size, size, generator=g),
+            "timestep": torch.full((batch,), timestep), "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
+            "return_dict": False}
+
+
+@pytest.fixture(scope="module")
+def wan_parts():
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = ["a", "shirt", "bag", "moving", "left", "right", "up", "down"]
+    tok = T5TokenizerFast(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in words],
+                          extra_ids=0, model_max_length=16)
+    torch.manual_seed(0)
+    text = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2,
+                                       relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                       decoder_start_token_id=0)).eval()
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
+                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {"tokenizer": tok, "text_encoder": text, "vae": vae, "scheduler": sched, "transformer": tiny_wan()}
+
+
+def _pipe(parts):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(**{**parts, "transformer": copy.deepcopy(parts["transformer"]),
+                          "scheduler": copy.deepcopy(parts["scheduler"])})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_space_to_depth_round_trip_and_layout():
+    x = torch.randn(2, 3, 4, 6, 8)
+    y = space_to_depth(x, (2, 3, 2))
+    assert y.shape == (2, 36, 2, 2, 4) and torch.equal(depth_to_space(y, (2, 3, 2)), x)
+    assert torch.equal(y[:, 12 + 1 * 6 + 2 * 2 + 1, 1, 0, 3], x[:, 1, 2 + 1, 0 + 2, 6 + 1])  # c=1, (kt, kh, kw)=(1,2,1)
+
+
+def test_video_schedules_parse_to_factors_of_the_model_patch():
+    plan = StagePlan.parse("ppf3-video", (1, 2, 2))
+    assert plan.factors == ((2, 2, 2), (1, 2, 2), (1, 1, 1)) and plan.ends == (0.3, 0.6, 1.0)
+    assert StagePlan.parse("0.5:2x4x4,1:1x2x2", (1, 2, 2)).factors == ((2, 2, 2), (1, 1, 1))
+    assert StagePlan.parse("ppf2", (1, 2, 2)).factors == ((1, 2, 2), (1, 1, 1))
+
+
+@torch.no_grad()
+def test_one_stage_and_fine_stage_are_wan_bit_for_bit(wan_parts):
+    want = _pipe(wan_parts)(**CALL, generator=torch.Generator().manual_seed(0)).frames
+    pipe = _pipe(wan_parts)
+    apply(pipe, "1:1x2x2")
+    assert np.array_equal(pipe(**CALL, generator=torch.Generator().manual_seed(0)).frames, want)
+    model = tiny_wan()
+    apply(model, "ppf3-video")
+    assert torch.equal(model(**wan_inputs(timestep=200.0))[0], tiny_wan()(**wan_inputs(timestep=200.0))[0])
+
+
+@torch.no_grad()
+def test_coarse_stages_run_an_eighth_and_a_quarter_of_the_tokens(wan_parts):
+    pipe = _pipe(wan_parts)
+    adapter = apply(pipe, "ppf3-video", boundaries="sigma")
+    seen = []
+    h = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    out = pipe(**{**CALL, "num_inference_steps": 8}, generator=torch.Generator().manual_seed(0)).frames
+    h.remove()
+    assert np.isfinite(out).all() and set(seen) == {1, 2, 8}  # 2x4x4 latent / (1,2,2) patches = 8 fine tokens
+    assert [seen.count(n) for n in (1, 2, 8)] == [adapter.counts[0], adapter.counts[1], adapter.counts[2]]
+
+
+@torch.no_grad()
+def test_coarse_patch_embedding_starts_as_the_fine_one_on_the_block_averaged_latent():
+    model = tiny_wan()
+    adapter = apply(model, "0.5:2x4x4,1:1x2x2")
+    x = torch.randn(1, 4, 4, 8, 8)
+    coarse = adapter.embed["0"](space_to_depth(x, (2, 2, 2)))
+    pooled = torch.nn.functional.avg_pool3d(x, (2, 2, 2))
+    torch.testing.assert_close(coarse, model.patch_embedding(pooled), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not divisible"):
+        model(**wan_inputs(frames=3, timestep=900.0))
