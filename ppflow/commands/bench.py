@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..bench.sample import THOROUGH as SAMPLE_THOROUGH
 from ..bench.sample import SamplingBenchConfig
@@ -13,7 +14,7 @@ from ..cli import at_least, finite, positive
 from ..errors import CommandError
 from ..sampling import METHODS
 
-BENCHMARKS = ("sample", "train", "gpu", "flux")  # flux: ppflow/commands/flux.py; gpu: bench/gpu.py
+BENCHMARKS = ("sample", "train", "gpu", "flux", "diffusers")  # flux: commands/flux.py; gpu: bench/gpu.py
 FLUX_DEFAULTS = {"steps": 10, "repeats": 5, "warmup": 1}
 
 
@@ -35,7 +36,10 @@ def add_arguments(p) -> None:
                      "the defaults finish in a few minutes on 2 CPU cores and print an estimate first, "
                      "--thorough runs the documented settings. 'gpu': the prepared GPU suite (PPF-XL sampling, "
                      "a training step per-stage SDPA vs a dense mask, FLUX, compile on/off; one JSON + markdown "
-                     "under --out; --dry-run: tiny sizes on the CPU).")
+                     "under --out; --dry-run: tiny sizes on the CPU). 'diffusers': the PPFlow diffusers hook alone "
+                     "and with a cache hook (--caches) on random FLUX and Wan transformers inside FluxPipeline / "
+                     "WanPipeline: speed-up and executed-FLOPs bound against the plain pipeline (bench.json and "
+                     "bench.md under --out).")
     p.add_argument("benchmark", choices=BENCHMARKS, help="what to benchmark")
     p.add_argument("--models", default=",".join(d.models), help="PPFlow models, comma-separated")
     p.add_argument("--baseline", default=d.baseline, help="one-stage baseline model")
@@ -75,7 +79,12 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--verbose", action="store_true", help="print every timed run to stderr")
     g = p.add_argument_group("gpu (ppflow bench gpu)")
-    g.add_argument("--out", default="runs/bench-gpu", help="gpu: folder for bench-gpu.json and bench-gpu.md")
+    g.add_argument("--out", default=None, help="gpu: folder for bench-gpu.json and bench-gpu.md (default "
+                                               "runs/bench-gpu); diffusers: for bench.json and bench.md (default "
+                                               "runs/bench-diffusers)")
+    g.add_argument("--families", default="flux,wan", help="diffusers: model families, comma-separated")
+    g.add_argument("--caches", default="taylorseer", help="diffusers: cache hooks stacked with PPFlow, comma-"
+                                                          "separated (taylorseer, first_block; 'none')")
     g.add_argument("--dry-run", action="store_true", help="gpu: tiny sizes on the CPU, every part in about a minute")
     g.add_argument("--parts", default="a,b,c,d", help="gpu: parts to run, comma-separated (a sampling, b attention, "
                                                        "c FLUX, d compile)")
@@ -135,7 +144,10 @@ def main(args) -> int:
     if args.benchmark == "gpu":
         from .bench_gpu import gpu_main
 
+        args.out = args.out or "runs/bench-gpu"
         return gpu_main(args)
+    if args.benchmark == "diffusers":
+        return _diffusers(args)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
     try:
         from ..train.parallel import resolve_device
@@ -154,4 +166,25 @@ def main(args) -> int:
     except RuntimeError as e:  # a child process's error (WorkerError), out of memory; a ValueError reaches ppflow.cli
         raise CommandError(str(e) or type(e).__name__) from e
     print(json.dumps(result, indent=2) if args.json else text)
+    return 0
+
+
+def _diffusers(args) -> int:
+    from ..bench.diffusers import DiffusersBenchConfig, bench_diffusers, format_table
+    from ..io import write_text_atomic
+
+    caches = tuple(c for c in _names(args.caches) if c != "none") if args.caches.strip() else ()
+    cfg = DiffusersBenchConfig(families=_names(args.families), caches=caches, steps=args.steps or 20,
+                               repeats=args.repeats or 3, warmup=1 if args.warmup is None else args.warmup,
+                               seed=args.seed, threads=args.threads)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
+    result = bench_diffusers(cfg, log=log)
+    table = format_table(result)
+    out = Path(args.out or "runs/bench-diffusers")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "ppflow bench diffusers " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "diffusers"] else [])
+    write_text_atomic(out / "bench.json", json.dumps({**result, "command": command.strip()}, indent=2), "bench JSON")
+    write_text_atomic(out / "bench.md", f"`{command.strip()}` ({result['threads']} torch threads, torch "
+                      f"{result['torch']})\n\n{table}\n", "bench table")
+    print(json.dumps(result, indent=2) if args.json else table)
     return 0
