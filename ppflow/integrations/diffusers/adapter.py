@@ -147,9 +147,10 @@ class StageAdapter(nn.Module):
         return extra, extra / sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the adapter folder (weights with their SHA-256, config) atomically."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+    def save_pretrained(self, folder: str | os.PathLike, state: dict | None = None) -> Path:
+        """Write the adapter folder (weights with their SHA-256, config) atomically; `state`: other weights of
+        the same names (e.g. the EMA's)."""
+        state = {k: v.detach().contiguous().cpu() for k, v in (state or self.state_dict()).items()}
 
         def write(tmp: Path) -> None:
             save_safetensors_atomic(state, tmp / WEIGHTS, {"format": FORMAT, HASH_KEY: content_sha256(state)})

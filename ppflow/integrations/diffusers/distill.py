@@ -1,0 +1,265 @@
+"""Data-free distillation of a PPFlow adapter on a diffusers transformer, from the teacher's own recorded calls.
+
+The teacher is the plain model; its training signal is what it computes while sampling. `record_calls` runs any
+sampler (the user's pipeline, or a plain Euler loop) with a recorder on the transformer and keeps, for every
+forward whose timestep falls in a coarse stage, its inputs and its output: data-free (prompts only), with
+whatever guidance, conditioning and positions the pipeline passes, for any family. The file they are saved in
+(`save_calls`, SHA-256 checked) is the data of `DistillTask`, a task of the training engine: the student is
+the same transformer with the PPFlow hook, only the adapter trains, and its loss is the mean squared error to the
+teacher's output at the same inputs. RUN/ema is an adapter folder that `apply(pipe, RUN/ema)` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...io import HASH_KEY, content_sha256, read_safetensors, save_safetensors_atomic
+from ...train.batches import derive_seed
+from ...train.config import ConfigError
+from ...train.ema import EMA
+from ...train.engine import TrainResult
+from ...train.launch import run_task
+from ...train.run_config import RunConfig, _opt
+from ...train.task import Task
+from ...flux.sigmas import FluxShift
+from .adapter import HookConfig, StageAdapter
+from .api import ATTR, apply
+from .family import family_of
+from .stages import BOUNDARY_RULES
+
+KIND = "diffusers-adapter"
+CALLS_FORMAT = "ppflow-teacher-calls"
+
+
+# ---------------------------------------------------------------- recording
+class CallRecorder:
+    """Records (tensor kwargs, output) of every forward of `model` for which `keep(kwargs)` is true."""
+
+    def __init__(self, model: torch.nn.Module, keep: Callable[[dict], bool] | None = None) -> None:
+        self.model, self.keep, self.calls, self._handle = model, keep, [], None
+        self.family = family_of(model)
+
+    def __enter__(self) -> CallRecorder:
+        def hook(module, args, kwargs, output):
+            kw = self.family.bind(module, args, kwargs)
+            if self.keep is not None and not self.keep(kw):
+                return
+            out = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+            self.calls.append(({k: v.detach().cpu().clone() for k, v in kw.items() if torch.is_tensor(v)},
+                               out.detach().cpu().clone()))
+
+        self._handle = self.model.register_forward_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def record_calls(model: torch.nn.Module, run: Callable[[], object], schedule: str = "ppf2", *,
+                 boundaries: str = "unshifted", shift: FluxShift | None = None) -> list[tuple[dict, torch.Tensor]]:
+    """Run `run()` (any sampler calling the plain `model`) and keep the calls that `schedule` puts in a coarse
+    stage: (tensor inputs, output) each. `model` must not carry the PPFlow hook (the teacher is the plain model)."""
+    if model.__dict__.get(ATTR) is not None:
+        raise ValueError("the model carries the PPFlow hook: record the teacher on the plain model (remove(model))")
+    fam = family_of(model)
+    adapter = StageAdapter(model, fam, HookConfig(family=fam.name, schedule=schedule, boundaries=boundaries,
+                                                  shift=shift or FluxShift()))  # for its stage rule only
+    fine = adapter.plan.num_stages - 1
+
+    def coarse(kw: dict) -> bool:
+        return max(adapter.stages_of(model, kw)) < fine
+
+    with torch.no_grad(), CallRecorder(model, coarse) as rec:
+        run()
+    return rec.calls
+
+
+def save_calls(calls: list[tuple[dict, torch.Tensor]], path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """One safetensors file; a tensor shared by several calls (prompt embeddings) is stored once."""
+    unique, index, layout = {}, {}, []
+    for kw, out in calls:
+        entry = {}
+        for k, v in [*kw.items(), ("__output__", out)]:
+            key = (v.data_ptr(), tuple(v.shape), v.dtype)
+            if key not in index or not torch.equal(unique[index[key]], v):
+                index[key] = f"t{len(unique)}"
+                unique[index[key]] = v.contiguous()
+            entry[k] = index[key]
+        layout.append(entry)
+    body = {"format": CALLS_FORMAT, "layout": json.dumps(layout), "meta": json.dumps(meta or {})}
+    return save_safetensors_atomic(unique, path, {**body, HASH_KEY: content_sha256(unique)})
+
+
+def load_calls(path: str | os.PathLike, verify: bool = True) -> tuple[list[tuple[dict, torch.Tensor]], dict]:
+    tensors, metadata = read_safetensors(path, verify)
+    if metadata.get("format") != CALLS_FORMAT:
+        raise ValueError(f"{path} is not a file of recorded teacher calls (format {metadata.get('format')!r})")
+    calls = []
+    for entry in json.loads(metadata["layout"]):
+        kw = {k: tensors[v] for k, v in entry.items() if k != "__output__"}
+        calls.append((kw, tensors[entry["__output__"]]))
+    return calls, json.loads(metadata.get("meta", "{}"))
+
+
+# ---------------------------------------------------------------- the task
+@dataclass
+class AdapterSection:
+    """The PPFlow adapter and where its teacher's calls come from."""
+
+    base: str | None = _opt(None, "folder (or hub id) of the diffusers transformer to adapt (the teacher)")
+    calls: str | None = _opt(None, "file of the teacher's recorded calls (record_calls + save_calls)")
+    schedule: str = _opt("ppf2", "stage plan; its finest stage is the base itself")
+    rank: int = _opt(16, "stage-gated LoRA rank (0: projections and stage embedding only)", min=0)
+    alpha: float = _opt(0.0, "LoRA alpha (0: alpha = rank)")
+    targets: list[str] = field(default_factory=list, metadata={"help": "LoRA target suffixes (default: the family's)"})
+    coarse_output: str = _opt("v", "what coarse stages emit: v | noise_skip (FLUX)", choices=("v", "noise_skip"))
+    boundaries: str = _opt("unshifted", "stage boundary rule: unshifted | sigma", choices=BOUNDARY_RULES)
+    shift: dict = field(default_factory=dict, metadata={"help": "the sampler's time shift (FluxShift fields; "
+                                                                "default FLUX.1-dev's)"})
+
+
+@dataclass
+class DistillConfig(RunConfig):
+    """Distil a PPFlow adapter on a diffusers transformer from its recorded calls."""
+
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        a = self.adapter
+        return [*super().checks(), (a.base is not None, "adapter.base is not set: the transformer to adapt"),
+                (a.calls is not None, "adapter.calls is not set: the recorded teacher calls (record_calls)")]
+
+
+class Calls:
+    """The engine's data: one row per recorded call (get_batch returns call indices)."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def get_batch(self, idx: torch.Tensor, flips=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return idx, idx
+
+
+def load_transformer(base: str, **kwargs) -> torch.nn.Module:
+    """A diffusers transformer folder (its config.json names the class) or a pipeline's `transformer` subfolder."""
+    import diffusers
+
+    path = Path(base)
+    sub = {}
+    if (path / "transformer" / "config.json").is_file() and not (path / "config.json").is_file():
+        path, sub = path, {"subfolder": "transformer"}
+    cfg_file = (path / sub.get("subfolder", "") / "config.json") if path.exists() else None
+    if cfg_file is None or not cfg_file.is_file():
+        raise ConfigError(f"{base} has no config.json: give the folder of a diffusers transformer (save_pretrained)")
+    name = json.loads(cfg_file.read_text("utf-8")).get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ConfigError(f"{cfg_file} names class {name!r}, which diffusers does not have")
+    return cls.from_pretrained(str(path), **sub, **kwargs).eval()
+
+
+class DistillTask(Task):
+    """The PPFlow hook on a frozen diffusers transformer; the adapter learns the teacher's recorded outputs."""
+
+    command = "ppflow.integrations.diffusers.distill"
+    kind = KIND
+    config_cls = DistillConfig
+    run_name = staticmethod(lambda cfg: "diffusers-adapter")
+
+    def setup(self, ckpt: dict | None, verify: bool, log: Callable[[str], None]) -> None:
+        cfg, a, dev = self.cfg, self.cfg.adapter, self.info.device
+        if self.info.distributed:
+            raise ConfigError("diffusers adapter distillation runs on one process for now (the adapter is small: "
+                              "use one GPU)")
+        self.transformer = load_transformer(a.base).to(dev)
+        self.transformer.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # LoRA A matrices: random, from the run's seed
+            torch.manual_seed(derive_seed(cfg.seed, "init"))
+            try:
+                self.adapter = apply(self.transformer, a.schedule, rank=a.rank, alpha=a.alpha, targets=a.targets,
+                                     coarse_output=a.coarse_output, boundaries=a.boundaries,
+                                     shift=FluxShift(**a.shift))
+            except ValueError as e:
+                raise ConfigError(f"adapter: {e}") from None
+        self.adapter.config.base = a.base
+        self.adapter.requires_grad_(True)
+        self.raw = self.model = self.adapter
+        self.num_stages = self.adapter.plan.num_stages
+        self.names = [n for n, _ in self.adapter.named_parameters()]
+        if ckpt is not None:
+            self.adapter.load_state_dict(ckpt["model"])
+        self.params = torch.nn.ParameterList(list(self.adapter.parameters()))
+        self.ema = EMA(self.params, cfg.ema.decay, cfg.ema.warmup)
+        if ckpt is not None:
+            self.ema.load_full([ckpt["ema"][n] for n in self.names])
+        calls, self.calls_meta = load_calls(a.calls, verify)
+        if not calls:
+            raise ConfigError(f"{a.calls} holds no calls: record the teacher with steps in the coarse stages")
+        self.data = Calls(calls)
+        fine = self.num_stages - 1
+        self.call_stage = []
+        for kw, _ in calls:
+            stages = self.adapter.stages_of(self.transformer, kw)
+            if max(stages) >= fine or len(set(stages)) > 1:
+                raise ConfigError(f"{a.calls} holds calls outside one coarse stage of schedule {a.schedule!r}: record "
+                                  "the teacher with this schedule's boundaries")
+            self.call_stage.append(stages[0])
+        log(f"{len(calls)} teacher calls from {a.calls}")
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.params), "lr_scale": 1.0}]
+
+    def ema_source(self) -> torch.nn.Module:
+        return self.params
+
+    def loss(self, mb, autocast):
+        dev = self.info.device
+        total, sums, counts = 0.0, [0.0] * self.num_stages, [0] * self.num_stages
+        idx = mb.x.tolist()
+        for i in idx:
+            kw, target = self.data.calls[i]
+            kw = {k: v.to(dev) for k, v in kw.items()}
+            with autocast():
+                out = self.transformer(**kw, return_dict=False)[0]
+            per = (out.float() - target.to(dev).float()).square().flatten(1).mean(1)  # (B,)
+            total = total + per.mean() / len(idx)
+            s = self.call_stage[i]
+            sums[s] += float(per.detach().sum())
+            counts[s] += len(per)
+        return total, sums, counts
+
+    def weights(self) -> tuple[dict, dict]:
+        model = {n: p.detach().to("cpu", copy=True) for n, p in zip(self.names, self.params)}
+        ema = {n: p.detach().to("cpu", copy=True) for n, p in zip(self.names, self.ema.model)}
+        return model, ema
+
+    def export(self, ema_state: dict, folder: Path, target: Path) -> None:
+        self.adapter.save_pretrained(folder, state=ema_state)
+
+    def describe(self) -> str:
+        n, share = self.adapter.size(self.transformer)
+        a = self.cfg.adapter
+        return (f"PPFlow adapter for {a.base} ({type(self.transformer).__name__}; {n / 1e6:.3f}M parameters, "
+                f"{100 * share:.1f}% of the base; schedule {a.schedule}, LoRA rank {a.rank}), distilled data-free "
+                f"from {len(self.data)} recorded teacher calls")
+
+
+def distill(config: DistillConfig | dict | None = None, *, resume: str | os.PathLike | None = None,
+            overrides: dict | None = None, verify: bool = True) -> TrainResult:
+    """Train the adapter of `config` (or continue the run in `resume`); RUN/ema is the adapter folder."""
+    return run_task(DistillTask, config, resume=resume, overrides=overrides, verify=verify)
+
+
+def lr_default(rank: int) -> float:
+    """A learning rate that suits small adapters (1e-3, lower for large ranks)."""
+    return 1e-3 / max(1.0, math.sqrt(rank / 16))

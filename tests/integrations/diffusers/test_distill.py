@@ -1,0 +1,80 @@
+"""Data-free distillation of a PPFlow adapter on a diffusers FLUX from its own recorded calls (training engine)."""
+
+import pytest
+import torch
+
+from ppflow.flux.bench import denoise
+from ppflow.integrations.diffusers import apply, remove
+from ppflow.integrations.diffusers.distill import (
+    AdapterSection,
+    DistillConfig,
+    distill,
+    load_calls,
+    record_calls,
+    save_calls,
+)
+from tests.flux.conftest import flux_inputs, tiny_flux
+
+
+def _sampler(model, steps=6, batch=2, seed=0):
+    kw = flux_inputs(batch=batch, seed=seed)
+    cond = {k: kw[k] for k in ("encoder_hidden_states", "pooled_projections", "img_ids", "txt_ids", "guidance")}
+    sigmas = [1 - i / steps for i in range(steps)] + [0.0]
+    return lambda: denoise(model, kw["hidden_states"], sigmas, None, cond, (8, 8))
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    base = tiny_flux()
+    base.save_pretrained(tmp_path / "base")
+    calls = []
+    for seed in range(2):
+        calls += record_calls(base, _sampler(base, seed=seed), "ppf2")
+    save_calls(calls, tmp_path / "calls.safetensors", {"seeds": 2})
+    return tmp_path, calls
+
+
+def test_recorded_calls_are_the_teachers_coarse_forwards(recorded):
+    tmp_path, calls = recorded
+    assert len(calls) == 2 * 3  # 6 Euler steps from sigma 1: sigma 1, 5/6, 4/6 lie above the 0.5 boundary (shifted)
+    loaded, meta = load_calls(tmp_path / "calls.safetensors")
+    assert meta == {"seeds": 2} and len(loaded) == len(calls)
+    kw, out = calls[1]
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_flux()(**kw, return_dict=False)[0], out, rtol=0, atol=0)  # target = teacher
+        for (a, x), (b, y) in zip(calls, loaded, strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and torch.equal(x, y)
+    with pytest.raises(ValueError, match="plain model"):
+        model = tiny_flux()
+        apply(model, "ppf2")
+        record_calls(model, lambda: None)
+
+
+def _config(tmp_path, name, steps):
+    cfg = DistillConfig(out=str(tmp_path / name), max_steps=steps, batch_size=2, save_every=5, log_every=1,
+                        device="cpu", progress=False, tensorboard=False,
+                        adapter=AdapterSection(base=str(tmp_path / "base"), calls=str(tmp_path / "calls.safetensors"),
+                                               rank=2))
+    cfg.optim.lr = 3e-3
+    return cfg
+
+
+def test_distillation_lowers_the_loss_resumes_exactly_and_exports_an_adapter(recorded):
+    from ppflow.io import read_weights
+
+    tmp_path, calls = recorded
+    result = distill(_config(tmp_path, "straight", 10))
+    assert result.step == 10 and result.losses[-1] < result.losses[0]
+    distill(_config(tmp_path, "halves", 5))
+    resumed = distill(resume=tmp_path / "halves", overrides={"max_steps": 10})
+    want = read_weights(result.ema_dir / "ppflow_adapter.safetensors")
+    got = read_weights(resumed.ema_dir / "ppflow_adapter.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)  # exact resume
+    model = tiny_flux()
+    adapter = apply(model, result.ema_dir)  # the exported adapter applies on the plain base
+    assert adapter.config.rank == 2 and adapter.config.base == str(tmp_path / "base")
+    kw, _ = calls[0]
+    with torch.no_grad():
+        fine = flux_inputs(sigma=0.2)
+        assert torch.equal(model(**fine)[0], tiny_flux()(**fine)[0])  # the fine stage is the base
+        remove(model)
