@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from ..bench.timing import alternate, stopwatch
+from ..models.schedule import PyramidSchedule
 from ..data.fashion_mnist import CLASSES, load_fashion_mnist, to_model_space
 from ..utils.report import Report
+from .sigmas import FluxShift
 
 CLASS_WORDS = tuple(c.split("/")[0].lower() for c in CLASSES)  # 't-shirt', 'trouser', ..., 'ankle boot'
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}")
@@ -57,11 +59,20 @@ class DemoConfig:
     timing_repeats: int = 3
     metrics: bool = True  # classifier accuracy / FID (trains the Fashion-MNIST CNN once if not cached)
     seed: int = 0
+    adapter: bool = True  # also convert the base with a data-free distilled speed adapter (demo_adapter.py)
+    adapter_schedule: str = "ppf2"
+    adapter_trajectories: int = 64  # recorded teacher sampling runs (prompts only)
+    adapter_batch: int = 8  # prompts per recorded run
+    adapter_steps: int = 270  # distillation steps
+    adapter_calls_per_step: int = 8  # recorded calls per step (x adapter_batch samples)
+    adapter_rank: int = 16
+    adapter_lr: float = 1e-3
 
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(train_images=256, base_steps=8, finetune_steps=4, batch_size=16, sample_steps=4,
-                   eval_per_class=2, timing_batch=16, timing_repeats=2, metrics=False)
+                   eval_per_class=2, timing_batch=16, timing_repeats=2, metrics=False, adapter_trajectories=2,
+                   adapter_batch=2, adapter_steps=4, adapter_calls_per_step=2, adapter_rank=2)
 
 
 class WordTokenizer:
@@ -185,18 +196,30 @@ def _train(cfg: DemoConfig, out: Path, base: str, schedule: str, steps: int, lr:
 
 @torch.no_grad()
 def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, seed: int,
-           cfg: DemoConfig) -> tuple[torch.Tensor, dict]:
-    """Euler over PPFluxPipeline's grid (boundaries on it, FLUX's shift), one stage per step; images (N, 1, S, S)."""
+           cfg: DemoConfig, schedule: str | None = None) -> tuple[torch.Tensor, dict]:
+    """Euler over PPFluxPipeline's grid (boundaries on it, FLUX's shift), one stage per step; images (N, 1, S, S).
+
+    `model`: a PPFluxTransformer (stage pinned per step), or a diffusers FLUX with or without the PPFlow hook
+    (the hook picks the stage from the timestep); `schedule` puts a plain model's grid on that schedule's
+    boundaries (the teacher's recorded runs)."""
     from diffusers import FluxPipeline
 
+    from ..integrations.diffusers import StagePlan, adapter_of
     from .bench import denoise
     from .sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
 
     C, side = latent_shape(cfg)
     grid = (side // 2, side // 2)
     L = grid[0] * grid[1]
-    mu = model.ppflow_config.shift.mu(L)
-    bounds = [inverse_time_shift(mu, b) for b in model.sigma_boundaries(L)]
+    ppflux = hasattr(model, "ppflow_config")
+    hook = None if ppflux else adapter_of(model)
+    if ppflux:
+        mu, net = model.ppflow_config.shift.mu(L), model.sigma_boundaries(L)
+    else:
+        shift = hook.config.shift if hook is not None else FluxShift()
+        plan = hook.plan if hook is not None else (StagePlan.parse(schedule, (2, 2)) if schedule else None)
+        mu, net = shift.mu(L), (plan.sigma_boundaries("unshifted", shift, L) if plan else ())
+    bounds = [inverse_time_shift(mu, b) for b in net]
     unshifted = stage_grid(steps, bounds)
     stages = step_stages(unshifted, bounds)
     sigmas = [time_shift(mu, float(s)) for s in unshifted] + [0.0]
@@ -206,7 +229,7 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
             "img_ids": FluxPipeline._prepare_latent_image_ids(B, grid[0], grid[1], "cpu", torch.float32),
             "txt_ids": torch.zeros(embeds.shape[1], 3), "guidance": torch.full((B,), 3.5)}
     noise = torch.randn(B, L, 4 * C, generator=torch.Generator().manual_seed(seed))  # (B, L, 4C)
-    x = denoise(model, noise, sigmas, stages, cond, grid)  # (B, L, 4C)
+    x = denoise(model, noise, sigmas, stages if ppflux else None, cond, grid)  # (B, L, 4C)
     z = x.view(B, grid[0], grid[1], C, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C, side, side)  # unpack
     return from_latent(z, cfg).clamp(-1, 1), {"stages": stages, "sigmas": sigmas[:-1]}
 
@@ -221,6 +244,7 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
              config: DemoConfig | None = None, log=print) -> dict:
     """Train, adapt, fine-tune, sample, measure; writes report.json, report.md and grids into `out`."""
     from ..utils.images import save_grid
+    from .demo_adapter import result_rows
     from .flops import FluxArch, counts_flops
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
@@ -242,37 +266,57 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
         log(f"fine-tuning {name} ({schedule}) for {cfg.finetune_steps} steps from the base")
         runs[name] = _train(cfg, out_dir, base_dir, schedule, cfg.finetune_steps, cfg.finetune_lr, cache_path, name)
     models = {name: load_tuned(r.ema_dir) for name, (r, _) in runs.items()}
+    adapter_info = None
+    if cfg.adapter:
+        from .demo_adapter import distill_adapter, record_teacher
 
-    # ---- sampling speed: alternate the two fine-tuned models on the same prompts, median of repeats
+        log(f"recording the base's own sampling runs ({cfg.adapter_trajectories} x {cfg.adapter_batch} prompts) and "
+            f"distilling a {cfg.adapter_schedule} speed adapter for {cfg.adapter_steps} steps (data-free)")
+        calls, n_calls, teacher_forwards = record_teacher(base_dir, enc, cfg, out_dir, sample, log)
+        models["adapter"], ad_run, ad_s = distill_adapter(base_dir, calls, cfg, out_dir)
+        runs["adapter"] = (ad_run, ad_s)
+        adapter_info = {"calls": n_calls, "teacher_forwards": teacher_forwards}
+
+    # ---- sampling speed: alternate each converted model with its reference on the same prompts, median of repeats
     prompts_t = [f"a photo of a {CLASS_WORDS[i % 10]}" for i in range(cfg.timing_batch)]
-    stages = []
-
-    def run(name: str, r: int) -> float:
-        seconds, (_, info) = stopwatch(torch.device("cpu"), sample, models[name], enc, prompts_t, cfg.sample_steps,
-                                       cfg.seed + 99, cfg)
-        if name == "ppflux":
-            stages[:] = info["stages"]
-        return seconds
-
-    timings = alternate(["flux-ft", "ppflux"], run, cfg.timing_repeats, warmup=1)
-    pp = models["ppflux"]
-    counts = [cfg.timing_batch * stages.count(s) for s in range(pp.schedule.num_stages)]
     side = latent_shape(cfg)[1]
-    fl = counts_flops(FluxArch.from_config(pp.config), pp.schedule, (side // 2, side // 2), enc.t5_tok.max_length,
-                      counts)
-    speed = {"ppflux_s": timings.summary("ppflux")["seconds"], "flux_ft_s": timings.summary("flux-ft")["seconds"],
-             "bound": fl["baseline_total"] / fl["total"], "stages": stages}
-    speed["speedup"] = speed["flux_ft_s"] / speed["ppflux_s"]
-    speed["efficiency"] = speed["speedup"] / speed["bound"]
+    speeds = {}
+    pairs = [("ppflux", "flux-ft")] + ([("adapter", "base")] if cfg.adapter else [])
+    for fast, ref in pairs:
+        stages = []
 
-    # ---- quality: every class prompt, the same noise for every model
+        def run(name: str, r: int, fast=fast, stages=stages) -> float:
+            seconds, (_, info) = stopwatch(torch.device("cpu"), sample, models[name], enc, prompts_t,
+                                           cfg.sample_steps, cfg.seed + 99, cfg)
+            if name == fast:
+                stages[:] = info["stages"]
+            return seconds
+
+        timings = alternate([ref, fast], run, cfg.timing_repeats, warmup=1)
+        sched = (models[fast].schedule if fast == "ppflux"
+                 else PyramidSchedule.from_string(cfg.adapter_schedule, base_patch=(2, 2)))
+        counts = [cfg.timing_batch * stages.count(s) for s in range(sched.num_stages)]
+        fl = counts_flops(FluxArch.from_config(models[fast].config), sched, (side // 2, side // 2),
+                          enc.t5_tok.max_length, counts)
+        sp = {"fast_s": timings.summary(fast)["seconds"], "ref_s": timings.summary(ref)["seconds"],
+              "bound": fl["baseline_total"] / fl["total"], "stages": stages, "reference": ref}
+        sp["speedup"] = sp["ref_s"] / sp["fast_s"]
+        sp["efficiency"] = sp["speedup"] / sp["bound"]
+        speeds[fast] = sp
+    speed = {"ppflux_s": speeds["ppflux"]["fast_s"], "flux_ft_s": speeds["ppflux"]["ref_s"],
+             **{k: speeds["ppflux"][k] for k in ("bound", "stages", "speedup", "efficiency")}}
+
+    # ---- quality: every class prompt, the same noise for every model (paired with the base)
     labels = np.repeat(np.arange(10), cfg.eval_per_class)
     if cfg.metrics:  # FID reference: the test split at the demo's resolution (so FID measures the generator)
+        from ..eval.classifier import classifier_metrics, classifier_outputs, load_classifier
+
+        clf = load_classifier()
         test_x, test_y = load_fashion_mnist("test")
         ref = to_uint8_32(to_pixels(test_x[:5000], cfg))
         real, real_labels = to_uint8_32(to_pixels(test_x[5000:], cfg)), test_y[5000:]
     prompts = [f"a photo of a {CLASS_WORDS[k]}" for k in labels]
-    quality = {}
+    quality, samples, preds = {}, {}, {}
     for name, model in models.items():
         images = torch.cat([sample(model, enc, prompts[i: i + 500], cfg.sample_steps, cfg.seed + i, cfg)[0]
                             for i in range(0, len(prompts), 500)])  # (N, 1, S, S)
@@ -280,19 +324,27 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
         rows = torch.cat([images[k * cfg.eval_per_class: k * cfg.eval_per_class + per_row] for k in range(10)])
         save_grid(rows, out_dir / f"grid-{name}.png", nrow=per_row, scale=64 // cfg.image_size)
         q = {"n": len(images)}
+        samples[name] = to_uint8_32(images)
         if cfg.metrics:
-            from ..eval.classifier import classifier_metrics
-
-            m = classifier_metrics(to_uint8_32(images), labels, ref=ref)
+            m = classifier_metrics(samples[name], labels, ref=ref, model=clf)
+            preds[name] = classifier_outputs(clf, samples[name])[1].argmax(1)
             q.update(accuracy=m["accuracy"], fid=m["fid"], classifier_test_accuracy=m["classifier_test_accuracy"])
         quality[name] = q
+    for name, q in quality.items():  # paired with the base: same prompts, same noise
+        if name in preds and "base" in preds:
+            q["paired_agreement"] = float((preds[name] == preds["base"]).mean())
+        mse = ((samples[name].astype(np.float64) - samples["base"].astype(np.float64)) ** 2).reshape(len(labels), -1)
+        q["paired_psnr"] = None if name == "base" else float((10 * np.log10(255.0 ** 2 / np.maximum(
+            mse.mean(1), 1e-10))).mean())
     if cfg.metrics:  # the ceiling: real test images at the demo's resolution, and their classifier FID to ref
-        m = classifier_metrics(real[: len(labels)], real_labels[: len(labels)], ref=ref)
+        m = classifier_metrics(real[: len(labels)], real_labels[: len(labels)], ref=ref, model=clf)
         quality["real test images"] = {"n": len(labels), "accuracy": m["accuracy"], "fid": m["fid"]}
     report = {"config": asdict(cfg), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t_start,
               "train": {name: {"steps": r.step, "final_loss": r.loss, "seconds": s, "steps_per_sec": r.steps_per_sec}
                         for name, (r, s) in runs.items()},
-              "speed": speed, "quality": quality}
+              "speed": speed, "speeds": speeds, "quality": quality, "adapter": adapter_info}
+    report["text_tokens"] = enc.t5_tok.max_length
+    report["rows"] = result_rows(report, models)
     rep = format_report(report)
     rep.write(out_dir, html=False, data=report)
     log(rep.markdown())
@@ -319,4 +371,22 @@ def format_report(r: dict) -> Report:
     rep.text(f"sampling {c['timing_batch']} images: PPFlux {s['ppflux_s']:.3f} s vs FLUX-ft {s['flux_ft_s']:.3f} s "
              f"(median of {c['timing_repeats']}): speed-up {s['speedup']:.2f}x, FLOPs bound {s['bound']:.2f}x, "
              f"efficiency {s['efficiency']:.2f}; stages per step {s['stages']}")
+    ad = r.get("speeds", {}).get("adapter")
+    if ad:
+        rep.text(f"sampling {c['timing_batch']} images: speed adapter {ad['fast_s']:.3f} s vs the base itself "
+                 f"{ad['ref_s']:.3f} s: speed-up {ad['speedup']:.2f}x, FLOPs bound {ad['bound']:.2f}x; the adapter was "
+                 f"distilled data-free from {r['adapter']['calls']} recorded coarse-stage calls of the base")
+    if r.get("rows"):
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        rep.table(["model", "method", "data-free", "train compute (x base)", "classifier FID", "prompt accuracy",
+                   "paired agreement", "paired PSNR (dB)", "extra params (% of base)", "speed-up", "vs", "FLOPs bound"],
+                  [[w["model"], w["method"], "yes" if w["data_free"] else "no", f(w["train_compute"], ".3f"),
+                    f(w["classifier_fid"], ".2f"), f(w["prompt_accuracy"], ".3f"), f(w["paired_agreement"], ".3f"),
+                    f(w["paired_psnr"], ".1f"), f(100 * w["extra_params"], ".1f"), f(w["speedup"], ".2f"),
+                    w["reference"] or "-", f(w["flops_bound"], ".2f")] for w in r["rows"]])
+        rep.text("Paired: every model samples the same prompts from the same noise; agreement is the share of samples "
+                 "the classifier puts in the same class as the base's sample, PSNR the mean over samples between the "
+                 "two images. The adapter's speed-up is against the base itself, PPFlux's against FLUX-ft.")
     return rep
