@@ -18,6 +18,10 @@ def add_arguments(p) -> None:
     p.add_argument("--in-channels", type=int, default=4, help="latent channels")
     p.add_argument("--cfg", default=None, help="CFG scale or one per stage, e.g. '1,3' (a scale != 1 doubles that stage)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--diffusers", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="FLOPs of the PPFlow diffusers hook on full-size released models, counted on the meta device "
+                        "(no download, no memory; about 2 min): all, or comma-separated among "
+                        "flux.1-dev, wan2.1-14b")
     from .flux import add_flops_arguments
 
     add_flops_arguments(p)
@@ -37,6 +41,16 @@ def _latent(args) -> int:
 
 
 def main(args) -> int:
+    if args.diffusers:
+        from ..integrations.diffusers.flops import FULL_SIZES, format_table, full_size_table
+
+        names = tuple(FULL_SIZES) if args.diffusers == "all" else tuple(n.strip() for n in args.diffusers.split(","))
+        unknown = [n for n in names if n not in FULL_SIZES]
+        if unknown:
+            raise ValueError(f"--diffusers: unknown model {unknown[0]!r}; choose among {', '.join(FULL_SIZES)}")
+        rows = full_size_table(names)
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        return 0
     if args.flux:
         from .flux import flops_main
 

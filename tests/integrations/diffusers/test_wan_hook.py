@@ -107,4 +107,20 @@ def test_coarse_patch_embedding_starts_as_the_fine_one_on_the_block_averaged_lat
     pooled = torch.nn.functional.avg_pool3d(x, (2, 2, 2))
     torch.testing.assert_close(coarse, model.patch_embedding(pooled), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="not divisible"):
-        model(**wan_inputs(frames=3, timestep=900.0))
+        model(**wan_inputs(size=6, timestep=900.0))
+
+
+@torch.no_grad()
+def test_an_odd_latent_frame_count_is_padded_for_frame_grouping():
+    model = tiny_wan()
+    apply(model, "0.5:2x4x4,1:1x2x2")
+    seen = []
+    h = model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    out = model(**wan_inputs(frames=3, timestep=900.0))[0]
+    h.remove()
+    assert out.shape == (2, 4, 3, 8, 8) and seen == [2 * 2 * 2]  # 3 frames padded to 4, grouped by 2: 2x2x2 tokens
+    x = wan_inputs(frames=4, timestep=900.0)
+    x["hidden_states"][:, :, 3] = x["hidden_states"][:, :, 2]  # the padded input, given explicitly
+    padded = model(**x)[0]
+    three = model(**{**x, "hidden_states": x["hidden_states"][:, :, :3]})[0]
+    torch.testing.assert_close(three, padded[:, :, :3], rtol=0, atol=1e-6)

@@ -1,0 +1,42 @@
+"""FLOPs of the hook on meta-device models: a coarse stage is the model at the coarse grid."""
+
+import pytest
+
+from ppflow.integrations.diffusers import flops
+
+
+@pytest.fixture
+def tiny_specs(monkeypatch):
+    specs = {
+        "flux": flops.FullSize("tiny FLUX", "flux", dict(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6)), 8, ((128, 128),), ("ppf2",)),
+        "wan": flops.FullSize("tiny Wan", "wan", dict(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+            text_dim=4096, freq_dim=16, ffn_dim=32, num_layers=1), 8, ((9, 64, 64),), ("ppf3-video",)),
+    }
+    monkeypatch.setattr(flops, "FULL_SIZES", specs)
+    return specs
+
+
+def test_stage_flops_and_bounds_on_meta_models(tiny_specs):
+    rows = {r["family"]: r for r in flops.full_size_table(("flux", "wan"))}
+    fl = rows["flux"]
+    coarse, fine = fl["stage_flops"]
+    assert 0 < coarse < fine / 2  # a quarter of the image tokens (the text tokens stay)
+    # ppf2 spends half of the steps at the coarse grid: bound = fine / (0.5 coarse + 0.5 fine)
+    assert fl["flops_bound"] == pytest.approx(fine / (0.5 * coarse + 0.5 * fine))
+    assert 1 < fl["flops_bound"] < 2 and fl["flops_bound_text_free"] >= fl["flops_bound"]
+    wan = rows["wan"]  # 9 frames -> 3 latent frames, padded to 4 for the (2, 2, 2) stage
+    c8, c4, full = wan["stage_flops"]
+    assert c8 < c4 < full and wan["flops_bound"] == pytest.approx(full / (0.3 * c8 + 0.3 * c4 + 0.4 * full))
+    assert "| tiny Wan | 9x64x64 | ppf3-video |" in flops.format_table(list(rows.values()))
+
+
+def test_the_command_names_unknown_models(tiny_specs, capsys):
+    from ppflow.cli import main
+
+    assert main(["flops", "--diffusers", "flux"]) == 0 and "tiny FLUX" in capsys.readouterr().out
+    assert main(["flops", "--diffusers", "sd9"]) != 0
+    assert "unknown model 'sd9'" in capsys.readouterr().err
