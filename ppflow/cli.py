@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("download", "fetch a known release (DiT, SiT, official PPF-XL) into the cache, hash-checked"),
     "push": ("push", "upload a model or a training run's EMA folder to the Hugging Face Hub with a model card"),
     "flux": ("flux", "FLUX.1 into PPFlux: fine-tune (train, LoRA or full), cache latents + text, a CPU demo"),
+    "video-demo": ("video", "spatio-temporal PPFlow on a tiny Wan video model: train, convert with an adapter, compare"),
     "demo": ("demo", "end-to-end demo on Fashion-MNIST: train PPF and SiT, sample, compare, report"),
     "repro": ("repro", "small-scale reproduction of the paper's main table"),
 }

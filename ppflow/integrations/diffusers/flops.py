@@ -63,10 +63,8 @@ def forward_flops(model: torch.nn.Module, spec: FullSize, size: tuple[int, ...],
         else:
             frames, height, width = size
             lat = ((frames - 1) // 4 + 1, height // 8, width // 8)  # Wan's VAE: 4x in time, 8x in space
-            if any(n % (2 * f) for n, f in zip(lat[1:], factors[1:], strict=True)):
-                raise ValueError(f"{height}x{width} gives a {lat[1]}x{lat[2]} latent, not divisible by the stage's "
-                                 f"{2 * factors[1]}x{2 * factors[2]} patches")
-            shape = (-(-lat[0] // factors[0]), lat[1] // factors[1], lat[2] // factors[2])  # odd frames: padded
+            need = (factors[0], 2 * factors[1], 2 * factors[2])  # Wan's (1, 2, 2) patches times the factors
+            shape = tuple(-(-n // m) * m // f for n, m, f in zip(lat, need, factors, strict=True))  # padded as run
             kw = dict(hidden_states=torch.empty(1, 16, *shape), timestep=torch.empty(1),
                       encoder_hidden_states=torch.empty(1, text_tokens, 4096))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

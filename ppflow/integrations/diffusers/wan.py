@@ -5,8 +5,8 @@ ft x fh x fw block of latent pixels becomes one pixel with n = ft*fh*fw times th
 so Wan's own patchify, RoPE (on the coarse grid) and unpatchify (`reshape(..., -1)`) work unchanged; the
 stage's patch embedding reads C*n channels and its output projection emits C_out*n, which depth-to-space
 puts back. Init: the patch embedding of the block-averaged latent (pooled), the output copied to every
-pixel of its block. A latent frame count that the frame factor does not divide (Wan's 81 frames: 21 latent
-frames) is padded by repeating the last frame for the coarse forward, and the output cropped back.
+pixel of its block. A latent the stage's patches do not divide (Wan's 81 frames: 21 latent frames; 720p: 90
+rows) is padded by repeating its last frame / edge pixels for the coarse forward, and the output cropped back.
 """
 
 from __future__ import annotations
@@ -71,17 +71,15 @@ class Wan(Family):
                              "one-stage schedule for image-to-video")
         p = self.base_patch(model)
         need = tuple(f * q for f, q in zip(factors, p, strict=True))
-        if any(s % n for s, n in zip(x.shape[3:], need[1:], strict=True)):
-            raise ValueError(f"latent of {x.shape[3]}x{x.shape[4]} (rows x cols) is not divisible by the coarse "
-                             f"stage's {need[1]}x{need[2]} patches; choose a size that is")
-        frames = x.shape[2]
-        pad = -frames % need[0]  # Wan's 4k+1 frames give odd latent frame counts (81 -> 21): repeat the last
-        if pad:
-            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)  # (B, C, F + pad, H, W)
-        return {**kw, "hidden_states": space_to_depth(x, factors)}, {"factors": factors, "frames": frames}
+        size = tuple(x.shape[2:])  # (F, H, W)
+        pad = [-n % m for n, m in zip(size, need, strict=True)]
+        if any(pad):  # 81 frames -> 21 latent frames, 720p -> 90 rows: repeat the last frame / edge pixels
+            x = torch.nn.functional.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")  # (B, C, F', H', W')
+        return {**kw, "hidden_states": space_to_depth(x, factors)}, {"factors": factors, "size": size}
 
     def refine(self, model: nn.Module, out: torch.Tensor, ctx: dict, coarse_output: str) -> torch.Tensor:
-        return depth_to_space(out, ctx["factors"])[:, :, : ctx["frames"]]  # (B, C_out, F, H, W)
+        F, H, W = ctx["size"]
+        return depth_to_space(out, ctx["factors"])[:, :, :F, :H, :W]  # (B, C_out, F, H, W)
 
     def make_embed(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
         if init != "pooled":
