@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def add_arguments(p) -> None:
     p.description = ("Train a tiny Wan video model on moving Fashion-MNIST clips, convert it to a spatio-temporal "
@@ -13,6 +16,9 @@ def add_arguments(p) -> None:
     p.add_argument("--schedule", default=None, help="spatio-temporal schedule (default 0.3:2x4x4,0.6:1x4x4,1:1x2x2)")
     p.add_argument("--base-steps", type=int, default=None, help="training steps of the base (default 1500)")
     p.add_argument("--adapter-steps", type=int, default=None, help="distillation steps of the adapter (default 400)")
+    p.add_argument("--docs", default=None, help="also write this markdown file (e.g. docs/video.md), with the command "
+                                                "that regenerates it on top, and results.json + clip grids into the "
+                                                "folder of the same name (docs/video/)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -25,5 +31,27 @@ def main(args) -> int:
     for name in ("schedule", "base_steps", "adapter_steps"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    run_video_demo(cfg, args.out or ("runs/video-demo-quick" if args.quick else "runs/video-demo"), args.threads)
+    out = args.out or ("runs/video-demo-quick" if args.quick else "runs/video-demo")
+    report = run_video_demo(cfg, out, args.threads)
+    if args.docs:
+        publish(report, Path(out), Path(args.docs))
     return 0
+
+
+def publish(report: dict, out: Path, docs: Path) -> None:
+    """docs/NAME.md (the report with the regenerating command on top) and docs/NAME/ (results.json, grids)."""
+    import shutil
+    import sys
+
+    from ..experiments.video import format_report
+    from ..io import write_text_atomic
+
+    folder = docs.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    for png in out.glob("clips-*.png"):
+        shutil.copyfile(png, folder / png.name)
+    write_text_atomic(folder / "results.json", json.dumps(report, indent=2), "results")
+    command = "ppflow " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["video-demo"] else "ppflow video-demo"
+    md = format_report(report).markdown()
+    grids = "\n".join(f"![{p.stem}]({folder.name}/{p.name})" for p in sorted(folder.glob("clips-*.png")))
+    write_text_atomic(docs, f"Regenerate with `{command}`.\n\n{md}\n\n{grids}\n", "video report")
