@@ -160,7 +160,7 @@ def main(args) -> int:
         return _train(args)
     if args.subcommand == "cache":
         return _cache(args)
-    from ..flux.demo import DemoConfig, run_demo
+    from ..experiments.flux_demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     for key in ("base_steps", "finetune_steps", "eval_per_class", "coarse_output"):

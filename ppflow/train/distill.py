@@ -32,7 +32,7 @@ from ..models.flops import forward_flops
 from ..models.output import OUTPUTS
 from ..sampling.guidance import guided_velocity
 from .batches import derive_seed, generator
-from .config import ConfigError, TrainConfig, _opt
+from .config import ConfigError, OptimSection, TrainConfig, _opt
 from .ema import EMA
 from .engine import TrainResult
 from .launch import run_task
@@ -49,8 +49,9 @@ class AdapterSection:
     """The speed adapter and how it is distilled from its source (model.init)."""
 
     schedule: str = _opt("ppf2", "PPFlow schedule; its finest stage is the source itself")
-    rank: int = _opt(16, "LoRA rank", min=1)
-    alpha: float = _opt(16.0, "LoRA alpha (scale alpha / rank)")
+    rank: int = _opt(8, "LoRA rank (8: the FID of rank 16 / 32 at half / a quarter of the size, docs/adaptation.md)",
+                     min=1)
+    alpha: float | None = _opt(None, "LoRA alpha (scale alpha / rank; none: the rank, scale 1 -- as ppflow adapt)")
     targets: list[str] = field(default_factory=lambda: list(TARGETS), metadata={
         "help": f"block layers the LoRA adapts: {', '.join(TARGETS)}"})
     coarse_output: str = _opt("noise_skip", "what coarse stages emit: v | noise_skip | x | snr (models/output.py)",
@@ -63,8 +64,8 @@ class AdapterSection:
                                  "times: no teacher forward while training) | forward (any coarse t, the teacher "
                                  "evaluated there: one or two full-resolution forwards per sample)",
                            choices=TEACHERS)
-    trajectories: int = _opt(1024, "data-free: teacher trajectories in the cache", min=1)
-    trajectory_steps: int = _opt(16, "data-free: Euler steps of a trajectory over the coarse range", min=1)
+    trajectories: int = _opt(256, "data-free: teacher trajectories in the cache", min=1)
+    trajectory_steps: int = _opt(8, "data-free: Euler steps of a trajectory over the coarse range", min=1)
     trajectory_cfg: float | None = _opt(None, "data-free: CFG scale of the trajectories (default: guided, else 1)")
     cache: str | None = _opt(None, "data-free: teacher-state cache file (default RUN/teacher-states.safetensors)")
 
@@ -74,6 +75,7 @@ class AdaptConfig(TrainConfig):
     """A speed-adapter distillation run: the run options of `ppflow train` plus the adapter section."""
 
     adapter: AdapterSection = field(default_factory=AdapterSection)
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=3e-3))  # adapters: 3e-3 (measured)
 
     def checks(self) -> list[tuple[bool, str]]:
         a = self.adapter
@@ -106,8 +108,8 @@ class AdaptTask(SiTTask):
         try:
             with torch.random.fork_rng(devices=[]):  # LoRA A matrices: random, from the run's seed
                 torch.manual_seed(derive_seed(cfg.seed, "init"))
-                raw = add_stage_lora(adapt(source, a.schedule, coarse_output=a.coarse_output), a.rank, a.alpha,
-                                     a.targets)
+                raw = add_stage_lora(adapt(source, a.schedule, coarse_output=a.coarse_output), a.rank,
+                                     a.alpha if a.alpha is not None else float(a.rank), a.targets)
         except ValueError as e:
             raise ConfigError(f"adapter: {e}") from None
         del source
@@ -230,7 +232,8 @@ class AdaptTask(SiTTask):
         a = self.cfg.adapter
         init = self.cfg.model.init
         base = str(Path(init).resolve()) if Path(init).exists() else init
-        return AdapterConfig(schedule=self.schedule.to_string(), rank=a.rank, alpha=a.alpha, targets=list(a.targets),
+        alpha = a.alpha if a.alpha is not None else float(a.rank)
+        return AdapterConfig(schedule=self.schedule.to_string(), rank=a.rank, alpha=alpha, targets=list(a.targets),
                              coarse_output=a.coarse_output, base=base, base_sha256=self.base_sha256,
                              method="lora-distill" + ("-data-free" if a.data_free else ""), guided=a.guided)
 

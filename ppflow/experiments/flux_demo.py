@@ -27,7 +27,7 @@ from ..bench.timing import alternate, stopwatch
 from ..models.schedule import PyramidSchedule
 from ..data.fashion_mnist import CLASSES, load_fashion_mnist, to_model_space
 from ..utils.report import Report
-from .sigmas import FluxShift
+from ..flux.sigmas import FluxShift
 
 CLASS_WORDS = tuple(c.split("/")[0].lower() for c in CLASSES)  # 't-shirt', 'trouser', ..., 'ankle boot'
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}")
@@ -59,7 +59,7 @@ class DemoConfig:
     timing_repeats: int = 3
     metrics: bool = True  # classifier accuracy / FID (trains the Fashion-MNIST CNN once if not cached)
     seed: int = 0
-    adapter: bool = True  # also convert the base with a data-free distilled speed adapter (demo_adapter.py)
+    adapter: bool = True  # also convert the base with a data-free distilled speed adapter (flux_adapter.py)
     adapter_schedule: str = "ppf2"
     adapter_trajectories: int = 64  # recorded teacher sampling runs (prompts only)
     adapter_batch: int = 8  # prompts per recorded run
@@ -157,7 +157,7 @@ def to_uint8_32(x: torch.Tensor) -> np.ndarray:
 
 def build_cache(cfg: DemoConfig, encoders: TinyTextEncoders):
     """Fashion-MNIST images with class-name captions, through the shared cache builder."""
-    from .captions import build_cache as cache_rows
+    from ..flux.captions import build_cache as cache_rows
 
     images, labels = load_fashion_mnist("train")
     g = np.random.default_rng(cfg.seed)
@@ -180,8 +180,8 @@ def tiny_base(cfg: DemoConfig):
 
 
 def _train(cfg: DemoConfig, out: Path, base: str, schedule: str, steps: int, lr: float, cache: str, name: str):
-    from .train import train_flux
-    from .train_config import FluxTrainConfig
+    from ..flux.train import train_flux
+    from ..flux.train_config import FluxTrainConfig
 
     t = FluxTrainConfig(out=str(out / name), seed=cfg.seed, batch_size=cfg.batch_size, max_steps=steps,
                         log_every=max(1, steps // 20), save_every=steps, device="cpu", progress=False)
@@ -205,8 +205,8 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
     from diffusers import FluxPipeline
 
     from ..integrations.diffusers import StagePlan, adapter_of
-    from .bench import denoise
-    from .sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
+    from ..flux.bench import denoise
+    from ..flux.sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
 
     C, side = latent_shape(cfg)
     grid = (side // 2, side // 2)
@@ -235,7 +235,7 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
 
 
 def load_tuned(folder: Path):
-    from .transformer import PPFluxTransformer
+    from ..flux.transformer import PPFluxTransformer
 
     return PPFluxTransformer.from_pretrained(folder).eval()
 
@@ -244,8 +244,8 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
              config: DemoConfig | None = None, log=print) -> dict:
     """Train, adapt, fine-tune, sample, measure; writes report.json, report.md and grids into `out`."""
     from ..utils.images import save_grid
-    from .demo_adapter import result_rows
-    from .flops import FluxArch, counts_flops
+    from .flux_adapter import result_rows
+    from ..flux.flops import FluxArch, counts_flops
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     cfg.seed = seed
@@ -268,11 +268,12 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
     models = {name: load_tuned(r.ema_dir) for name, (r, _) in runs.items()}
     adapter_info = None
     if cfg.adapter:
-        from .demo_adapter import distill_adapter, record_teacher
+        from .flux_adapter import distill_adapter, record_teacher
 
         log(f"recording the base's own sampling runs ({cfg.adapter_trajectories} x {cfg.adapter_batch} prompts) and "
             f"distilling a {cfg.adapter_schedule} speed adapter for {cfg.adapter_steps} steps (data-free)")
-        calls, n_calls, teacher_forwards = record_teacher(base_dir, enc, cfg, out_dir, sample, log)
+        calls, n_calls, teacher_forwards = record_teacher(base_dir, enc, cfg, out_dir, sample, CLASS_WORDS,
+                                                          TEMPLATES, log)
         models["adapter"], ad_run, ad_s = distill_adapter(base_dir, calls, cfg, out_dir)
         runs["adapter"] = (ad_run, ad_s)
         adapter_info = {"calls": n_calls, "teacher_forwards": teacher_forwards}
@@ -344,7 +345,7 @@ def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 
                         for name, (r, s) in runs.items()},
               "speed": speed, "speeds": speeds, "quality": quality, "adapter": adapter_info}
     report["text_tokens"] = enc.t5_tok.max_length
-    report["rows"] = result_rows(report, models)
+    report["rows"] = result_rows(report, models, side)
     rep = format_report(report)
     rep.write(out_dir, html=False, data=report)
     log(rep.markdown())

@@ -18,18 +18,18 @@ import torch
 
 from ..integrations.diffusers import apply
 from ..integrations.diffusers.distill import AdapterSection, DistillConfig, distill, load_transformer, record_calls, save_calls
-from .sigmas import FluxShift
+from ..flux.sigmas import FluxShift
 
 
-def record_teacher(base_dir: str, enc, cfg, out_dir: Path, sample, log=print) -> tuple[Path, int, float]:
-    """Record the base's coarse-stage calls along its own trajectories; (file, calls, teacher forwards per sample)."""
-    from .demo import CLASS_WORDS, TEMPLATES
-
+def record_teacher(base_dir: str, enc, cfg, out_dir: Path, sample, words, templates,
+                   log=print) -> tuple[Path, int, float]:
+    """Record the base's coarse-stage calls along its own trajectories (prompts from `templates` x `words`);
+    (file, calls, teacher forwards)."""
     teacher = load_transformer(base_dir)
     rng = np.random.default_rng(cfg.seed + 7)
     calls, forwards = [], 0
     for j in range(cfg.adapter_trajectories):
-        prompts = [TEMPLATES[rng.integers(len(TEMPLATES))].format(CLASS_WORDS[rng.integers(10)])
+        prompts = [templates[rng.integers(len(templates))].format(words[rng.integers(len(words))])
                    for _ in range(cfg.adapter_batch)]
         steps = int(rng.integers(max(2, cfg.sample_steps // 2), 2 * cfg.sample_steps + 1))  # varied sigmas
         calls += record_calls(teacher, lambda p=prompts, s=steps, j=j: sample(teacher, enc, p, s, 10_000 + j, cfg,
@@ -62,16 +62,15 @@ METHODS = {"base": "source", "flux-ft": "fine-tune, one stage (FLUX-ft)", "ppflu
            "adapter": "lora-distill"}
 
 
-def result_rows(report: dict, models: dict) -> list[dict]:
-    """One row per model with the keys every conversion results.json carries (issue: speed adapters)."""
+def result_rows(report: dict, models: dict, side: int) -> list[dict]:
+    """One row per model with the keys every conversion results.json carries (issue: speed adapters); `side`:
+    the latent's side."""
     from ..integrations.diffusers import adapter_of
     from ..models.schedule import PyramidSchedule
-    from .demo import latent_shape
-    from .flops import FluxArch, counts_flops
+    from ..flux.flops import FluxArch, counts_flops
 
     c = report["config"]
     base_params = sum(p.numel() for p in models["base"].base.parameters())
-    side = latent_shape(_Cfg(c))[1]
     arch, grid = FluxArch.from_config(models["base"].config), (side // 2, side // 2)
     sched = PyramidSchedule.from_string(c["adapter_schedule"], base_patch=(2, 2))
     text = report.get("text_tokens", 0)
@@ -101,7 +100,3 @@ def result_rows(report: dict, models: dict) -> list[dict]:
         rows.append(row)
     return rows
 
-
-class _Cfg:
-    def __init__(self, d: dict) -> None:
-        self.__dict__.update(d)
