@@ -69,7 +69,7 @@ def direction_of(clips: torch.Tensor) -> np.ndarray:
 def centre_crops(clips: torch.Tensor, item: int) -> np.ndarray:
     """uint8 (n * frames, 32, 32): each frame's item (an `item` px window at its centroid) padded to 32 px as
     Fashion-MNIST's 28 px images are, for the classifier."""
-    n, _, F, H, W = clips.shape
+    n, _, F = clips.shape[:3]
     cen = centroids(clips).round().long()  # (n, F, 2)
     out = torch.full((n * F, 32, 32), -1.0)
     half = item // 2

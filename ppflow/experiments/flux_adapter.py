@@ -14,11 +14,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..integrations.diffusers import apply
-from ..integrations.diffusers.distill import AdapterSection, DistillConfig, distill, load_transformer, record_calls, save_calls
 from ..flux.sigmas import FluxShift
+from ..integrations.diffusers import apply
+from ..integrations.diffusers.distill import (
+    AdapterSection,
+    DistillConfig,
+    distill,
+    load_transformer,
+    record_calls,
+    save_calls,
+)
 
 
 def record_teacher(base_dir: str, enc, cfg, out_dir: Path, sample, words, templates,
@@ -65,9 +71,9 @@ METHODS = {"base": "source", "flux-ft": "fine-tune, one stage (FLUX-ft)", "ppflu
 def result_rows(report: dict, models: dict, side: int) -> list[dict]:
     """One row per model with the keys every conversion results.json carries (issue: speed adapters); `side`:
     the latent's side."""
+    from ..flux.flops import FluxArch, counts_flops
     from ..integrations.diffusers import adapter_of
     from ..models.schedule import PyramidSchedule
-    from ..flux.flops import FluxArch, counts_flops
 
     c = report["config"]
     base_params = sum(p.numel() for p in models["base"].base.parameters())
@@ -78,7 +84,7 @@ def result_rows(report: dict, models: dict, side: int) -> list[dict]:
     fine = counts_flops(arch, sched, grid, text, [0] * (sched.num_stages - 1) + [1])["total"]
     base_train = c["base_steps"] * c["batch_size"] * 3 * fine
     rows = []
-    for name in models:
+    for name, model in models.items():
         q, sp = report["quality"].get(name, {}), report["speeds"].get(name, {})
         row = {"model": name, "method": METHODS.get(name, name), "data_free": name == "adapter",
                "train_compute": 1.0, "classifier_fid": q.get("fid"), "prompt_accuracy": q.get("accuracy"),
@@ -90,10 +96,9 @@ def result_rows(report: dict, models: dict, side: int) -> list[dict]:
         if name in ("ppflux", "flux-ft"):
             row["train_compute"] = 1 + c["finetune_steps"] / c["base_steps"]  # same batch; PPFlux's steps cost less
         if name == "ppflux":
-            row["extra_params"] = sum(v.numel() for v in models[name].extras_state_dict().values()) / base_params
+            row["extra_params"] = sum(v.numel() for v in model.extras_state_dict().values()) / base_params
         if name == "adapter":
-            ad = adapter_of(models[name])
-            row["extra_params"] = ad.size(models[name])[1]
+            row["extra_params"] = adapter_of(model).size(model)[1]
             info = report["adapter"]
             distill_flops = c["adapter_steps"] * c["adapter_calls_per_step"] * c["adapter_batch"] * 3 * coarse
             row["train_compute"] = 1 + (info["teacher_forwards"] * fine + distill_flops) / base_train

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from ..bench.timing import alternate, stopwatch
-from ..models.schedule import PyramidSchedule
 from ..data.fashion_mnist import CLASSES, load_fashion_mnist, to_model_space
-from ..utils.report import Report
 from ..flux.sigmas import FluxShift
+from ..models.schedule import PyramidSchedule
+from ..utils.report import Report
 
 CLASS_WORDS = tuple(c.split("/")[0].lower() for c in CLASSES)  # 't-shirt', 'trouser', ..., 'ankle boot'
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}")
@@ -204,9 +204,9 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
     boundaries (the teacher's recorded runs)."""
     from diffusers import FluxPipeline
 
-    from ..integrations.diffusers import StagePlan, adapter_of
     from ..flux.bench import denoise
     from ..flux.sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
+    from ..integrations.diffusers import StagePlan, adapter_of
 
     C, side = latent_shape(cfg)
     grid = (side // 2, side // 2)
@@ -243,9 +243,9 @@ def load_tuned(folder: Path):
 def run_demo(quick: bool = False, out: str | None = None, threads: int | None = 1, seed: int = 0,
              config: DemoConfig | None = None, log=print) -> dict:
     """Train, adapt, fine-tune, sample, measure; writes report.json, report.md and grids into `out`."""
+    from ..flux.flops import FluxArch, counts_flops
     from ..utils.images import save_grid
     from .flux_adapter import result_rows
-    from ..flux.flops import FluxArch, counts_flops
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     cfg.seed = seed

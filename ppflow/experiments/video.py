@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,14 @@ from ..data.fashion_mnist import CLASSES, load_fashion_mnist
 from ..data.moving_fashion import DIRECTIONS, centre_crops, direction_of, make_clips
 from ..flux.sigmas import FluxShift, stage_grid
 from ..integrations.diffusers import StagePlan, adapter_of, apply
-from ..integrations.diffusers.distill import AdapterSection, DistillConfig, distill, load_transformer, record_calls, save_calls
+from ..integrations.diffusers.distill import (
+    AdapterSection,
+    DistillConfig,
+    distill,
+    load_transformer,
+    record_calls,
+    save_calls,
+)
 from ..integrations.diffusers.train import FlowConfig, save_flow_data, train_flow
 from ..integrations.diffusers.wan import depth_to_space, space_to_depth
 from ..utils.report import Report
@@ -99,7 +107,7 @@ def sample(model, text: torch.Tensor, steps: int, seed: int, cfg: VideoDemoConfi
     sigmas = list(stage_grid(steps, plan.unshifted_boundaries() if plan else ())) + [0.0]
     n = len(text)
     x = torch.randn(n, 4, cfg.frames, cfg.size // 2, cfg.size // 2, generator=torch.Generator().manual_seed(seed))
-    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for s, s_next in pairwise(sigmas):
         v = model(hidden_states=x, timestep=torch.full((n,), s * 1000.0), encoder_hidden_states=text,
                   return_dict=False)[0]
         x = x + (s_next - s) * v

@@ -17,9 +17,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import torch
 
+from ...flux.sigmas import FluxShift
 from ...io import HASH_KEY, content_sha256, read_safetensors, save_safetensors_atomic
 from ...train.batches import derive_seed
 from ...train.config import ConfigError
@@ -28,7 +30,6 @@ from ...train.engine import TrainResult
 from ...train.launch import run_task
 from ...train.run_config import RunConfig, _opt
 from ...train.task import Task
-from ...flux.sigmas import FluxShift
 from .adapter import HookConfig, StageAdapter
 from .api import ATTR, apply
 from .family import family_of
@@ -46,7 +47,7 @@ class CallRecorder:
         self.model, self.keep, self.calls, self._handle = model, keep, [], None
         self.family = family_of(model)
 
-    def __enter__(self) -> CallRecorder:
+    def __enter__(self) -> Self:
         def hook(module, args, kwargs, output):
             kw = self.family.bind(module, args, kwargs)
             if self.keep is not None and not self.keep(kw):
@@ -157,7 +158,7 @@ def load_transformer(base: str, **kwargs) -> torch.nn.Module:
     path = Path(base)
     sub = {}
     if (path / "transformer" / "config.json").is_file() and not (path / "config.json").is_file():
-        path, sub = path, {"subfolder": "transformer"}
+        sub = {"subfolder": "transformer"}
     cfg_file = (path / sub.get("subfolder", "") / "config.json") if path.exists() else None
     if cfg_file is None or not cfg_file.is_file():
         raise ConfigError(f"{base} has no config.json: give the folder of a diffusers transformer (save_pretrained)")

@@ -31,11 +31,11 @@ class FullSize:
 
 
 FULL_SIZES = {
-    "flux.1-dev": FullSize("FLUX.1-dev", "flux", dict(
+    "flux.1-dev": FullSize("FLUX.1-dev", "flux", dict(  # noqa: C408 (configs read as keyword arguments)
         patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56)), 512, ((512, 512), (1024, 1024), (1440, 1440)), ("ppf2", "ppf3")),
-    "wan2.1-14b": FullSize("Wan2.1-T2V-14B", "wan", dict(
+    "wan2.1-14b": FullSize("Wan2.1-T2V-14B", "wan", dict(  # noqa: C408 (configs read as keyword arguments)
         patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
         text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6), 512, ((81, 480, 832), (81, 720, 1280)),
@@ -57,16 +57,16 @@ def forward_flops(model: torch.nn.Module, spec: FullSize, size: tuple[int, ...],
     with torch.device("meta"):
         if spec.family == "flux":
             h, w = size[0] // 16 // factors[-2], size[1] // 16 // factors[-1]  # packed tokens: 16 px each
-            kw = dict(hidden_states=torch.empty(1, h * w, 64), img_ids=torch.empty(h * w, 3),
-                      encoder_hidden_states=torch.empty(1, text_tokens, 4096), txt_ids=torch.empty(text_tokens, 3),
-                      pooled_projections=torch.empty(1, 768), timestep=torch.empty(1), guidance=torch.empty(1))
+            kw = {"hidden_states": torch.empty(1, h * w, 64), "img_ids": torch.empty(h * w, 3),
+                      "encoder_hidden_states": torch.empty(1, text_tokens, 4096), "txt_ids": torch.empty(text_tokens, 3),
+                      "pooled_projections": torch.empty(1, 768), "timestep": torch.empty(1), "guidance": torch.empty(1)}
         else:
             frames, height, width = size
             lat = ((frames - 1) // 4 + 1, height // 8, width // 8)  # Wan's VAE: 4x in time, 8x in space
             need = (factors[0], 2 * factors[1], 2 * factors[2])  # Wan's (1, 2, 2) patches times the factors
             shape = tuple(-(-n // m) * m // f for n, m, f in zip(lat, need, factors, strict=True))  # padded as run
-            kw = dict(hidden_states=torch.empty(1, 16, *shape), timestep=torch.empty(1),
-                      encoder_hidden_states=torch.empty(1, text_tokens, 4096))
+            kw = {"hidden_states": torch.empty(1, 16, *shape), "timestep": torch.empty(1),
+                      "encoder_hidden_states": torch.empty(1, text_tokens, 4096)}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**kw, return_dict=False)
     return counter.get_total_flops()

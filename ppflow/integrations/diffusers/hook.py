@@ -161,7 +161,7 @@ class LoRAHook(ModelHook):
 def _sample(output) -> torch.Tensor:
     if isinstance(output, tuple):
         return output[0]
-    return output["sample"] if hasattr(output, "keys") and "sample" in output.keys() else output
+    return output["sample"] if hasattr(output, "keys") and "sample" in output else output
 
 
 def _map_sample(output, fn):

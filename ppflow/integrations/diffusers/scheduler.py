@@ -15,7 +15,7 @@ import inspect
 
 import numpy as np
 
-from ...flux.sigmas import inverse_time_shift, insert_boundaries, stage_grid
+from ...flux.sigmas import insert_boundaries, inverse_time_shift, stage_grid
 
 PATCHED = "_ppflow_set_timesteps"
 

@@ -1,5 +1,4 @@
 """Tiny random diffusers models for the PPFlow hook (FLUX parts from tests/flux)."""
 
-import pytest
 
 from tests.flux.conftest import _offline, components, flux  # noqa: F401  (fixtures)

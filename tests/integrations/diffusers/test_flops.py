@@ -8,11 +8,11 @@ from ppflow.integrations.diffusers import flops
 @pytest.fixture
 def tiny_specs(monkeypatch):
     specs = {
-        "flux": flops.FullSize("tiny FLUX", "flux", dict(
+        "flux": flops.FullSize("tiny FLUX", "flux", dict(  # noqa: C408 (configs read as keyword arguments)
             patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
             axes_dims_rope=(4, 6, 6)), 8, ((128, 128),), ("ppf2",)),
-        "wan": flops.FullSize("tiny Wan", "wan", dict(
+        "wan": flops.FullSize("tiny Wan", "wan", dict(  # noqa: C408 (configs read as keyword arguments)
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
             text_dim=4096, freq_dim=16, ffn_dim=32, num_layers=1), 8, ((9, 64, 64),), ("ppf3-video",)),
     }
