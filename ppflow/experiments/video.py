@@ -1,9 +1,10 @@
 """`ppflow video-demo`: spatio-temporal PPFlow on a tiny Wan video model, converted by a distilled adapter.
 
-1. Clips: a Fashion-MNIST item drifting one pixel a frame across a 32 px frame for 8 frames, captioned
+1. Clips: a Fashion-MNIST item drifting two pixels a frame across a 32 px frame for 8 frames, captioned
    "a {class} moving {direction}" (data/moving_fashion.py); text states from a frozen random word table. The
-   "latent" is the clip in 2x2 space-to-depth (4 x 8 x 16 x 16: 512 tokens under Wan's (1, 2, 2) patches).
-2. A tiny `WanTransformer3DModel` is trained from scratch with flow matching (integrations/diffusers/train.py).
+   "latent" is the clip in 4x4 space-to-depth (16 x 8 x 8 x 8: 128 tokens under Wan's (1, 2, 2) patches).
+2. A tiny `WanTransformer3DModel` is trained from scratch with flow matching and 10% text dropout
+   (integrations/diffusers/train.py); both models sample with CFG 3.
 3. It is converted to a spatio-temporal schedule by the PPFlow diffusers hook with a data-free distilled adapter
    (the base's own sampling runs recorded, integrations/diffusers/distill.py).
 4. Both sample the same prompts from the same noise (Euler, the boundaries on the grid); per-frame classifier
@@ -45,17 +46,21 @@ NO_SHIFT = FluxShift(dynamic=False, shift=1.0)
 
 @dataclass
 class VideoDemoConfig:
-    train_clips: int = 6000
+    train_clips: int = 12000
     frames: int = 8
     size: int = 32
-    item: int = 20
-    heads: int = 2  # of 32 dims
-    layers: int = 2
+    item: int = 16
+    step: int = 2  # pixels a frame
+    latent_factor: int = 4  # the clip in s2d 4x4: (16, 8, 8, 8) -> 128 tokens under Wan's (1, 2, 2) patches
+    heads: int = 3  # of 32 dims
+    layers: int = 3
     ffn: int = 256
-    base_steps: int = 1500
-    batch_size: int = 16
+    base_steps: int = 3000
+    batch_size: int = 32
     lr: float = 1e-3
-    schedule: str = "0.3:2x4x4,0.6:1x4x4,1:1x2x2"  # frames x rows x cols in latent pixels
+    text_dropout: float = 0.1  # for classifier-free guidance
+    cfg_scale: float = 3.0
+    schedule: str = "0.35:2x4x4,0.65:1x4x4,1:1x2x2"  # frames x rows x cols in latent pixels (bound ~2.1)
     sample_steps: int = 16
     adapter_trajectories: int = 48
     adapter_batch: int = 8
@@ -64,14 +69,14 @@ class VideoDemoConfig:
     adapter_rank: int = 8
     adapter_lr: float = 1e-3
     eval_clips: int = 200
-    timing_batch: int = 32
+    timing_batch: int = 64
     timing_repeats: int = 3
     metrics: bool = True
     seed: int = 0
 
     @classmethod
     def quick(cls) -> VideoDemoConfig:
-        return cls(train_clips=64, base_steps=4, batch_size=4, sample_steps=4, adapter_trajectories=2,
+        return cls(train_clips=64, base_steps=4, batch_size=4, heads=2, layers=1, sample_steps=4, adapter_trajectories=2,
                    adapter_batch=2, adapter_steps=2, adapter_calls_per_step=2, adapter_rank=2, eval_clips=8,
                    timing_batch=2, timing_repeats=1, metrics=False)
 
@@ -82,36 +87,42 @@ def text_states(classes: np.ndarray, dirs: np.ndarray, seed: int = 0) -> torch.T
     return torch.stack([table[torch.as_tensor(classes)], table[10 + torch.as_tensor(dirs)]], 1)
 
 
-def to_latent(clips: torch.Tensor) -> torch.Tensor:
-    return space_to_depth(clips, (1, 2, 2))  # (n, 4, F, 16, 16)
+def to_latent(clips: torch.Tensor, f: int) -> torch.Tensor:
+    return space_to_depth(clips, (1, f, f))  # (n, f*f, F, 32/f, 32/f)
 
 
-def from_latent(z: torch.Tensor) -> torch.Tensor:
-    return depth_to_space(z, (1, 2, 2)).clamp(-1, 1)  # (n, 1, F, 32, 32)
+def from_latent(z: torch.Tensor, f: int) -> torch.Tensor:
+    return depth_to_space(z, (1, f, f)).clamp(-1, 1)  # (n, 1, F, 32, 32)
 
 
 def tiny_wan(cfg: VideoDemoConfig):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(cfg.seed)
+    c = cfg.latent_factor ** 2
     return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=cfg.heads, attention_head_dim=32,
-                                 in_channels=4, out_channels=4, text_dim=16, freq_dim=32, ffn_dim=cfg.ffn,
+                                 in_channels=c, out_channels=c, text_dim=16, freq_dim=32, ffn_dim=cfg.ffn,
                                  num_layers=cfg.layers, rope_max_seq_len=64)
 
 
 @torch.no_grad()
 def sample(model, text: torch.Tensor, steps: int, seed: int, cfg: VideoDemoConfig, schedule: str | None = None):
-    """Euler in sigma over a grid with the stage boundaries on it; clips (n, 1, F, 32, 32)."""
+    """Euler in sigma over a grid with the stage boundaries on it, CFG at cfg.cfg_scale (zero text states as the
+    unconditional input); clips (n, 1, F, 32, 32)."""
     ad = adapter_of(model)
     plan = ad.plan if ad is not None else (StagePlan.parse(schedule, (1, 2, 2)) if schedule else None)
     sigmas = list(stage_grid(steps, plan.unshifted_boundaries() if plan else ())) + [0.0]
     n = len(text)
-    x = torch.randn(n, 4, cfg.frames, cfg.size // 2, cfg.size // 2, generator=torch.Generator().manual_seed(seed))
+    f = cfg.latent_factor
+    x = torch.randn(n, f * f, cfg.frames, cfg.size // f, cfg.size // f, generator=torch.Generator().manual_seed(seed))
     for s, s_next in pairwise(sigmas):
-        v = model(hidden_states=x, timestep=torch.full((n,), s * 1000.0), encoder_hidden_states=text,
-                  return_dict=False)[0]
+        t = torch.full((n,), s * 1000.0)
+        v = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        if cfg.cfg_scale != 1.0:
+            u = model(hidden_states=x, timestep=t, encoder_hidden_states=torch.zeros_like(text), return_dict=False)[0]
+            v = u + cfg.cfg_scale * (v - u)
         x = x + (s_next - s) * v
-    return from_latent(x)
+    return from_latent(x, f)
 
 
 def run_video_demo(cfg: VideoDemoConfig, out: str | Path, threads: int | None = 1, log=print) -> dict:
@@ -121,13 +132,14 @@ def run_video_demo(cfg: VideoDemoConfig, out: str | Path, threads: int | None = 
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
     train_x, train_y = load_fashion_mnist("train")
-    clips, cls, dirs = make_clips(train_x, train_y, cfg.train_clips, cfg.seed, cfg.frames, cfg.size, cfg.item)
-    data = save_flow_data(to_latent(clips), text_states(cls, dirs, cfg.seed), out / "clips.safetensors")
+    clips, cls, dirs = make_clips(train_x, train_y, cfg.train_clips, cfg.seed, cfg.frames, cfg.size, cfg.item, cfg.step)
+    data = save_flow_data(to_latent(clips, cfg.latent_factor), text_states(cls, dirs, cfg.seed),
+                          out / "clips.safetensors")
     tiny_wan(cfg).save_pretrained(out / "init")
     log(f"{cfg.train_clips} clips; training the tiny Wan for {cfg.base_steps} steps")
     f = FlowConfig(out=str(out / "base"), seed=cfg.seed, batch_size=cfg.batch_size, max_steps=cfg.base_steps,
                    log_every=max(1, cfg.base_steps // 20), save_every=cfg.base_steps, device="cpu", progress=False)
-    f.model.init, f.model.data = str(out / "init"), str(data)
+    f.model.init, f.model.data, f.model.text_dropout = str(out / "init"), str(data), cfg.text_dropout
     f.optim.lr, f.optim.warmup_steps, f.ema.decay, f.ema.warmup = cfg.lr, min(100, cfg.base_steps // 10), 0.999, True
     start = time.perf_counter()
     base_run = train_flow(f)
@@ -181,7 +193,8 @@ def run_video_demo(cfg: VideoDemoConfig, out: str | Path, threads: int | None = 
     samples = {name: torch.cat([sample(m, etext[i: i + 50], cfg.sample_steps, cfg.seed + i, cfg)
                                 for i in range(0, cfg.eval_clips, 50)]) for name, m in models.items()}
     test_x, test_y = load_fashion_mnist("test")
-    real, real_c, real_d = make_clips(test_x, test_y, cfg.eval_clips, cfg.seed + 1, cfg.frames, cfg.size, cfg.item)
+    real, real_c, real_d = make_clips(test_x, test_y, cfg.eval_clips, cfg.seed + 1, cfg.frames, cfg.size, cfg.item,
+                                      cfg.step)
     rows = []
     preds = {}
     clf = None
@@ -189,7 +202,8 @@ def run_video_demo(cfg: VideoDemoConfig, out: str | Path, threads: int | None = 
         from ..eval.classifier import classifier_metrics, classifier_outputs, load_classifier
 
         clf = load_classifier()
-        ref = centre_crops(real, cfg.item)
+        ref_clips = make_clips(test_x, test_y, 1000, cfg.seed + 2, cfg.frames, cfg.size, cfg.item, cfg.step)[0]
+        ref = centre_crops(ref_clips, cfg.item)  # FID reference: other real clips than the "real clips" row
     for name, clips_ in [*samples.items(), ("real clips", real)]:
         labels = ec if name != "real clips" else real_c
         want_dir = ed if name != "real clips" else real_d
@@ -241,7 +255,8 @@ def format_report(r: dict) -> Report:
     rep = Report(f"ppflow video demo ({r['seconds']:.0f} s, {r['threads']} thread(s))")
     rep.text(f"Tiny Wan ({c['layers']} blocks, width {32 * c['heads']}) trained {c['base_steps']} steps (batch "
              f"{c['batch_size']}, {t['base']['seconds']:.0f} s) on {c['train_clips']} moving Fashion-MNIST clips "
-             f"({c['frames']} frames of {c['size']} px, 2x2 space-to-depth: 512 tokens). Adapter: schedule "
+             f"({c['frames']} frames of {c['size']} px, {c.get('latent_factor', 2)}x{c.get('latent_factor', 2)} "
+             f"space-to-depth), text dropout {c.get('text_dropout', 0)}, CFG {c.get('cfg_scale', 1)}. Adapter: schedule "
              f"{c['schedule']}, LoRA rank {c['adapter_rank']}, {t['adapter']['params'] / 1e3:.1f}k parameters "
              f"({100 * t['adapter']['share']:.1f}% of the base), distilled {c['adapter_steps']} steps "
              f"({t['adapter']['seconds']:.0f} s) from {t['adapter']['calls']} recorded coarse-stage calls of the "

@@ -3,7 +3,8 @@
 A task of the training engine for families whose pipelines pass the noisy latent and text states straight to the
 transformer (Wan today): x_sigma = (1 - sigma) x0 + sigma noise, target noise - x0 (the flow-matching velocity in
 diffusers' sigma convention), sigma uniform in [0, 1]; the timestep is sigma x 1000. The data file holds `latents`
-(N, C, F, H, W) and `text` (N, T, D) (`save_flow_data`). RUN/ema is a diffusers folder (`save_pretrained`).
+(N, C, F, H, W) and `text` (N, T, D) (`save_flow_data`); `model.text_dropout` trains the unconditional input
+(zero text states) for classifier-free guidance. RUN/ema is a diffusers folder (`save_pretrained`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class FlowData:
 class ModelSection:
     init: str | None = _opt(None, "folder of the diffusers transformer to train (e.g. a fresh save_pretrained)")
     data: str | None = _opt(None, "flow-data file: latents and text states (save_flow_data)")
+    text_dropout: float = _opt(0.0, "share of samples trained with zero text states (for classifier-free guidance)",
+                               min=0.0, below=1.0)
 
 
 @dataclass
@@ -86,6 +89,10 @@ class FlowTask(Task):
         dev, seed = self.info.device, self.cfg.seed
         x0 = mb.x.to(dev)  # (B, C, F, H, W)
         text = self.data.text[mb.y].to(dev)  # (B, T, D)
+        if self.cfg.model.text_dropout:
+            drop = self.cfg.model.text_dropout
+            keep = torch.rand(len(text), generator=generator(seed, mb.step, mb.shard, "labels")) >= drop  # (B,)
+            text = text * keep.to(dev, text.dtype).view(-1, 1, 1)  # dropped: zeros, the unconditional input
         sigma = torch.rand(len(x0), generator=generator(seed, mb.step, mb.shard, "time")).to(dev)  # (B,)
         noise = torch.randn(x0.shape, generator=generator(seed, mb.step, mb.shard, "noise")).to(dev)
         s = sigma.view(-1, *[1] * (x0.ndim - 1))
