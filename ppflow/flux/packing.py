@@ -98,7 +98,8 @@ def init_patchify(coarse: torch.nn.Linear, fine: torch.nn.Linear, factors: tuple
         coarse.weight.copy_(fine.weight[:, _pooled_index(factors, fine.in_features)] / n)
     else:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-    coarse.bias.copy_(fine.bias)
+    if fine.bias is not None:
+        coarse.bias.copy_(fine.bias)
 
 
 @torch.no_grad()
@@ -111,10 +112,12 @@ def init_unpatchify(coarse: torch.nn.Linear, fine: torch.nn.Linear, factors: tup
     n = factors[0] * factors[1]
     if init == "tiled":
         coarse.weight.copy_(fine.weight.repeat(n, 1))
-        coarse.bias.copy_(fine.bias.repeat(n))
+        if fine.bias is not None:
+            coarse.bias.copy_(fine.bias.repeat(n))
     elif init == "pooled":
         idx = _pooled_index(factors, fine.out_features)
         coarse.weight.copy_(fine.weight[idx])
-        coarse.bias.copy_(fine.bias[idx])
+        if fine.bias is not None:
+            coarse.bias.copy_(fine.bias[idx])
     else:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")

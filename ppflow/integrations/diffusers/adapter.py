@@ -36,7 +36,7 @@ class HookConfig:
 
     family: str = ""  # ppflow.integrations.diffusers family name (flux, wan)
     schedule: str = "ppf2"  # stage plan (stages.py); the finest stage is the model's own patch
-    init: str = "pooled"  # coarse projections: 'pooled' (official recipe) or 'tiled'
+    init: str = ""  # coarse projections: 'pooled' (official recipe) or 'tiled'; '': the family's default
     boundaries: str = "unshifted"  # 'unshifted': boundaries follow the resolution's time shift; 'sigma': as given
     shift: FluxShift = field(default_factory=FluxShift)  # the pipeline's time shift (the 'unshifted' rule uses it)
     coarse_output: str = "v"  # what coarse stages emit: 'v' or (FLUX) 'noise_skip'
@@ -51,7 +51,7 @@ class HookConfig:
     def __post_init__(self) -> None:
         if isinstance(self.shift, dict):
             self.shift = FluxShift(**self.shift)
-        if self.init not in INITS:
+        if self.init and self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
         if self.boundaries not in BOUNDARY_RULES:
             raise ValueError(f"unknown boundaries {self.boundaries!r}; choose one of {BOUNDARY_RULES}")
@@ -92,6 +92,10 @@ class StageAdapter(nn.Module):
         if config.coarse_output not in family.coarse_outputs:
             raise ValueError(f"coarse_output {config.coarse_output!r} is not available for {family.name}; choose "
                              f"one of {family.coarse_outputs}")
+        if not config.init:
+            config.init = family.inits[0]
+        if config.init not in family.inits:
+            raise ValueError(f"init {config.init!r} is not available for {family.name}; choose one of {family.inits}")
         self.active = Active()
         self.embed, self.out = nn.ModuleDict(), nn.ModuleDict()
         for s in range(self.plan.num_stages - 1):

@@ -14,13 +14,14 @@ from .family import family_of
 ATTR = "_ppflow_adapter"  # where a hooked transformer keeps its adapter (outside the module tree)
 
 
-def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "pooled",
+def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "",
           boundaries: str = "unshifted", coarse_output: str = "v", rank: int = 0, alpha: float = 0.0,
           targets=(), shift: FluxShift | None = None, verify: bool = True, force: bool = False) -> StageAdapter:
     """Add PPFlow to `target` (a diffusers pipeline with a `transformer`, or the transformer itself).
 
     `schedule` is a stage plan (`ppf2`, `0.5:4x4,1:2x2`, video `0.3:2x4x4,0.6:1x4x4,1:1x2x2`) for a fresh
-    adapter (average/copy-initialised coarse projections, `rank` > 0 adds a stage-gated LoRA), or the folder
+    adapter (average/copy-initialised coarse projections, `init` '' = the family's default; `rank` > 0 adds a
+    stage-gated LoRA), or the folder
     of a saved adapter (`StageAdapter.save_pretrained`), applied after checking that it was made for this
     base (`force=True` skips that check, `verify=False` the weights' SHA-256). A pipeline's scheduler gets the
     stage boundaries on its grid; `shift` (default: the pipeline scheduler's, else FLUX.1-dev's) is the time shift

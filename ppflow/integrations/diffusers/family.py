@@ -25,6 +25,7 @@ class Family:
     lora_targets: tuple[str, ...] = ()  # default LoRA targets: suffixes of linear layers inside the blocks
     unbatched: tuple[str, ...] = ()  # forward arguments without a batch dimension
     coarse_outputs: tuple[str, ...] = ("v",)
+    inits: tuple[str, ...] = ("pooled",)  # coarse projection inits this family has; the first is its default
 
     def matches(self, model: nn.Module) -> bool:
         return any(c.__name__ in self.classes for c in type(model).__mro__)

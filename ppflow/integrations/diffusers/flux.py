@@ -35,6 +35,7 @@ class Flux(Family):
                     "proj_mlp", "proj_out")
     unbatched = ("img_ids", "txt_ids")
     coarse_outputs = ("v", "noise_skip")
+    inits = ("pooled", "tiled")
 
     def base_patch(self, model: nn.Module) -> tuple[int, int]:
         if getattr(model.config, "patch_size", 1) != 1:
@@ -78,13 +79,15 @@ class Flux(Family):
     def make_embed(self, model: nn.Module, factors: tuple[int, int], init: str) -> nn.Module:
         fine = model.x_embedder
         n = factors[0] * factors[1]
-        layer = nn.Linear(n * fine.in_features, fine.out_features, device=fine.weight.device, dtype=fine.weight.dtype)
+        layer = nn.Linear(n * fine.in_features, fine.out_features, bias=fine.bias is not None, device=fine.weight.device,
+                          dtype=fine.weight.dtype)
         init_patchify(layer, fine, factors, init)
         return layer
 
     def make_out(self, model: nn.Module, factors: tuple[int, int], init: str) -> nn.Module:
         fine = model.proj_out
         n = factors[0] * factors[1]
-        layer = nn.Linear(fine.in_features, n * fine.out_features, device=fine.weight.device, dtype=fine.weight.dtype)
+        layer = nn.Linear(fine.in_features, n * fine.out_features, bias=fine.bias is not None,
+                          device=fine.weight.device, dtype=fine.weight.dtype)
         init_unpatchify(layer, fine, factors, init)
         return layer

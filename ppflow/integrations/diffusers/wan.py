@@ -82,8 +82,6 @@ class Wan(Family):
         return depth_to_space(out, ctx["factors"])[:, :, :F, :H, :W]  # (B, C_out, F, H, W)
 
     def make_embed(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
-        if init != "pooled":
-            raise ValueError(f"init {init!r} is not available for Wan; use 'pooled'")
         fine = model.patch_embedding
         n = math.prod(factors)
         w = fine.weight
