@@ -7,6 +7,7 @@ rest (stage choice, hooks, caches, adapter weights) is shared: adding a family i
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -62,6 +63,10 @@ class Family:
 
     def make_out(self, model: nn.Module, factors: tuple[int, ...], init: str) -> nn.Module:
         raise NotImplementedError
+
+    def coarse_context(self, model: nn.Module, ctx: dict):
+        """A context around the coarse forward, for models whose forward reads a size from an attribute."""
+        return contextlib.nullcontext()
 
     def check(self, model: nn.Module, factors: tuple[int, ...]) -> None:
         """Raise if this model cannot run a stage with `factors` (e.g. a patch size the family does not handle)."""

@@ -62,7 +62,7 @@ class PPFlowHook(ModelHook):
         ckw, ctx = ad.family.coarsen(module, kw, factors)
         ad.active.stage = stage
         try:
-            with self._stage_context(module, stage):
+            with self._stage_context(module, stage), ad.family.coarse_context(module, ctx):
                 out = self.fn_ref.original_forward(**ckw)
         finally:
             ad.active.stage = None
