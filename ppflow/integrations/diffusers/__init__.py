@@ -1,10 +1,10 @@
-"""PPFlow as a diffusers hook: `apply(pipe, "ppf2")` on an unmodified FLUX.1 / FLUX.2 / SD3.5 / Wan transformer.
+"""PPFlow as a diffusers hook: `apply(pipe, "ppf2")` on an unmodified FLUX.1 / FLUX.2 / Qwen-Image / SD3.5 / Wan transformer.
 
 The pipeline keeps its class and everything diffusers gives it; a forward whose timestep lies in a coarse
-stage runs on fewer tokens. Families: flux.py, flux2.py, sd3.py, wan.py (one module each, see family.py).
+stage runs on fewer tokens. Families: flux.py, flux2.py, qwen.py, sd3.py, wan.py (one module each, see family.py).
 """
 
-from . import flux, flux2, sd3, wan  # noqa: F401  (each family registers itself)
+from . import flux, flux2, qwen, sd3, wan  # noqa: F401  (each family registers itself)
 from .adapter import HookConfig, StageAdapter
 from .api import adapter_of, apply, remove
 from .family import FAMILIES, Family, family_of
