@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--diffusers", nargs="?", const="all", default=None, metavar="NAMES",
                    help="FLOPs of the PPFlow diffusers hook on full-size released models, counted on the meta device "
                         "(no download, no memory; about 2 min): all, or comma-separated among "
-                        "flux.1-dev, wan2.1-14b")
+                        "flux.1-dev, flux.2-dev, qwen-image, sd3.5-large, wan2.1-14b")
     from .flux import add_flops_arguments
 
     add_flops_arguments(p)

@@ -35,38 +35,68 @@ FULL_SIZES = {
         patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56)), 512, ((512, 512), (1024, 1024), (1440, 1440)), ("ppf2", "ppf3")),
-    "wan2.1-14b": FullSize("Wan2.1-T2V-14B", "wan", dict(  # noqa: C408 (configs read as keyword arguments)
+    "flux.2-dev": FullSize("FLUX.2-dev", "flux2", dict(  # noqa: C408
+        patch_size=1, in_channels=128, num_layers=8, num_single_layers=48, attention_head_dim=128,
+        num_attention_heads=48, joint_attention_dim=15360, timestep_guidance_channels=256,
+        axes_dims_rope=(32, 32, 32, 32)), 512, ((1024, 1024),), ("ppf2", "ppf3")),
+    "qwen-image": FullSize("Qwen-Image", "qwen", dict(  # noqa: C408
+        patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=3584, axes_dims_rope=(16, 56, 56)), 256, ((1024, 1024), (1328, 1328)), ("ppf2", "ppf3")),
+    "sd3.5-large": FullSize("SD3.5-large", "sd3", dict(  # noqa: C408
+        sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64, num_attention_heads=38,
+        joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+        pos_embed_max_size=192, qk_norm="rms_norm"), 333, ((1024, 1024),), ("ppf2", "ppf3")),
+    "wan2.1-14b": FullSize("Wan2.1-T2V-14B", "wan", dict(  # noqa: C408
         patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
         text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", eps=1e-6), 512, ((81, 480, 832), (81, 720, 1280)),
         ("ppf2", "ppf2-video", "ppf3-video")),
 }
+CLASSES = {"flux": "FluxTransformer2DModel", "flux2": "Flux2Transformer2DModel", "qwen": "QwenImageTransformer2DModel",
+           "sd3": "SD3Transformer2DModel", "wan": "WanTransformer3DModel"}
 
 
 def meta_model(spec: FullSize) -> torch.nn.Module:
     import diffusers
 
-    cls = {"flux": diffusers.FluxTransformer2DModel, "wan": diffusers.WanTransformer3DModel}[spec.family]
     with torch.device("meta"):
-        return cls(**spec.config).eval()
+        return getattr(diffusers, CLASSES[spec.family])(**spec.config).eval()
+
+
+def _tokens(n: int, unit: int, f: int) -> int:
+    """Coarse tokens along an axis of `n` latent pixels: `unit` pixels a fine token, f fine tokens a coarse one,
+    padded up as the hook pads."""
+    return -(-n // (unit * f))
 
 
 def forward_flops(model: torch.nn.Module, spec: FullSize, size: tuple[int, ...], factors: tuple[int, ...],
                   text_tokens: int) -> int:
     """FLOPs of one forward (batch 1) at the grid of a stage with `factors` (base tokens per token, per axis)."""
+    T, cfg = text_tokens, spec.config
     with torch.device("meta"):
-        if spec.family == "flux":
-            h, w = size[0] // 16 // factors[-2], size[1] // 16 // factors[-1]  # packed tokens: 16 px each
-            kw = {"hidden_states": torch.empty(1, h * w, 64), "img_ids": torch.empty(h * w, 3),
-                      "encoder_hidden_states": torch.empty(1, text_tokens, 4096), "txt_ids": torch.empty(text_tokens, 3),
-                      "pooled_projections": torch.empty(1, 768), "timestep": torch.empty(1), "guidance": torch.empty(1)}
+        if spec.family in ("flux", "flux2", "qwen"):  # 2x2-packed tokens of an 8x VAE latent: 16 px each
+            h, w = _tokens(size[0] // 8, 2, factors[-2]), _tokens(size[1] // 8, 2, factors[-1])
+            kw = {"hidden_states": torch.empty(1, h * w, cfg["in_channels"]), "timestep": torch.empty(1),
+                  "encoder_hidden_states": torch.empty(1, T, cfg["joint_attention_dim"])}
+            if spec.family == "qwen":
+                kw.update(img_shapes=[[(1, h, w)]], encoder_hidden_states_mask=None)
+            else:
+                axes = len(cfg["axes_dims_rope"])
+                kw.update(img_ids=torch.empty(h * w, axes), txt_ids=torch.empty(T, axes), guidance=torch.empty(1))
+                if spec.family == "flux":
+                    kw["pooled_projections"] = torch.empty(1, cfg["pooled_projection_dim"])
+        elif spec.family == "sd3":
+            h, w = _tokens(size[0] // 8, 2, factors[-2]) * 2, _tokens(size[1] // 8, 2, factors[-1]) * 2
+            kw = {"hidden_states": torch.empty(1, cfg["in_channels"], h, w), "timestep": torch.empty(1),
+                  "encoder_hidden_states": torch.empty(1, T, cfg["joint_attention_dim"]),
+                  "pooled_projections": torch.empty(1, cfg["pooled_projection_dim"])}
         else:
             frames, height, width = size
             lat = ((frames - 1) // 4 + 1, height // 8, width // 8)  # Wan's VAE: 4x in time, 8x in space
-            need = (factors[0], 2 * factors[1], 2 * factors[2])  # Wan's (1, 2, 2) patches times the factors
-            shape = tuple(-(-n // m) * m // f for n, m, f in zip(lat, need, factors, strict=True))  # padded as run
+            shape = (_tokens(lat[0], 1, factors[0]), _tokens(lat[1], 2, factors[1]) * 2,
+                     _tokens(lat[2], 2, factors[2]) * 2)  # the plain model at the coarse grid
             kw = {"hidden_states": torch.empty(1, 16, *shape), "timestep": torch.empty(1),
-                      "encoder_hidden_states": torch.empty(1, text_tokens, 4096)}
+                  "encoder_hidden_states": torch.empty(1, T, 4096)}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**kw, return_dict=False)
     return counter.get_total_flops()
@@ -78,7 +108,7 @@ def full_size_table(names=tuple(FULL_SIZES)) -> list[dict]:
     for key in names:
         spec = FULL_SIZES[key]
         model = meta_model(spec)
-        base_patch = (2, 2) if spec.family == "flux" else (1, 2, 2)
+        base_patch = (1, 2, 2) if spec.family == "wan" else (2, 2)
         for size in spec.sizes:
             for sched in spec.schedules:
                 try:
