@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .family import Family, register
-from .wan import depth_to_space, space_to_depth
+from .wan import depth_out, depth_to_space, space_to_depth
 
 
 def _s2d(x: torch.Tensor, f: tuple[int, int]) -> torch.Tensor:
@@ -125,13 +125,4 @@ class SD3(Family):
         return CoarsePatchEmbed(model.pos_embed, factors)
 
     def make_out(self, model: nn.Module, factors: tuple[int, int], init: str) -> nn.Module:
-        fine = model.proj_out
-        n = factors[0] * factors[1]
-        P = math.prod(self.base_patch(model))
-        C = fine.out_features // P
-        w = fine.weight
-        layer = nn.Linear(fine.in_features, fine.out_features * n, device=w.device, dtype=w.dtype)
-        with torch.no_grad():  # rows (p, c*n + k) = fine row (p, c): every pixel of the block gets the output
-            layer.weight.copy_(w.view(P, C, -1).repeat_interleave(n, dim=1).reshape(P * C * n, -1))
-            layer.bias.copy_(fine.bias.view(P, C).repeat_interleave(n, dim=1).reshape(-1))
-        return layer
+        return depth_out(model.proj_out, math.prod(factors), math.prod(self.base_patch(model)))

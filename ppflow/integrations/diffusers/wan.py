@@ -93,13 +93,15 @@ class Wan(Family):
         return layer
 
     def make_out(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
-        fine = model.proj_out
-        n = math.prod(factors)
-        P = math.prod(self.base_patch(model))
-        C = fine.out_features // P
-        w = fine.weight
-        layer = nn.Linear(fine.in_features, fine.out_features * n, device=w.device, dtype=w.dtype)
-        with torch.no_grad():  # rows (p, c*n + k) = fine row (p, c): every pixel of the block gets the output
-            layer.weight.copy_(w.view(P, C, -1).repeat_interleave(n, dim=1).reshape(P * C * n, -1))
-            layer.bias.copy_(fine.bias.view(P, C).repeat_interleave(n, dim=1).reshape(-1))
-        return layer
+        return depth_out(model.proj_out, math.prod(factors), math.prod(self.base_patch(model)))
+
+
+def depth_out(fine: nn.Linear, n: int, pixels: int) -> nn.Linear:
+    """The output projection of a space-to-depth coarse stage: per patch pixel C*n channels (c*n + k) where the
+    fine one has C; copy init: rows (p, c*n + k) = fine row (p, c), every pixel of a block gets the output."""
+    C, w = fine.out_features // pixels, fine.weight
+    layer = nn.Linear(fine.in_features, fine.out_features * n, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w.view(pixels, C, -1).repeat_interleave(n, dim=1).reshape(pixels * C * n, -1))
+        layer.bias.copy_(fine.bias.view(pixels, C).repeat_interleave(n, dim=1).reshape(-1))
+    return layer
