@@ -10,12 +10,12 @@ def add_arguments(p) -> None:
     p.description = ("Train a tiny Wan video model on moving Fashion-MNIST clips, convert it to a spatio-temporal "
                      "PPFlow schedule with a data-free distilled adapter (the PPFlow diffusers hook), and compare "
                      "it with the base: per-frame accuracy and FID, direction accuracy, paired agreement, speed-up "
-                     "and FLOPs bound. About 30 min on one CPU core; --quick: seconds (a pipeline check).")
+                     "and FLOPs bound. About 35 min on one CPU core; --quick: seconds (a pipeline check).")
     p.add_argument("--out", default=None, help="output folder (default runs/video-demo, runs/video-demo-quick)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few steps, no metrics")
     p.add_argument("--schedule", default=None, help="spatio-temporal schedule (default 0.35:2x4x4,0.65:1x4x4,1:1x2x2)")
-    p.add_argument("--base-steps", type=int, default=None, help="training steps of the base (default 1500)")
-    p.add_argument("--adapter-steps", type=int, default=None, help="distillation steps of the adapter (default 400)")
+    p.add_argument("--base-steps", type=int, default=None, help="training steps of the base (default 6000)")
+    p.add_argument("--adapter-steps", type=int, default=None, help="distillation steps of the adapter (default 1000)")
     p.add_argument("--docs", default=None, help="also write this markdown file (e.g. docs/video.md), with the command "
                                                 "that regenerates it on top, and results.json + clip grids into the "
                                                 "folder of the same name (docs/video/)")

@@ -55,16 +55,17 @@ class VideoDemoConfig:
     heads: int = 3  # of 32 dims
     layers: int = 3
     ffn: int = 256
-    base_steps: int = 3000
+    base_steps: int = 6000
     batch_size: int = 32
     lr: float = 1e-3
     text_dropout: float = 0.1  # for classifier-free guidance
     cfg_scale: float = 3.0
     schedule: str = "0.35:2x4x4,0.65:1x4x4,1:1x2x2"  # frames x rows x cols in latent pixels (bound ~2.1)
     sample_steps: int = 16
-    adapter_trajectories: int = 48
+    adapter_trajectories: int = 96
     adapter_batch: int = 8
-    adapter_steps: int = 400
+    adapter_steps: int = 1000
+    coarse_output: str = "noise_skip"  # the within-block noise given exactly (wan.depth_noise_skip); 'v': none
     adapter_calls_per_step: int = 4
     adapter_rank: int = 8
     adapter_lr: float = 1e-3
@@ -162,7 +163,8 @@ def run_video_demo(cfg: VideoDemoConfig, out: str | Path, threads: int | None = 
                       max_steps=cfg.adapter_steps, log_every=max(1, cfg.adapter_steps // 20),
                       save_every=cfg.adapter_steps, device="cpu", progress=False,
                       adapter=AdapterSection(base=base_dir, calls=str(calls_path), schedule=cfg.schedule,
-                                             rank=cfg.adapter_rank, shift={"dynamic": False, "shift": 1.0}))
+                                             rank=cfg.adapter_rank, coarse_output=cfg.coarse_output,
+                                             shift={"dynamic": False, "shift": 1.0}))
     d.optim.lr, d.optim.warmup_steps, d.ema.decay, d.ema.warmup = cfg.adapter_lr, min(50, cfg.adapter_steps // 10), 0.999, True
     start = time.perf_counter()
     ad_run = distill(d)
@@ -257,7 +259,8 @@ def format_report(r: dict) -> Report:
              f"{c['batch_size']}, {t['base']['seconds']:.0f} s) on {c['train_clips']} moving Fashion-MNIST clips "
              f"({c['frames']} frames of {c['size']} px, {c.get('latent_factor', 2)}x{c.get('latent_factor', 2)} "
              f"space-to-depth), text dropout {c.get('text_dropout', 0)}, CFG {c.get('cfg_scale', 1)}. Adapter: schedule "
-             f"{c['schedule']}, LoRA rank {c['adapter_rank']}, {t['adapter']['params'] / 1e3:.1f}k parameters "
+             f"{c['schedule']}, coarse output {c.get('coarse_output', 'v')}, LoRA rank {c['adapter_rank']}, "
+             f"{t['adapter']['params'] / 1e3:.1f}k parameters "
              f"({100 * t['adapter']['share']:.1f}% of the base), distilled {c['adapter_steps']} steps "
              f"({t['adapter']['seconds']:.0f} s) from {t['adapter']['calls']} recorded coarse-stage calls of the "
              f"base (data-free). Euler {c['sample_steps']} steps, boundaries on the grid.")

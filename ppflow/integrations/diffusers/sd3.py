@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .family import Family, register
-from .wan import depth_out, depth_to_space, space_to_depth
+from .wan import depth_noise_skip, depth_out, depth_to_space, space_to_depth
 
 
 def _s2d(x: torch.Tensor, f: tuple[int, int]) -> torch.Tensor:
@@ -79,6 +79,7 @@ class SD3(Family):
                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                     "ff_context.net.2")
     unbatched = ()
+    coarse_outputs = ("v", "noise_skip")
 
     def base_patch(self, model: nn.Module) -> tuple[int, int]:
         p = int(model.config.patch_size)
@@ -105,10 +106,14 @@ class SD3(Family):
         if any(pad):
             x = torch.nn.functional.pad(x, (0, pad[1], 0, pad[0]), mode="replicate")
         n = factors[0] * factors[1]
-        return {**kw, "hidden_states": _s2d(x, factors)}, {"factors": factors, "size": size, "n": n}
+        x_in = _s2d(x, factors)  # (B, C*n, H/fh, W/fw)
+        sigma = self.sigma(model, kw).to(x.device)
+        return {**kw, "hidden_states": x_in}, {"factors": factors, "size": size, "n": n, "x_in": x_in, "sigma": sigma}
 
     def refine(self, model: nn.Module, out: torch.Tensor, ctx: dict, coarse_output: str) -> torch.Tensor:
         H, W = ctx["size"]
+        if coarse_output == "noise_skip":
+            out = depth_noise_skip(out, ctx["x_in"], ctx["sigma"], ctx["n"])
         return _d2s(out, ctx["factors"])[:, :, :H, :W]  # (B, C_out, H, W)
 
     @contextlib.contextmanager

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from ...flux.packing import MIN_SIGMA
 from .family import Family, register
 
 
@@ -47,6 +48,7 @@ class Wan(Family):
     blocks = ("blocks.",)
     lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                     "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
+    coarse_outputs = ("v", "noise_skip")
 
     def base_patch(self, model: nn.Module) -> tuple[int, int, int]:
         return tuple(int(v) for v in model.config.patch_size)
@@ -75,10 +77,14 @@ class Wan(Family):
         pad = [-n % m for n, m in zip(size, need, strict=True)]
         if any(pad):  # 81 frames -> 21 latent frames, 720p -> 90 rows: repeat the last frame / edge pixels
             x = torch.nn.functional.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")  # (B, C, F', H', W')
-        return {**kw, "hidden_states": space_to_depth(x, factors)}, {"factors": factors, "size": size}
+        x_in = space_to_depth(x, factors)  # (B, C*n, F', H', W')
+        sigma = self.sigma(model, kw).to(x.device)
+        return {**kw, "hidden_states": x_in}, {"factors": factors, "size": size, "x_in": x_in, "sigma": sigma}
 
     def refine(self, model: nn.Module, out: torch.Tensor, ctx: dict, coarse_output: str) -> torch.Tensor:
         F, H, W = ctx["size"]
+        if coarse_output == "noise_skip":
+            out = depth_noise_skip(out, ctx["x_in"], ctx["sigma"], math.prod(ctx["factors"]))
         return depth_to_space(out, ctx["factors"])[:, :, :F, :H, :W]  # (B, C_out, F, H, W)
 
     def make_embed(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
@@ -94,6 +100,21 @@ class Wan(Family):
 
     def make_out(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
         return depth_out(model.proj_out, math.prod(factors), math.prod(self.base_patch(model)))
+
+
+def depth_noise_skip(out: torch.Tensor, x_in: torch.Tensor, sigma: torch.Tensor, n: int) -> torch.Tensor:
+    """`noise_skip` on a space-to-depth coarse stage (channels c*n + k): v = f + (x - P x) / sigma, P the mean over
+    the n pixels of a block. For data constant on blocks the within-block part of x is sigma times that of the
+    noise, so the within-block part of the target noise - x0 is given exactly and the network handles the block
+    means, what a coarse token can carry (ppflow.flux.packing.noise_skip in this layout)."""
+    if out.shape[1] != x_in.shape[1]:
+        raise ValueError(f"noise_skip needs as many output as input channels ({out.shape[1]} vs {x_in.shape[1]}); "
+                         "use coarse_output='v' for this model")
+    B, K = x_in.shape[:2]
+    blocks = x_in.view(B, K // n, n, *x_in.shape[2:])  # (B, C, n, ...)
+    detail = (blocks - blocks.mean(2, keepdim=True)).view_as(x_in)  # (B, C*n, ...)
+    inv = 1.0 / sigma.to(out.dtype).clamp_min(MIN_SIGMA).view(-1, *[1] * (out.ndim - 1))
+    return out + detail.to(out.dtype) * inv
 
 
 def depth_out(fine: nn.Linear, n: int, pixels: int) -> nn.Linear:

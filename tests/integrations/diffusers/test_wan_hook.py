@@ -124,3 +124,22 @@ def test_a_latent_the_coarse_patches_do_not_divide_is_padded_and_cropped():
     torch.testing.assert_close(three, padded[:, :, :3], rtol=0, atol=1e-6)
     out = model(**wan_inputs(frames=4, size=6, timestep=900.0))[0]  # 6 rows: 3 tokens, padded to 8 rows
     assert out.shape == (2, 4, 4, 6, 6)
+
+
+def test_noise_skip_gives_the_within_block_target_exactly_for_block_constant_data():
+    from ppflow.integrations.diffusers.wan import depth_noise_skip
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 2, 4, 4, generator=g).repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    noise = torch.randn(x0.shape, generator=g)  # (2, 4, 4, 8, 8); x0 constant on 2x2x2 blocks
+    sigma = torch.tensor([0.7, 0.9])
+    x = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+    target = space_to_depth(noise - x0, (2, 2, 2))  # (2, 32, 2, 4, 4)
+    x_in = space_to_depth(x, (2, 2, 2))
+    n = 8
+    mean = target.view(2, 4, n, 2, 4, 4).mean(2, keepdim=True).expand(-1, -1, n, -1, -1, -1).reshape(target.shape)
+    torch.testing.assert_close(depth_noise_skip(mean, x_in, sigma, n), target, rtol=1e-5, atol=1e-5)
+    model = tiny_wan()
+    apply(model, "0.5:2x4x4,1:1x2x2", coarse_output="noise_skip")
+    with torch.no_grad():
+        assert torch.isfinite(model(**wan_inputs(timestep=900.0))[0]).all()
