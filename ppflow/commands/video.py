@@ -54,4 +54,15 @@ def publish(report: dict, out: Path, docs: Path) -> None:
     command = "ppflow " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["video-demo"] else "ppflow video-demo"
     md = format_report(report).markdown()
     grids = "\n".join(f"![{p.stem}]({folder.name}/{p.name})" for p in sorted(folder.glob("clips-*.png")))
-    write_text_atomic(docs, f"Regenerate with `{command}`.\n\n{md}\n\n{grids}\n", "video report")
+    findings = _findings(docs)  # written by hand, kept by regeneration
+    write_text_atomic(docs, f"Regenerate with `{command}`.\n\n{findings}{md}\n\n{grids}\n", "video report")
+
+
+def _findings(docs: Path) -> str:
+    """The hand-written block between <!-- findings --> and <!-- /findings --> of an existing report."""
+    try:
+        text = docs.read_text("utf-8")
+    except OSError:
+        return ""
+    start, end = text.find("<!-- findings"), text.find("<!-- /findings -->")
+    return text[start: end + len("<!-- /findings -->")] + "\n\n" if 0 <= start < end else ""
