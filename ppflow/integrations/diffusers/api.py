@@ -10,17 +10,20 @@ from ...flux.sigmas import FluxShift
 from . import hook, scheduler
 from .adapter import HookConfig, StageAdapter, fingerprint, is_adapter_folder, read_config
 from .family import family_of
+from .hub import fetch_adapter, is_adapter_ref
 
 ATTR = "_ppflow_adapter"  # where a hooked transformer keeps its adapter (outside the module tree)
 
 
 def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "",
           boundaries: str = "unshifted", coarse_output: str = "v", rank: int = 0, alpha: float = 0.0,
-          targets=(), shift: FluxShift | None = None, verify: bool = True, force: bool = False) -> StageAdapter:
+          targets=(), shift: FluxShift | None = None, verify: bool = True, force: bool = False,
+          revision: str | None = None, token: str | bool | None = None) -> StageAdapter:
     """Add PPFlow to `target` (a diffusers pipeline with a `transformer`, or the transformer itself).
 
     `schedule` is a stage plan (`ppf2`, `0.5:4x4,1:2x2`, video `0.3:2x4x4,0.6:1x4x4,1:1x2x2`) for a fresh
-    adapter (average/copy-initialised coarse projections, `init` '' = the family's default; `rank` > 0 adds a
+    adapter, or a saved adapter: its folder or an 'org/name' hub id (`revision`, `token`; hub.push_adapter
+    uploads one) (average/copy-initialised coarse projections, `init` '' = the family's default; `rank` > 0 adds a
     stage-gated LoRA), or the folder
     of a saved adapter (`StageAdapter.save_pretrained`), applied after checking that it was made for this
     base (`force=True` skips that check, `verify=False` the weights' SHA-256). A pipeline's scheduler gets the
@@ -31,6 +34,8 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     remove(target)
     fam = family_of(transformer, family)
     shift = shift or _shift(pipe)
+    if not is_adapter_folder(schedule) and is_adapter_ref(schedule):
+        schedule = fetch_adapter(str(schedule), revision, token=token)
     if is_adapter_folder(schedule):
         config = read_config(schedule)
         if config.family and config.family != fam.name:
