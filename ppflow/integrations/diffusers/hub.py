@@ -23,12 +23,13 @@ def fetch_adapter(repo_id: str, revision: str | None = None, *, token: str | boo
                   cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder (in huggingface_hub's cache) of the adapter in `repo_id` at `revision`."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
     at = f"{repo_id}@{revision or 'main'}"
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG, WEIGHTS],
                                         cache_dir=cache_dir, local_files_only=_hub_offline(), token=token))
-    except Exception as e:  # not found, offline without a cached copy, network: one line naming the repo
+    except (OSError, HFValidationError) as e:  # not found / not cached offline / network (OSError subclasses)
         raise CheckpointError(f"cannot fetch the PPFlow adapter {at} ({type(e).__name__}: {one_line(e)}); check the "
                               "name and revision, the login, or unset HF_HUB_OFFLINE once to fill the cache") from None
     if not is_adapter_folder(folder):
