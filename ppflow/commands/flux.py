@@ -126,7 +126,7 @@ def add_arguments(p) -> None:
     from .train import add_run_arguments
 
     p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
-    sub = p.add_subparsers(dest="subcommand", metavar="{train,cache,demo}", required=True)
+    sub = p.add_subparsers(dest="subcommand", metavar="{train,cache,demo,stack}", required=True)
     t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_arguments(t, FluxTrainConfig)
@@ -153,9 +153,28 @@ def add_arguments(p) -> None:
     d.add_argument("--eval-per-class", type=at_least(1), default=None, help="samples per prompt (default 50)")
     d.add_argument("--coarse-output", choices=COARSE_OUTPUTS, default=None,
                    help="PPFlux coarse stages' output (default: the demo's, see docs/flux.md)")
+    st = sub.add_parser("stack", help="a flux demo run's adapter stacked with diffusers cache hooks, vs the base itself",
+                        description="Stack the PPFlow hook (the demo run's distilled adapter) with diffusers' cache "
+                                    "hooks on its trained FLUX toy and compare every combination with the base: "
+                                    "speed-up, executed-FLOPs bound, prompt accuracy, classifier FID, paired "
+                                    "agreement. Trains nothing (minutes on one core).")
+    st.add_argument("--run", required=True, help="a finished `ppflow flux demo` output folder")
+    st.add_argument("--out", default=None, help="report folder (default RUN/stack)")
+    st.add_argument("--caches", default="taylorseer,first_block", help="cache hooks, comma-separated")
+    st.add_argument("--repeats", type=at_least(1), default=3, help="timed rounds (median)")
+    st.add_argument("--threads", type=at_least(1), default=1)
 
 
 def main(args) -> int:
+    if args.subcommand == "stack":
+        from ..experiments.stacking import CACHES, run_stacking
+
+        caches = tuple(c.strip() for c in args.caches.split(",") if c.strip())
+        unknown = [c for c in caches if c not in CACHES]
+        if unknown:
+            raise ValueError(f"--caches: unknown cache {unknown[0]!r}; choose among {', '.join(CACHES)}")
+        run_stacking(args.run, args.out, caches, args.threads, args.repeats)
+        return 0
     if args.subcommand == "train":
         return _train(args)
     if args.subcommand == "cache":
