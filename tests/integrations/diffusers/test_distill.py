@@ -50,6 +50,19 @@ def test_recorded_calls_are_the_teachers_coarse_forwards(recorded):
         record_calls(model, lambda: None)
 
 
+def test_recording_can_stop_the_sampler_after_the_coarse_range():
+    base = tiny_flux()
+    forwards = []
+    h = base.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    full = record_calls(base, _sampler(base), "ppf2")
+    n_full = len(forwards)
+    forwards.clear()
+    early = record_calls(base, _sampler(base), "ppf2", stop_after_coarse=True)
+    h.remove()
+    assert len(early) == len(full) == 3 and n_full == 6 and len(forwards) == 3 + 1  # one fine forward, then stop
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(full, early, strict=True))
+
+
 def _config(tmp_path, name, steps):
     cfg = DistillConfig(out=str(tmp_path / name), max_steps=steps, batch_size=2, save_every=5, log_every=1,
                         device="cpu", progress=False, tensorboard=False,
