@@ -73,7 +73,8 @@ def wan_pipe(seed: int, tiny: bool = False):
 BUILDERS = {"flux": flux_pipe, "wan": wan_pipe}
 
 
-def cache_config(name: str, steps: int):
+def cache_config(name: str):
+    """The cache hooks ppflow measures with PPFlow (bench diffusers, flux stack)."""
     import diffusers
 
     if name == "taylorseer":  # every other step predicted after 3 computed ones: weight-independent skips
@@ -112,7 +113,7 @@ def bench_diffusers(cfg: DiffusersBenchConfig, log=None) -> dict:
             if sched:
                 apply(pipe, sched)
             if cache:
-                pipe.transformer.enable_cache(cache_config(cache, cfg.steps))
+                pipe.transformer.enable_cache(cache_config(cache))
             pipes[label] = pipe
 
         def run(label: str, r: int, pipes=pipes, call=call) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bench.diffusers import CACHES, cache_config
 from ..bench.timing import alternate, stopwatch
 from ..data.fashion_mnist import load_fashion_mnist
 from ..integrations.diffusers import apply
@@ -20,21 +21,8 @@ from ..integrations.diffusers.distill import load_transformer
 from ..utils.report import Report
 from .flux_demo import CLASS_WORDS, DemoConfig, TinyTextEncoders, sample, to_pixels, to_uint8_32
 
-CACHES = ("taylorseer", "first_block")
 
-
-def cache_config(name: str):
-    import diffusers
-
-    if name == "taylorseer":  # every other step predicted once 3 steps are computed
-        return diffusers.TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=3,
-                                               taylor_factors_dtype=torch.float32)
-    if name == "first_block":
-        return diffusers.FirstBlockCacheConfig(threshold=0.05)
-    raise ValueError(f"unknown cache {name!r}; choose from {CACHES}")
-
-
-def subjects(run: Path, caches) -> dict[str, tuple[bool, str | None]]:
+def subjects(caches) -> dict[str, tuple[bool, str | None]]:
     out = {"base": (False, None), "adapter": (True, None)}
     for c in caches:
         out[f"base+{c}"] = (False, c)
@@ -66,7 +54,8 @@ def run_stacking(run_dir: str | Path, out: str | Path | None = None, caches=CACH
     if threads:
         torch.set_num_threads(threads)
     enc = TinyTextEncoders(cfg.seed)
-    models = {label: build(run, a, c) for label, (a, c) in subjects(run, caches).items()}
+    rows_of = subjects(caches)
+    models = {label: build(run, a, c) for label, (a, c) in rows_of.items()}
 
     def draw(model, prompts, steps, seed):
         ctx = model.cache_context("cond") if getattr(model, "_cache_config", None) else contextlib.nullcontext()
@@ -103,7 +92,7 @@ def run_stacking(run_dir: str | Path, out: str | Path | None = None, caches=CACH
                                         for i in range(0, len(prompts), 500)]))
         m = classifier_metrics(images, labels, ref=ref, model=clf)
         preds[name] = classifier_outputs(clf, images)[1].argmax(1)
-        adapter, cache = subjects(run, caches)[name]
+        adapter, cache = rows_of[name]
         rows.append({"model": name, "family": "flux", "schedule": cfg.adapter_schedule if adapter else "1:2x2",
                      "cache": cache, "speedup": base_s / timings.summary(name)["seconds"],
                      "flops_bound": flops["base"] / flops[name], "prompt_accuracy": m["accuracy"], "fid": m["fid"],

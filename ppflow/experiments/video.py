@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from ..integrations.diffusers.distill import (
 )
 from ..integrations.diffusers.train import FlowConfig, save_flow_data, train_flow
 from ..integrations.diffusers.wan import depth_to_space, space_to_depth
+from ..sampling.solvers import euler
 from ..utils.report import Report
 
 WORDS = tuple(c.split("/")[0].lower() for c in CLASSES) + DIRECTIONS
@@ -116,13 +116,17 @@ def sample(model, text: torch.Tensor, steps: int, seed: int, cfg: VideoDemoConfi
     n = len(text)
     f = cfg.latent_factor
     x = torch.randn(n, f * f, cfg.frames, cfg.size // f, cfg.size // f, generator=torch.Generator().manual_seed(seed))
-    for s, s_next in pairwise(sigmas):
-        t = torch.full((n,), s * 1000.0)
-        v = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, stage) -> torch.Tensor:
+        timestep = (1 - t) * 1000  # (n,) Wan's sigma x 1000; the hook picks the stage from it
+        v = model(hidden_states=x, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
         if cfg.cfg_scale != 1.0:
-            u = model(hidden_states=x, timestep=t, encoder_hidden_states=torch.zeros_like(text), return_dict=False)[0]
+            u = model(hidden_states=x, timestep=timestep, encoder_hidden_states=torch.zeros_like(text),
+                      return_dict=False)[0]
             v = u + cfg.cfg_scale * (v - u)
-        x = x + (s_next - s) * v
+        return -v  # ppflow's t = 1 - sigma runs the other way
+
+    x = euler(velocity, x, 1 - torch.tensor(sigmas, dtype=torch.float64), [None] * (len(sigmas) - 1))
     return from_latent(x, f)
 
 

@@ -165,13 +165,20 @@ def push_to_hub(source: PPFlowTransformer | str | os.PathLike, repo_id: str, *, 
     with tempfile.TemporaryDirectory(prefix="ppflow-push-") as tmp:
         folder = build_upload_folder(source, repo_id, Path(tmp) / "upload", metrics=metrics,
                                      training_config=training_config, base_model=base_model)
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            if revision not in (None, "main"):
-                api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-            info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, repo_type="model",
-                                     commit_message=commit_message or "ppflow push: weights, config, model card")
-        except Exception as e:  # network, auth and server errors of huggingface_hub / httpx: one line
-            raise PushError(f"could not push to {repo_id} ({type(e).__name__}: {one_line(e)}); check the "
-                            "connection and the login (`hf auth login`, or token=)") from e
+        return upload_folder(api, folder, repo_id, revision=revision, private=private,
+                             commit_message=commit_message or "ppflow push: weights, config, model card")
+
+
+def upload_folder(api, folder: Path, repo_id: str, *, revision: str | None, private: bool | None,
+                  commit_message: str) -> str:
+    """Create the repo (and branch `revision`) and upload `folder`; returns the commit URL. Errors: one PushError."""
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, repo_type="model",
+                                 commit_message=commit_message)
+    except Exception as e:  # network, auth and server errors of huggingface_hub / httpx: one line
+        raise PushError(f"could not push to {repo_id} ({type(e).__name__}: {one_line(e)}); check the "
+                        "connection and the login (`hf auth login`, or token=)") from e
     return str(getattr(info, "commit_url", info))

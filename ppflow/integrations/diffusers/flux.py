@@ -77,7 +77,7 @@ class Flux(Family):
         return ungroup_tokens(out, ctx["grid"], ctx["factors"])  # (B, L, C)
 
     def make_embed(self, model: nn.Module, factors: tuple[int, int], init: str) -> nn.Module:
-        fine = model.x_embedder
+        fine = model.get_submodule(self.embed)
         n = factors[0] * factors[1]
         layer = nn.Linear(n * fine.in_features, fine.out_features, bias=fine.bias is not None, device=fine.weight.device,
                           dtype=fine.weight.dtype)

@@ -175,15 +175,14 @@ def _map_sample(output, fn):
 
 
 def _stateful_hooks(module):
-    """(hook, module it sits on) for every stateful hook on `module` and its submodules."""
-    for _, m in module.named_modules():
-        registry = getattr(m, "_diffusers_hook", None)
-        if registry is None:
-            continue
+    """(hook, module it sits on) for every stateful hook on `module` and its submodules, through the registry list
+    diffusers caches for `_set_cache_context` (invalidated by enable_cache / disable_cache and by `attach`)."""
+    root = HookRegistry.check_if_exists_or_initialize(module)
+    for registry in (root, *root._get_child_registries()):
         for name in registry._hook_order:
             hook = registry.hooks[name]
             if hook._is_stateful:
-                yield hook, m
+                yield hook, registry._module_ref
 
 
 def _has_state_manager(hook) -> bool:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ...hub.hub import _hub_offline, is_hub_id
-from ...hub.push import PushError
+from ...hub.push import upload_folder
 from ...io import CheckpointError, one_line
 from .adapter import CONFIG, WEIGHTS, is_adapter_folder, read_config
 
@@ -76,13 +76,5 @@ def push_adapter(folder: str | os.PathLike, repo_id: str, *, revision: str | Non
                 raise ValueError(f"{folder / name} is a symbolic link: push the file itself")
             shutil.copyfile(folder / name, upload / name)
         (upload / CARD).write_text(model_card(folder, repo_id), encoding="utf-8")
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            if revision not in (None, "main"):
-                api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-            info = api.upload_folder(folder_path=str(upload), repo_id=repo_id, revision=revision, repo_type="model",
-                                     commit_message=commit_message or "ppflow: PPFlow adapter")
-        except Exception as e:  # network, auth and server errors: one line
-            raise PushError(f"could not push to {repo_id} ({type(e).__name__}: {one_line(e)}); check the connection "
-                            "and the login (`hf auth login`, or token=)") from e
-    return str(getattr(info, "commit_url", info))
+        return upload_folder(api, upload, repo_id, revision=revision, private=private,
+                             commit_message=commit_message or "ppflow: PPFlow adapter")

@@ -45,13 +45,3 @@ class Qwen(Flux):
         coarse = [[(1, h // factors[0], w // factors[1])] for _ in shapes]
         kw = {**kw, "hidden_states": x_in, "img_shapes": coarse}
         return kw, {"grid": (h, w), "factors": factors, "x_in": x_in, "sigma": kw["timestep"]}
-
-    def make_embed(self, model: nn.Module, factors: tuple[int, int], init: str) -> nn.Module:
-        from ...flux.packing import init_patchify
-
-        fine = model.img_in
-        n = factors[0] * factors[1]
-        layer = nn.Linear(n * fine.in_features, fine.out_features, device=fine.weight.device, dtype=fine.weight.dtype)
-        init_patchify(layer, fine, factors, init)
-        return layer
-
