@@ -120,13 +120,15 @@ class StageAdapter(nn.Module):
                 self.lora[key] = StageLoRA(model.get_submodule(name), config.rank, config.alpha or config.rank)
                 self._paths[key] = name
         self.counts: dict[int, int] = {}  # samples run per stage since the last `reset_counts`
+        self.grid_mu: float | None = None  # the time shift of the running pipeline call's grid (scheduler.py)
 
     # ------------------------------------------------------------------ running
     def stages_of(self, model: nn.Module, kw: dict) -> list[int]:
         if not self.plan.coarse:
             return [0]
         sigma = self.family.sigma(model, kw)
-        return self.plan.stage_of(sigma, self.config.boundaries, self.config.shift, self.family.seq_len(model, kw))
+        return self.plan.stage_of(sigma, self.config.boundaries, self.config.shift, self.family.seq_len(model, kw),
+                                  mu=self.grid_mu)
 
     def place(self, like: torch.Tensor) -> None:
         """Follow the model's device (CPU offload moves the model, not this module)."""

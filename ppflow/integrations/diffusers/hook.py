@@ -111,6 +111,7 @@ class PPFlowHook(ModelHook):
 
     def reset_state(self, module):
         self.last_stage = None
+        self.adapter.grid_mu = None  # the call's grid is over
         return module
 
 

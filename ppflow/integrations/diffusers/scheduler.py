@@ -5,7 +5,8 @@ builds from a `sigmas` list (FLUX-style pipelines pass one), so each step runs a
 pipelines pass) is redistributed over the stages with the same step count (ppflow.flux.sigmas.stage_grid);
 a custom `sigmas` list has each straddled step split. With fewer steps than stages (1-step FLUX.1-schnell)
 the grid stays as given and each step runs in the stage of its starting sigma. Only the instance changes: its config, class and
-saved files stay diffusers'. `unpatch` restores it.
+saved files stay diffusers'. The grid's time shift `mu` is handed to the hook, which maps the boundaries through it
+(until the call's end-of-call reset). `unpatch` restores it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def patch(scheduler, adapter) -> None:
     @functools.wraps(original)
     def set_timesteps(*args, **kwargs):
         kw = signature.bind_partial(*args, **kwargs).arguments
+        # the forward maps the boundaries through this grid's shift: pipelines differ in how they pick mu
+        # (FLUX.1 / Qwen-Image: from the resolution; FLUX.2: from the resolution and the step count)
+        adapter.grid_mu = float(kw["mu"]) if kw.get("mu") is not None and scheduler.config.get(
+            "use_dynamic_shifting") else None
         sigmas = kw.get("sigmas")
         if kw.get("timesteps") is None and sigmas is not None and len(sigmas) >= adapter.plan.num_stages:
             n = len(sigmas)

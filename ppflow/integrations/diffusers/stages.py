@@ -84,16 +84,22 @@ class StagePlan:
         """Interior boundaries as unshifted sigmas (1 - t_end), descending."""
         return tuple(1.0 - t for t in self.ends[:-1])
 
-    def sigma_boundaries(self, rule: str, shift: FluxShift, seq_len: int) -> tuple[float, ...]:
-        """Boundaries in the sigma the network receives; `unshifted`: mapped through the resolution's shift."""
+    def sigma_boundaries(self, rule: str, shift: FluxShift, seq_len: int, mu: float | None = None
+                         ) -> tuple[float, ...]:
+        """Boundaries in the sigma the network receives; `unshifted`: mapped through the time shift `mu` of the
+        pipeline's grid, else the resolution's (`shift`)."""
         if rule not in BOUNDARY_RULES:
             raise ValueError(f"unknown boundary rule {rule!r}; choose one of {BOUNDARY_RULES}")
         raw = self.unshifted_boundaries()
-        return raw if rule == "sigma" else tuple(time_shift(shift.mu(seq_len), s) for s in raw)
+        if rule == "sigma":
+            return raw
+        mu = shift.mu(seq_len) if mu is None else mu
+        return tuple(time_shift(mu, s) for s in raw)
 
-    def stage_of(self, sigma: torch.Tensor, rule: str, shift: FluxShift, seq_len: int) -> list[int]:
+    def stage_of(self, sigma: torch.Tensor, rule: str, shift: FluxShift, seq_len: int, mu: float | None = None
+                 ) -> list[int]:
         """Stage per sample from the network's sigma (a sigma on a boundary belongs to the finer stage)."""
-        return stage_of_sigma(sigma, self.sigma_boundaries(rule, shift, seq_len)).tolist()
+        return stage_of_sigma(sigma, self.sigma_boundaries(rule, shift, seq_len, mu)).tolist()
 
 
 def _items(spec: str, dims: int | None) -> list[tuple[float, tuple[int, ...]]]:
