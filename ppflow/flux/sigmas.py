@@ -137,6 +137,27 @@ def insert_boundaries(sigmas: Sequence[float], boundaries: Sequence[float]) -> l
     return sorted(out, reverse=True)
 
 
+def snap_boundaries(sigmas: Sequence[float], boundaries: Sequence[float]) -> list[float]:
+    """A scheduler's own grid (unshifted, descending) with, per boundary, the nearer of its two neighbours moved
+    onto it (never the first or the last point): every step runs at one patch size and the step count stays. A
+    boundary with no movable neighbour is inserted as a grid point."""
+    out = [float(s) for s in sigmas]
+    fixed = {0, len(out) - 1}
+    for b in sorted(boundaries, reverse=True):
+        if not 0.0 < b < out[0] or any(abs(b - s) <= 1e-9 for s in out):
+            continue
+        below = next((i for i, s in enumerate(out) if s < b), len(out))  # out[below - 1] > b > out[below]
+        near = [i for i in (below - 1, below) if i < len(out) and i not in fixed]
+        if near:
+            i = min(near, key=lambda i: abs(out[i] - b))
+            out[i] = float(b)
+            fixed.add(i)
+        else:
+            out = insert_boundaries(out, [b])
+            fixed = {i + (i >= below) for i in fixed} | {below}
+    return out
+
+
 def step_stages(sigmas: Sequence[float], boundaries: Sequence[float]) -> list[int]:
     """Stage of each step from its starting (unshifted) sigma and the unshifted boundaries."""
     return stage_of_sigma(torch.tensor([float(s) for s in sigmas], dtype=torch.float64), boundaries).tolist()

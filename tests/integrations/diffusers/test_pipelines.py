@@ -89,11 +89,20 @@ def test_fine_forwards_are_the_plain_transformer_and_coarse_ones_run_a_quarter_o
     for kw, y in fine:
         assert torch.equal(plain(**kw)[0], y)
     coarse = sum(1 for n, _, _ in calls if n == 16)
-    if family == "sd3":  # it passes no sigmas: each step runs in the stage of its own sigma
-        assert coarse >= 1 and fine
-    else:  # the boundary on the grid: 2 of 4 steps per stage (Qwen's true CFG: two forwards a step)
-        assert coarse == len(fine) == 2 * (1 + (family == "qwen"))
+    # the boundary on the grid: 2 of 4 steps per stage (Qwen's true CFG: two forwards a step; SD3 passes no
+    # sigmas: its own grid's nearest point moved onto the boundary)
+    assert coarse == len(fine) == 2 * (1 + (family == "qwen"))
     assert sum(adapter.counts.values()) == sum(kw["hidden_states"].shape[0] for _, kw, _ in calls)
+
+
+def test_snapping_moves_the_nearest_interior_point_onto_each_boundary():
+    from ppflow.flux.sigmas import snap_boundaries
+
+    assert snap_boundaries([1.0, 0.75, 0.5, 0.25], [0.6]) == [1.0, 0.75, 0.6, 0.25]
+    assert snap_boundaries([1.0, 0.5, 0.1], [0.5]) == [1.0, 0.5, 0.1]  # already on the grid
+    assert snap_boundaries([1.0, 0.2], [0.6, 0.4]) == [1.0, 0.6, 0.4, 0.2]  # no free point left: inserted
+    assert snap_boundaries([1.0, 0.9, 0.1], [0.95, 0.93]) == [1.0, 0.95, 0.93, 0.1]  # 0.9 moved, then inserted
+    assert snap_boundaries([1.0, 0.8, 0.6, 0.4, 0.01], [0.65, 0.3]) == [1.0, 0.8, 0.65, 0.3, 0.01]
 
 
 @torch.no_grad()
