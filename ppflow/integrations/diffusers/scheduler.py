@@ -50,7 +50,7 @@ def patch(scheduler, adapter) -> None:
                 kw["sigmas"] = stage_grid(n, bounds)
             else:
                 kw["sigmas"] = np.asarray(insert_boundaries(sigmas, bounds))
-        elif sigmas is None and steps is not None and steps >= adapter.plan.num_stages:
+        elif sigmas is None and steps is not None and steps >= adapter.plan.num_stages and _flow_match(scheduler):
             kw["sigmas"] = np.asarray(snap_boundaries(_default_grid(scheduler, steps), bounds))  # SD3: no sigmas
         if kw.get("sigmas") is not None and steps is not None:
             kw["num_inference_steps"] = len(kw["sigmas"])
@@ -63,6 +63,10 @@ def patch(scheduler, adapter) -> None:
 def unpatch(scheduler) -> None:
     if scheduler is not None and scheduler.__dict__.pop(PATCHED, False):
         scheduler.__dict__.pop("set_timesteps", None)
+
+
+def _flow_match(scheduler) -> bool:
+    return any(c.__name__ == "FlowMatchEulerDiscreteScheduler" for c in type(scheduler).__mro__)
 
 
 def _default_grid(scheduler, steps: int) -> np.ndarray:
