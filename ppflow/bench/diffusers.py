@@ -8,6 +8,7 @@ pipeline. Random weights: speed only, no quality (a cache's skip decisions on ra
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -73,16 +74,73 @@ def wan_pipe(seed: int, tiny: bool = False):
 BUILDERS = {"flux": flux_pipe, "wan": wan_pipe}
 
 
-def cache_config(name: str):
-    """The cache hooks ppflow measures with PPFlow (bench diffusers, flux stack)."""
+# name -> {key: (config field, type, default)}: the cache hooks ppflow measures with PPFlow (bench diffusers,
+# flux stack) and the settings a spec "name:key=value,key=value" may change
+CACHE_KEYS = {
+    # every other step predicted after 3 computed ones: weight-independent skips
+    "taylorseer": {"interval": ("cache_interval", int, 2), "warmup": ("disable_cache_before_step", int, 3),
+                   "order": ("max_order", int, 1), "stop": ("disable_cache_after_step", int, None),
+                   "scope": (None, str, "attn")},
+    "first_block": {"threshold": ("threshold", float, 0.05)},
+}
+# TaylorSeer's scope: which modules it predicts (attn: diffusers' default, the attention modules; blocks: whole
+# transformer blocks, so nothing of a block runs on a predicted step; lite: diffusers' lite mode)
+TAYLORSEER_SCOPES = {"attn": None, "blocks": [r"^(transformer_blocks|single_transformer_blocks|blocks)\.\d+$"],
+                     "lite": None}
+
+
+def parse_cache(spec: str) -> tuple[str, dict]:
+    """"taylorseer:interval=3,warmup=1" (pairs split by "," or ":") -> ("taylorseer", {"interval": 3, "warmup": 1})."""
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if name not in CACHE_KEYS:
+        raise ValueError(f"unknown cache {name!r}; choose from {', '.join(CACHE_KEYS)}")
+    keys, values = CACHE_KEYS[name], {}
+    for pair in filter(None, (p.strip() for p in re.split(r"[,:]", rest))):
+        key, eq, value = (x.strip() for x in pair.partition("="))
+        if key not in keys:
+            raise ValueError(f"cache {name!r}: unknown key {key!r}; choose from {', '.join(keys)}")
+        if not eq or not value:
+            raise ValueError(f"cache {name!r}: {pair!r} is not key=value")
+        try:
+            values[key] = keys[key][1](value)
+        except ValueError:
+            raise ValueError(f"cache {name!r}: {key}={value!r} cannot be read as {keys[key][1].__name__}") from None
+    if name == "taylorseer":
+        if values.get("scope", "attn") not in TAYLORSEER_SCOPES:
+            raise ValueError(f"cache 'taylorseer': scope {values['scope']!r}; choose from "
+                             f"{', '.join(TAYLORSEER_SCOPES)}")
+        if values.get("interval", 2) < 1 or values.get("warmup", 3) < 1 or values.get("order", 1) < 1:
+            raise ValueError("cache 'taylorseer': interval, warmup and order must be >= 1 (step 0 is computed)")
+    return name, values
+
+
+def split_caches(text: str) -> tuple[str, ...]:
+    """A comma-separated list of cache specs; a piece "key=value" without a name continues the spec before it:
+    "taylorseer:interval=3,warmup=1,first_block" -> ("taylorseer:interval=3,warmup=1", "first_block")."""
+    out: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in piece and ":" not in piece and out:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    for spec in out:
+        parse_cache(spec)
+    return tuple(out)
+
+
+def cache_config(spec: str):
+    """The diffusers cache config of a spec: a name of CACHE_KEYS with its defaults, or "name:key=value,..."."""
     import diffusers
 
-    if name == "taylorseer":  # every other step predicted after 3 computed ones: weight-independent skips
-        return diffusers.TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=3,
-                                               taylor_factors_dtype=torch.float32)
-    if name == "first_block":
-        return diffusers.FirstBlockCacheConfig(threshold=0.05)
-    raise ValueError(f"unknown cache {name!r}; choose from {CACHES}")
+    name, values = parse_cache(spec)
+    kw = {field: values.get(key, default) for key, (field, _, default) in CACHE_KEYS[name].items() if field}
+    if name == "taylorseer":
+        scope = values.get("scope", "attn")
+        return diffusers.TaylorSeerCacheConfig(**kw, taylor_factors_dtype=torch.float32,
+                                               cache_identifiers=TAYLORSEER_SCOPES[scope],
+                                               use_lite_mode=scope == "lite")
+    return diffusers.FirstBlockCacheConfig(**kw)
 
 
 def subjects(family: str, cfg: DiffusersBenchConfig) -> dict[str, tuple]:

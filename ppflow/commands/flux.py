@@ -160,19 +160,23 @@ def add_arguments(p) -> None:
                                     "agreement. Trains nothing (minutes on one core).")
     st.add_argument("--run", required=True, help="a finished `ppflow flux demo` output folder")
     st.add_argument("--out", default=None, help="report folder (default RUN/stack)")
-    st.add_argument("--caches", default="taylorseer,first_block", help="cache hooks, comma-separated")
+    st.add_argument("--caches", default="taylorseer,first_block",
+                    help="cache hooks, comma-separated; each NAME or NAME:KEY=VALUE,KEY=VALUE (taylorseer: interval, "
+                         "warmup, order, stop, scope=attn|blocks|lite; first_block: threshold), e.g. "
+                         "taylorseer:interval=3,warmup=2,scope=blocks,first_block:threshold=0.2")
     st.add_argument("--repeats", type=at_least(1), default=3, help="timed rounds (median)")
     st.add_argument("--threads", type=at_least(1), default=1)
 
 
 def main(args) -> int:
     if args.subcommand == "stack":
-        from ..experiments.stacking import CACHES, run_stacking
+        from ..bench.diffusers import split_caches
+        from ..experiments.stacking import run_stacking
 
-        caches = tuple(c.strip() for c in args.caches.split(",") if c.strip())
-        unknown = [c for c in caches if c not in CACHES]
-        if unknown:
-            raise ValueError(f"--caches: unknown cache {unknown[0]!r}; choose among {', '.join(CACHES)}")
+        try:
+            caches = split_caches(args.caches)
+        except ValueError as e:
+            raise ValueError(f"--caches: {e}") from None
         run_stacking(args.run, args.out, caches, args.threads, args.repeats)
         return 0
     if args.subcommand == "train":

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bench.diffusers import CACHES, cache_config
+from ..bench.diffusers import CACHES, cache_config, parse_cache
 from ..bench.timing import alternate, stopwatch
 from ..data.fashion_mnist import load_fashion_mnist
 from ..integrations.diffusers import apply
@@ -47,6 +47,8 @@ def run_stacking(run_dir: str | Path, out: str | Path | None = None, caches=CACH
     if not report_file.is_file() or not (run / "adapter" / "ema").is_dir():
         raise FileNotFoundError(f"{run} is not a finished `ppflow flux demo` run with an adapter (report.json, "
                                 "adapter/ema): run the demo first")
+    for c in caches:
+        parse_cache(c)  # a wrong spec fails before anything loads
     saved = json.loads(report_file.read_text("utf-8"))["config"]
     cfg = DemoConfig(**{f.name: saved[f.name] for f in fields(DemoConfig) if f.name in saved})
     out = Path(out or run / "stack")

@@ -21,3 +21,5 @@ def test_stack_names_a_missing_run_and_a_wrong_cache(tmp_path, capsys):
     assert "is not a finished `ppflow flux demo` run" in capsys.readouterr().err
     assert main(["flux", "stack", "--run", str(tmp_path), "--caches", "magic"]) != 0
     assert "unknown cache 'magic'" in capsys.readouterr().err
+    assert main(["flux", "stack", "--run", str(tmp_path), "--caches", "taylorseer:interval=3,speed=2"]) != 0
+    assert "unknown key 'speed'" in capsys.readouterr().err
