@@ -32,6 +32,11 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     """
     transformer, pipe = _transformer(target)
     remove(target)
+    second = getattr(pipe, "transformer_2", None) if pipe is not None else None
+    if second is not None:  # Wan 2.2: a low-noise expert beside the high-noise one
+        return _apply_experts(pipe, transformer, second, schedule, family=family, init=init, boundaries=boundaries,
+                              coarse_output=coarse_output, rank=rank, alpha=alpha, targets=targets, shift=shift,
+                              verify=verify, force=force, revision=revision, token=token)
     fam = family_of(transformer, family)
     shift = shift or _shift(pipe)
     if not is_adapter_folder(schedule) and is_adapter_ref(schedule):
@@ -59,11 +64,36 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     return adapter
 
 
+def _apply_experts(pipe, first: nn.Module, second: nn.Module, schedule, **options) -> StageAdapter:
+    """A pipeline with two experts (Wan 2.2's `transformer` and `transformer_2`): a schedule hooks both, each with
+    its own adapter (a step runs at its stage's patch size whichever expert the pipeline picks); a saved adapter
+    goes on the expert it was made for (apply another one to `pipe.transformer_2` directly)."""
+    if is_adapter_folder(schedule) and not options["force"]:
+        config = read_config(schedule)
+        for expert in (first, second):
+            if not config.base_fingerprint or config.base_fingerprint == fingerprint(expert):
+                adapter = apply(expert, schedule, **options)
+                break
+        else:
+            raise ValueError(f"{schedule} was made for neither expert of this pipeline (transformer, transformer_2: "
+                             f"fingerprints differ; it names base {config.base!r}); pass force=True to put it on "
+                             "`transformer` anyway")
+    else:
+        adapter = apply(first, schedule, **options)
+        if not is_adapter_folder(schedule) and not is_adapter_ref(schedule):
+            apply(second, schedule, **options)
+    if getattr(pipe, "scheduler", None) is not None:
+        scheduler.patch(pipe.scheduler, adapter)
+    return adapter
+
+
 def remove(target) -> None:
     """Take PPFlow off `target` again (hooks and the scheduler patch); the model is as before `apply`."""
     transformer, pipe = _transformer(target)
-    if transformer.__dict__.pop(ATTR, None) is not None:
-        hook.detach(transformer)
+    experts = [transformer, getattr(pipe, "transformer_2", None) if pipe is not None else None]
+    for expert in filter(None, experts):
+        if expert.__dict__.pop(ATTR, None) is not None:
+            hook.detach(expert)
     if pipe is not None:
         scheduler.unpatch(getattr(pipe, "scheduler", None))
 
@@ -76,7 +106,7 @@ def adapter_of(target) -> StageAdapter | None:
 def _transformer(target) -> tuple[nn.Module, object | None]:
     if isinstance(target, nn.Module):
         return target, None
-    transformer = getattr(target, "transformer", None)
+    transformer = getattr(target, "transformer", None) or getattr(target, "transformer_2", None)
     if transformer is None:
         raise ValueError(f"{type(target).__name__} has no transformer to add PPFlow to (built with transformer="
                          "None?); load the pipeline with its transformer, or apply PPFlow to the transformer itself")

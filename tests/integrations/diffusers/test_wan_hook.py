@@ -143,3 +143,38 @@ def test_noise_skip_gives_the_within_block_target_exactly_for_block_constant_dat
     apply(model, "0.5:2x4x4,1:1x2x2", coarse_output="noise_skip")
     with torch.no_grad():
         assert torch.isfinite(model(**wan_inputs(timestep=900.0))[0]).all()
+
+
+@torch.no_grad()
+def test_wan22_two_experts_each_get_the_schedule_and_remove_takes_both_off(wan_parts, tmp_path):
+    from diffusers import WanPipeline
+
+    from ppflow.integrations.diffusers import adapter_of, remove
+
+    def pipe22():
+        p = WanPipeline(**{**wan_parts, "transformer": copy.deepcopy(wan_parts["transformer"]),
+                           "scheduler": copy.deepcopy(wan_parts["scheduler"])}, transformer_2=tiny_wan(seed=3),
+                        boundary_ratio=0.7)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    call = {**CALL, "num_inference_steps": 8}
+    want = pipe22()(**call, generator=torch.Generator().manual_seed(0)).frames
+    pipe = pipe22()
+    high = apply(pipe, "0.6:1x4x4,1:1x2x2", boundaries="sigma")
+    low = adapter_of(pipe.transformer_2)
+    assert low is not None and low is not high
+    seen = {"high": [], "low": []}
+    hs = [pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: seen["high"].append(a[0].shape[1])),
+          pipe.transformer_2.blocks[0].register_forward_pre_hook(lambda m, a: seen["low"].append(a[0].shape[1]))]
+    pipe(**call, generator=torch.Generator().manual_seed(0))
+    for h in hs:
+        h.remove()
+    assert 2 in seen["high"] and 2 in seen["low"] and 8 in seen["low"]  # sigma 0.7 .. 0.4 coarse in the low expert too
+    remove(pipe)
+    assert adapter_of(pipe.transformer) is None and adapter_of(pipe.transformer_2) is None
+    assert np.array_equal(pipe(**call, generator=torch.Generator().manual_seed(0)).frames, want)
+    low.save_pretrained(tmp_path / "low")  # a saved adapter goes on the expert it was made for
+    fresh = pipe22()
+    apply(fresh, tmp_path / "low")
+    assert adapter_of(fresh.transformer) is None and adapter_of(fresh.transformer_2) is not None
