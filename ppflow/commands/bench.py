@@ -84,7 +84,8 @@ def add_arguments(p) -> None:
                                                "runs/bench-diffusers)")
     g.add_argument("--families", default="flux,wan", help="diffusers: model families, comma-separated")
     g.add_argument("--caches", default="taylorseer", help="diffusers: cache hooks stacked with PPFlow, comma-"
-                                                          "separated (taylorseer, first_block; 'none')")
+                   "separated, each NAME or NAME:KEY=VALUE,... (taylorseer, first_block; e.g. "
+                   "'taylorseer:interval=3,warmup=2,scope=blocks'; 'none': no cache rows)")
     g.add_argument("--dry-run", action="store_true", help="gpu: tiny sizes on the CPU, every part in about a minute")
     g.add_argument("--parts", default="a,b,c,d", help="gpu: parts to run, comma-separated (a sampling, b attention, "
                                                        "c FLUX, d compile)")
@@ -170,10 +171,13 @@ def main(args) -> int:
 
 
 def _diffusers(args) -> int:
-    from ..bench.diffusers import DiffusersBenchConfig, bench_diffusers, format_table
+    from ..bench.diffusers import DiffusersBenchConfig, bench_diffusers, format_table, split_caches
     from ..io import write_text_atomic
 
-    caches = tuple(c for c in _names(args.caches) if c != "none") if args.caches.strip() else ()
+    try:
+        caches = split_caches(",".join(p for p in args.caches.split(",") if p.strip() != "none"))
+    except ValueError as e:
+        raise CommandError(f"--caches: {e}") from None
     cfg = DiffusersBenchConfig(families=_names(args.families), caches=caches, steps=args.steps or 20,
                                repeats=args.repeats or 3, warmup=1 if args.warmup is None else args.warmup,
                                seed=args.seed, threads=args.threads)

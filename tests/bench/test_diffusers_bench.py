@@ -18,3 +18,10 @@ def test_rows_and_bounds():
     assert rows[("flux", "ppf2", None)]["flops_bound"] > 1.1 and rows[("wan", "ppf3-video", None)]["flops_bound"] > 2
     assert {"prompt_accuracy", "fid"} <= set(base) and "direction_accuracy" in rows[("wan", "base", None)]
     assert format_table(result).count("\n") == len(rows) + 1
+
+
+def test_bench_diffusers_cache_specs_are_checked_before_anything_runs(capsys):
+    from ppflow.cli import main
+
+    assert main(["bench", "diffusers", "--caches", "taylorseer:interval=3,foo=1"]) == 2
+    assert "--caches: cache 'taylorseer': unknown key 'foo'" in capsys.readouterr().err
