@@ -120,6 +120,8 @@ class StageAdapter(nn.Module):
                 self.lora[key] = StageLoRA(model.get_submodule(name), config.rank, config.alpha or config.rank)
                 self._paths[key] = name
         self.counts: dict[int, int] = {}  # samples run per stage since the last `reset_counts`
+        self.skipped = 0  # unconditional coarse-stage samples answered without a forward (coarse_cfg False)
+        self.coarse_cfg = True  # false: stage-level CFG, no unconditional pass in coarse stages (api.apply)
         self.grid_mu: float | None = None  # the time shift of the running pipeline call's grid (scheduler.py)
 
     # ------------------------------------------------------------------ running
@@ -140,7 +142,7 @@ class StageAdapter(nn.Module):
         self.counts[stage] = self.counts.get(stage, 0) + samples
 
     def reset_counts(self) -> None:
-        self.counts = {}
+        self.counts, self.skipped = {}, 0
 
     def lora_layers(self):
         """(path in the model, LoRA module) of every stage-gated LoRA."""

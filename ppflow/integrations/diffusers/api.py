@@ -17,8 +17,8 @@ ATTR = "_ppflow_adapter"  # where a hooked transformer keeps its adapter (outsid
 
 def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "",
           boundaries: str = "unshifted", coarse_output: str = "v", rank: int = 0, alpha: float = 0.0,
-          targets=(), shift: FluxShift | None = None, verify: bool = True, force: bool = False,
-          revision: str | None = None, token: str | bool | None = None) -> StageAdapter:
+          targets=(), shift: FluxShift | None = None, coarse_cfg: bool | None = None, verify: bool = True,
+          force: bool = False, revision: str | None = None, token: str | bool | None = None) -> StageAdapter:
     """Add PPFlow to `target` (a diffusers pipeline with a `transformer`, or the transformer itself).
 
     `schedule` is a stage plan (`ppf2`, `0.5:4x4,1:2x2`, video `0.3:2x4x4,0.6:1x4x4,1:1x2x2`) for a fresh
@@ -28,7 +28,10 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     of a saved adapter (`StageAdapter.save_pretrained`), applied after checking that it was made for this
     base (`force=True` skips that check, `verify=False` the weights' SHA-256). A pipeline's scheduler gets the
     stage boundaries on its grid; `shift` (default: the pipeline scheduler's, else FLUX.1-dev's) is the time shift
-    the 'unshifted' boundary rule follows. Returns the adapter (train it, save it, read `counts`).
+    the 'unshifted' boundary rule follows. `coarse_cfg=False` is stage-level CFG (the paper's [1, s]): in coarse
+    stages the pipeline's unconditional pass is answered by its conditional one without a forward (default: off
+    for an adapter distilled with guidance, which already gives the guided velocity; else the pipeline's CFG runs
+    in every stage). Returns the adapter (train it, save it, read `counts` and `skipped`).
     """
     transformer, pipe = _transformer(target)
     remove(target)
@@ -36,7 +39,7 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     if second is not None:  # Wan 2.2: a low-noise expert beside the high-noise one
         return _apply_experts(pipe, transformer, second, schedule, family=family, init=init, boundaries=boundaries,
                               coarse_output=coarse_output, rank=rank, alpha=alpha, targets=targets, shift=shift,
-                              verify=verify, force=force, revision=revision, token=token)
+                              coarse_cfg=coarse_cfg, verify=verify, force=force, revision=revision, token=token)
     fam = family_of(transformer, family)
     shift = shift or _shift(pipe)
     if not is_adapter_folder(schedule) and is_adapter_ref(schedule):
@@ -57,6 +60,10 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
                             targets=list(targets), base=_name(transformer), base_fingerprint=fingerprint(transformer))
         adapter = StageAdapter(transformer, fam, config)
     adapter.requires_grad_(False)
+    adapter.coarse_cfg = not config.guided if coarse_cfg is None else bool(coarse_cfg)
+    if not adapter.coarse_cfg and not fam.separate_cfg:
+        raise ValueError(f"coarse_cfg=False needs a pipeline that runs its unconditional pass as a call of its own "
+                         f"(FLUX true CFG, Qwen-Image, Wan); {fam.name} pipelines batch it with the conditional one")
     transformer.__dict__[ATTR] = adapter
     hook.attach(transformer, adapter)
     if pipe is not None and getattr(pipe, "scheduler", None) is not None:

@@ -27,6 +27,7 @@ class Family:
     unbatched: tuple[str, ...] = ()  # forward arguments without a batch dimension
     coarse_outputs: tuple[str, ...] = ("v",)
     inits: tuple[str, ...] = ("pooled",)  # coarse projection inits this family has; the first is its default
+    separate_cfg: bool = True  # its pipelines run the unconditional pass as a call of its own (stage-level CFG)
 
     def matches(self, model: nn.Module) -> bool:
         return any(c.__name__ in self.classes for c in type(model).__mro__)

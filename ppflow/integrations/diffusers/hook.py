@@ -9,6 +9,10 @@ for bit. The model stays the user's class; its state dict, save/load and LoRA ke
 Caches: diffusers' cache hooks keep tensors of one token count. Each stage gets its own cache context
 (`name/ppflow-stageS`), and hooks that keep state without contexts (PAB, FasterCache) are reset when the stage
 changes, so no cached tensor crosses the switch. The hook is stateful: a pipeline's end-of-call reset clears it.
+
+Stage-level CFG (`coarse_cfg=False`, the paper's CFG [1, s]): in a coarse stage a forward that repeats the last
+one's latents (the same tensor, unchanged) and timestep is the pipeline's unconditional pass; it gets the
+conditional output back without running, so the pipeline's guidance `u + s (c - u)` gives `c` there.
 """
 
 from __future__ import annotations
@@ -40,14 +44,39 @@ class PPFlowHook(ModelHook):
         super().__init__()
         self.adapter = adapter
         self.last_stage: int | None = None
+        self.last_call: tuple | None = None  # (latents, their version, timestep, output) of the last coarse forward
 
     def new_forward(self, module, *args, **kwargs):
         ad = self.adapter
         kw = ad.family.bind(module, args, kwargs)
         stages = ad.stages_of(module, kw)
-        if len(set(stages)) == 1:
-            return self._run(module, stages[0], kw)
-        return self._run_mixed(module, stages, kw)
+        if len(set(stages)) > 1:
+            return self._run_mixed(module, stages, kw)
+        stage = stages[0]
+        if ad.coarse_cfg or stage == ad.plan.num_stages - 1:
+            return self._run(module, stage, kw)
+        answer = self._unconditional_pass(kw)
+        if answer is not None:  # stage-level CFG: the unconditional pass of a coarse step costs nothing
+            ad.skipped += kw["hidden_states"].shape[0]
+            return answer
+        out = self._run(module, stage, kw)
+        x, t = kw["hidden_states"], kw.get("timestep")
+        self.last_call = (x, x._version, None if t is None else t.detach().clone(), out)
+        return out
+
+    def _unconditional_pass(self, kw: dict):
+        """The last coarse forward's output when this call repeats its latents and timestep (a pipeline's
+        unconditional pass, which follows the conditional one with the same latents), else None."""
+        if self.last_call is None:
+            return None
+        x, version, t, out = self.last_call
+        now = kw.get("timestep")
+        same_t = (t is None and now is None) or (t is not None and now is not None and t.shape == now.shape
+                                                 and torch.equal(t, now.detach().to(t.device, t.dtype)))
+        if kw["hidden_states"] is not x or x._version != version or not same_t:
+            return None
+        self.last_call = None
+        return _map_sample(_copy_output(out), torch.clone)
 
     def _run(self, module, stage: int, kw: dict):
         ad = self.adapter
@@ -86,6 +115,8 @@ class PPFlowHook(ModelHook):
 
     def _switch(self, module, stage: int) -> None:
         """Reset context-free stateful hooks (PAB, FasterCache) when the stage changes."""
+        if stage != self.last_stage:
+            self.last_call = None
         if self.last_stage is not None and stage != self.last_stage:
             for hook, owner in _stateful_hooks(module):
                 if hook is not self and not _has_state_manager(hook):
@@ -110,7 +141,7 @@ class PPFlowHook(ModelHook):
                 m.set_context(ctx)
 
     def reset_state(self, module):
-        self.last_stage = None
+        self.last_stage, self.last_call = None, None
         self.adapter.grid_mu = None  # the call's grid is over
         return module
 
@@ -163,6 +194,13 @@ def _sample(output) -> torch.Tensor:
     if isinstance(output, tuple):
         return output[0]
     return output["sample"] if hasattr(output, "keys") and "sample" in output else output
+
+
+def _copy_output(output):
+    """A shallow copy of a model output (tuple, ModelOutput or tensor), so `_map_sample` leaves the original."""
+    if isinstance(output, tuple) or torch.is_tensor(output):
+        return output
+    return type(output)(**output)
 
 
 def _map_sample(output, fn):

@@ -79,6 +79,7 @@ class SD3(Family):
                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                     "ff_context.net.2")
     unbatched = ()
+    separate_cfg = False  # StableDiffusion3Pipeline batches [negative, positive]
     coarse_outputs = ("v", "noise_skip")
 
     def base_patch(self, model: nn.Module) -> tuple[int, int]:

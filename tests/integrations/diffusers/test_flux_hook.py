@@ -208,3 +208,24 @@ def test_clear_errors():
     kw = flux_inputs(sigma=0.9, grid=(6, 5))
     with pytest.raises(ValueError, match="not divisible"):
         model(**kw)
+
+
+@torch.no_grad()
+def test_stage_cfg_skips_the_unconditional_pass_in_coarse_stages_as_the_ppflux_pipeline_does(components):
+    """coarse_cfg=False in the user's FluxPipeline with true CFG = PPFluxPipeline(true_cfg_scale=[1, s])."""
+    call = {**CALL, "negative_prompt": "a photo of a dog", "true_cfg_scale": 3.0}
+    old = PPFluxPipeline(**{**components, "transformer": PPFluxTransformer.from_flux(
+        copy.deepcopy(components["transformer"]), "ppf2")})
+    old.set_progress_bar_config(disable=True)
+    want = old(**{**call, "true_cfg_scale": [1.0, 3.0]}, generator=_seed()).images
+    pipe = _flux_pipe(components)
+    adapter = apply(pipe, "ppf2", coarse_cfg=False)
+    seen, h = _tokens_seen(pipe.transformer)
+    got = pipe(**call, generator=_seed()).images
+    h.remove()
+    assert np.array_equal(got, want)
+    assert seen == [16] * 3 + [64] * 4 and adapter.counts == {0: 3, 1: 4} and adapter.skipped == 3
+    full = _flux_pipe(components)
+    apply(full, "ppf2")  # default: the pipeline's CFG in every stage
+    assert not np.array_equal(full(**call, generator=_seed()).images, got)
+    assert adapter_of(full).counts == {0: 6, 1: 4} and adapter_of(full).skipped == 0

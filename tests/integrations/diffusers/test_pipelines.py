@@ -117,3 +117,18 @@ def test_flux2_stages_follow_the_pipelines_own_time_shift():
         assert adapter.counts == {0: steps // 2, 1: steps // 2}
         assert adapter.grid_mu is None  # reset with the pipeline's stateful hooks
     assert adapter_of(pipe.transformer) is adapter
+
+
+@torch.no_grad()
+def test_stage_cfg_answers_qwen_images_unconditional_pass_in_coarse_stages():
+    pipe, call = qwen_pipe()
+    adapter = apply(pipe, "ppf2", coarse_cfg=False)
+    got = _run(pipe, call)
+    assert adapter.counts == {0: 2, 1: 4} and adapter.skipped == 2  # 2 coarse steps: one forward each
+    ref, _ = qwen_pipe()
+    ref.transformer.load_state_dict(pipe.transformer.state_dict())
+    apply(ref, "ppf2")
+    assert not torch.equal(_run(ref, call), got)  # CFG 3 in the coarse stage too
+    sd3, _ = sd3_pipe()
+    with pytest.raises(ValueError, match="batch it with the conditional one"):
+        apply(sd3, "ppf2", coarse_cfg=False)
