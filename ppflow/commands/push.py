@@ -16,14 +16,18 @@ DRY_RUN = ".ppflow-dry-run.json"  # in a --dry-run folder: the source it was wri
 def add_arguments(p) -> None:
     p.description = ("Upload config.json + model.safetensors + a generated README.md (schedule, FLOPs fraction, "
                      "training config and last metrics of a run) to a Hub model repo. SOURCE is a ppflow folder, a "
-                     "`ppflow train` run folder (its ema/ is pushed) or one of its ema-N/ folders.")
+                     "`ppflow train` run folder (its ema/ is pushed) or one of its ema-N/ folders, or a speed adapter "
+                     "(a `ppflow adapt` run or its ema/: adapter.safetensors + adapter_config.json, with "
+                     "--base-model naming the base's hub repo or release; ppflow.load_model(REPO) then applies it "
+                     "on that base).")
     p.add_argument("source", help="ppflow folder, run folder (RUN_DIR -> RUN_DIR/ema) or RUN_DIR/ema-N")
     p.add_argument("repo_id", help="hub repo, org/name (created when missing)")
     p.add_argument("--revision", default=None, help="branch to push to (created when missing; default main)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--metric", action="append", default=[], metavar="KEY=VALUE",
                    help="a metric for the card, e.g. --metric fid50k=2.1 (repeatable)")
-    p.add_argument("--base-model", default=None, help="hub id of the model this one was adapted from")
+    p.add_argument("--base-model", default=None, help="hub id of the model this one was adapted from (a speed "
+                   "adapter: the base it is applied on; needed when the adapter names a local folder)")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--dry-run", metavar="DIR", default=None,
                    help="write what would be uploaded into DIR and upload nothing (DIR: new, empty or an earlier dry "

@@ -61,8 +61,12 @@ def _load_remote(name: str, *, format: str | None, weights: str | None, revision
         return load_file_checkpoint(path, format=format or release.format, weights=weights,
                                     **{**release.overrides, **overrides})
     if _is_remote_id(name):
-        if weights is not None or format not in (None, FORMAT_TAG):
+        if weights is not None or format not in (None, FORMAT_TAG, "adapter"):
             raise ValueError(f"{name} is a hub repo holding a ppflow folder: drop format= / weights=")
+        folder = snapshot(name, revision, **{k: overrides[k] for k in ("cache_dir", "local_files_only", "token")
+                                             if k in overrides})
+        if is_adapter_dir(folder):  # a speed adapter: applied on the base it names (a hub id or release name)
+            return load_adapter(folder, verify=overrides.pop("verify", True))
         return from_hub(name, revision, **overrides)
     return None
 

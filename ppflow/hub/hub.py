@@ -2,7 +2,8 @@
 (uploading is ppflow.hub.push).
 
 A hub repo holds a ppflow folder (config.json + model.safetensors, the SHA-256 of the tensors in its metadata) at
-its root, or a PPFlowPipeline folder whose `transformer/` is one. Only those files are fetched. `revision` pins a
+its root, or a PPFlowPipeline folder whose `transformer/` is one, or a speed adapter folder (adapter_config.json +
+adapter.safetensors; ppflow.load_model applies it on the base it names). Only those files are fetched. `revision` pins a
 branch, tag or commit; with HF_HUB_OFFLINE=1 (read when called, not only at import) the cache alone is used.
 huggingface_hub is imported when a function here is called, never at import.
 """
@@ -14,12 +15,13 @@ import re
 from pathlib import Path
 
 from ..io import CheckpointError, DamagedFileError
+from ..models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir
 from ..models.backbone import CONFIG, WEIGHTS, PPFlowTransformer
 from ..models.pretrained import is_pretrained_dir, load_pretrained
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TRANSFORMER = "transformer"  # the pipeline's subfolder holding the model
-PATTERNS = [CONFIG, WEIGHTS, f"{TRANSFORMER}/{CONFIG}", f"{TRANSFORMER}/{WEIGHTS}"]
+PATTERNS = [CONFIG, WEIGHTS, f"{TRANSFORMER}/{CONFIG}", f"{TRANSFORMER}/{WEIGHTS}", ADAPTER_CONFIG, ADAPTER_WEIGHTS]
 
 
 def is_hub_id(name: object) -> bool:
@@ -64,10 +66,11 @@ def snapshot(repo_id: str, revision: str | None = None, *, cache_dir: str | os.P
     except OSError as e:  # connection errors the library did not turn into a cache look-up
         raise CheckpointError(f"cannot fetch {at} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     for sub in (folder, folder / TRANSFORMER):
-        if is_pretrained_dir(sub):
+        if is_pretrained_dir(sub) or is_adapter_dir(sub):
             return sub
     have = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    raise CheckpointError(f"{at} holds no ppflow model ({CONFIG} + {WEIGHTS} at its root or in {TRANSFORMER}/; "
+    raise CheckpointError(f"{at} holds no ppflow model ({CONFIG} + {WEIGHTS} at its root or in {TRANSFORMER}/, "
+                          f"or a speed adapter: {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}; "
                           f"cached files: {have or 'none'}): push one with ppflow push, or load the repo's files "
                           "by path")
 

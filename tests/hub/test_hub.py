@@ -202,3 +202,43 @@ def test_push_never_follows_a_symlink_out_of_the_run_folder(tmp_path, capsys):
     (run / "ema" / "model.safetensors").unlink()
     shutil.move(weights, run / "ema" / "model.safetensors")
     assert build_upload_folder(run, REPO, tmp_path / "up").is_dir()
+
+
+def test_a_speed_adapter_goes_to_the_hub_like_a_lora_and_load_model_applies_it_on_its_base(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from ppflow.io import content_sha256
+    from ppflow.models.adapter import AdapterConfig, add_stage_lora, save_adapter
+
+    base_repo, repo = "ppflow-test/tiny-sit", "ppflow-test/tiny-sit-ppf2-adapter"
+    source = randomize(create_model("SiT-tiny/2", input_size=8, num_classes=3), seed=3).eval()
+    model = add_stage_lora(ppflow.adapt(source, "ppf2"), rank=2, alpha=2.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02)
+    local = tmp_path / "run" / "ema"  # an adapter run's ema/, naming its local base
+    save_adapter(model, AdapterConfig(schedule="ppf2", rank=2, alpha=2.0, base=str(tmp_path / "sit"),
+                                      base_sha256=content_sha256(source.state_dict())), local)
+    api = RecordingApi(tmp_path / "uploaded")
+    with pytest.raises(CheckpointError, match="pass --base-model ORG/NAME"):
+        push_to_hub(tmp_path / "run", repo, api=api)
+    push_to_hub(tmp_path / "run", repo, base_model=base_repo, api=api)
+    up = tmp_path / "uploaded"
+    assert sorted(p.name for p in up.iterdir()) == ["README.md", "adapter.safetensors", "adapter_config.json"]
+    card = (up / "README.md").read_text()
+    assert f"base_model: {base_repo}" in card and f"ppflow.load_model({repo!r})" in card
+    cache = tmp_path / "hf"
+    add_commit(cache, base_repo, source, "d" * 40)
+    add_to_hub_cache(cache, repo, up, "e" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = ppflow.load_model(repo)  # the adapter, then the base it names, both from the cache
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([0.2, 0.9]), torch.tensor([0, 2])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))
+    (up / "adapter.safetensors").write_bytes((up / "adapter.safetensors").read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(DamagedFileError):  # a damaged adapter is never uploaded
+        push_to_hub(up, "ppflow-test/other", api=RecordingApi(tmp_path / "again"))
