@@ -13,6 +13,9 @@ changes, so no cached tensor crosses the switch. The hook is stateful: a pipelin
 Stage-level CFG (`coarse_cfg=False`, the paper's CFG [1, s]): in a coarse stage a forward that repeats the last
 one's latents (the same tensor, unchanged) and timestep is the pipeline's unconditional pass; it gets the
 conditional output back without running, so the pipeline's guidance `u + s (c - u)` gives `c` there.
+
+Context parallelism (diffusers' `enable_parallelism`): apply PPFlow after it. The hook then wraps the sequence
+split, so coarse tokens are split and the coarse output layers gather like the model's own output projection.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class PPFlowHook(ModelHook):
         ad = self.adapter
         kw = ad.family.bind(module, args, kwargs)
         stages = ad.stages_of(module, kw)
+        if ad.plan.coarse:
+            check_outermost(module)
         if len(set(stages)) > 1:
             return self._run_mixed(module, stages, kw)
         stage = stages[0]
@@ -241,9 +246,40 @@ def attach(module, adapter) -> None:
         for path, lora in adapter.lora_layers():
             HookRegistry.check_if_exists_or_initialize(module.get_submodule(path)).register_hook(
                 LoRAHook(active, lora), PART_HOOK)
+        _gather_coarse_outputs(module, adapter)
     registry = HookRegistry.check_if_exists_or_initialize(module)
     registry.register_hook(PPFlowHook(adapter), HOOK)
     registry.invalidate_child_registries_cache()
+
+
+def _context_parallel(module):
+    config = getattr(module, "_parallel_config", None)
+    return getattr(config, "context_parallel_config", None) if config is not None else None
+
+
+def _gather_coarse_outputs(module, adapter) -> None:
+    """Under diffusers' context parallelism the output projection gathers the sequence shards; the coarse stages'
+    own output layers get the same gather (the hook itself sits outside the split: it sees the whole grid)."""
+    cp = _context_parallel(module)
+    plan = (getattr(module, "_cp_plan", None) or {}).get(adapter.family.out)
+    if cp is None or plan is None:
+        return
+    from diffusers.hooks.context_parallel import ContextParallelGatherHook
+
+    for layer in adapter.out.values():
+        HookRegistry.check_if_exists_or_initialize(layer).register_hook(
+            ContextParallelGatherHook(list(plan) if isinstance(plan, (list, tuple)) else [plan], cp), PART_HOOK)
+
+
+def check_outermost(module) -> None:
+    """The PPFlow hook must wrap the context-parallel split (it regroups the whole token grid)."""
+    if _context_parallel(module) is None:
+        return
+    order = HookRegistry.check_if_exists_or_initialize(module)._hook_order
+    if order and order[-1] != HOOK:
+        raise RuntimeError("context parallelism was enabled after ppflow's apply: call "
+                           "transformer.enable_parallelism(...) first and apply PPFlow after it (the PPFlow hook must "
+                           "see the whole token grid, outside the sequence split)")
 
 
 def detach(module) -> None:
