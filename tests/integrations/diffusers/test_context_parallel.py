@@ -1,5 +1,6 @@
-"""The PPFlow hook under diffusers' context parallelism (Ulysses, 2 CPU processes, gloo): both stages equal one
-process; enabling parallelism after `apply` is refused with the fix."""
+"""The PPFlow hook under diffusers' context parallelism (Ulysses, 2 CPU processes, gloo): every stage of FLUX and
+Wan equals one process, each rank running half of the stage's tokens; enabling parallelism after `apply` is refused
+with the fix."""
 
 import json
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 from tests.torchrun import ROOT, env
 
 
-def test_ulysses_context_parallel_equals_one_process_in_both_stages():
+def test_ulysses_context_parallel_equals_one_process_in_every_stage():
     torchrun = Path(sys.executable).with_name("torchrun")
     worker = Path(__file__).with_name("cp_worker.py")
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--standalone", str(worker)], env=env(), cwd=ROOT,
@@ -21,3 +22,6 @@ def test_ulysses_context_parallel_equals_one_process_in_both_stages():
         shape, err = res[sigma]
         assert shape == [2, 64, 16] and err < 1e-5
     assert "enable_parallelism(...) first" in res["late"]
+    for t, tokens in (("100", 32), ("500", 8), ("900", 4)):  # a rank's half of 64 fine / 16 / 8 coarse tokens
+        err, seen = res[f"wan{t}"]
+        assert err < 1e-5 and seen == tokens
