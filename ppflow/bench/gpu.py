@@ -6,7 +6,10 @@
 (b) a PPF-XL-2 training step with per-stage-group SDPA (flash) vs one packed row with a dense
     block-diagonal mask (what the official code does): time and memory;
 (c) FLUX.1-dev architecture with random weights, base vs PPFlux per step at 512 / 1024 px (`ppflow.flux`);
-(d) torch.compile (per block) on/off for the PPF-XL-2 training step.
+(d) torch.compile (per block) on/off for the PPF-XL-2 training step;
+(e) the PPFlow diffusers hook on full-size random Wan2.1-T2V-14B (480p, 81 frames, ppf3-video) and Qwen-Image
+    (1024 px, ppf2): one forward per stage through the hook, the measured per-step bound against the model's own
+    forward, beside the FLOPs bound (`ppflow.integrations.diffusers.flops`).
 
 Each part has a time budget (repeats stop when it is spent) and its own error handling, and the JSON
 and markdown files are rewritten after every part, so a partial run still leaves its results.
@@ -15,6 +18,7 @@ and markdown files are rewritten after every part, so a partial run still leaves
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import platform
 import time
@@ -30,8 +34,14 @@ from .timing import ratios
 from .train import TrainBenchConfig, TrainVariant, run_train_variants
 from .workers import error_line
 
-PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile"}
-BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0}  # seconds per part: 9.5 min in all
+PARTS = {"a": "sampling", "b": "attention", "c": "flux", "d": "compile", "e": "diffusers"}
+BUDGETS = {"a": 150.0, "b": 120.0, "c": 180.0, "d": 120.0, "e": 150.0}  # seconds per part: 12 min in all
+# (e): model, size (frames, height, width | height, width), schedule; tiny configs for the dry run
+DIFFUSERS_CASES = (("wan2.1-14b", (81, 480, 832), "ppf3-video"), ("qwen-image", (1024, 1024), "ppf2"))
+DIFFUSERS_DRY = {"wan2.1-14b": ((9, 64, 64), {"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64,
+                                              "num_layers": 1, "text_dim": 32, "freq_dim": 32}),
+                 "qwen-image": ((128, 128), {"num_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+                                             "joint_attention_dim": 32, "axes_dims_rope": (4, 6, 6)})}
 FLUX_MISSING = "skipped: ppflow.flux not available"
 
 
@@ -148,7 +158,67 @@ def part_flux(cfg: GpuBenchConfig, log=None) -> dict:
     return out
 
 
-RUNNERS = {"a": part_sampling, "b": part_attention, "c": part_flux, "d": part_compile}
+def part_diffusers(cfg: GpuBenchConfig, log=None) -> dict:
+    """Per case: seconds of one forward per stage through the PPFlow hook (random weights, batch 1), the measured
+    bound (the finest stage is the model itself) and the FLOPs bound; steps shared by the stages' spans."""
+    import diffusers
+
+    from ..integrations.diffusers import apply
+    from ..integrations.diffusers.flops import CLASSES, FULL_SIZES, forward_flops, meta_model, stage_inputs
+    from ..integrations.diffusers.stages import StagePlan
+    from .timing import stopwatch
+
+    s, began, out = cfg.sizes, time.monotonic(), {}
+    dev, dt = torch.device(cfg.device), getattr(torch, cfg.dtype)
+    for key, size, sched in DIFFUSERS_CASES:
+        if time.monotonic() - began > cfg.budgets["e"]:
+            out[key] = {"skipped": f"time budget {cfg.budgets['e']:g} s spent"}
+            continue
+        spec = FULL_SIZES[key]
+        if cfg.dry_run:
+            size, tiny = DIFFUSERS_DRY[key]
+            spec = dataclasses.replace(spec, config={**spec.config, **tiny})
+        text = 8 if cfg.dry_run else spec.text_tokens
+        model = None
+        try:
+            with torch.device(dev):
+                model = getattr(diffusers, CLASSES[spec.family])(**spec.config).to(dt).eval()
+            plan = StagePlan.parse(sched, (1, 2, 2) if spec.family == "wan" else (2, 2))
+            kw = stage_inputs(spec, size, plan.factors[-1], text, lambda *shape: torch.randn(*shape, device=dev,
+                                                                                             dtype=dt))
+            apply(model, sched, boundaries="sigma")
+            starts, seconds = (0.0, *plan.ends[:-1]), []
+            for a, b in zip(starts, plan.ends, strict=True):
+                scale = 1000.0 if spec.family in ("wan", "sd3") else 1.0  # the timestep the family's model takes
+                kw["timestep"] = torch.full((1,), (1.0 - (a + b) / 2) * scale, device=dev, dtype=dt)
+                runs = []
+                with torch.no_grad():
+                    for i in range(s.warmup + s.flux_repeats):
+                        t, _ = stopwatch(dev, model, **kw, return_dict=False)
+                        if i >= s.warmup:
+                            runs.append(t)
+                seconds.append(sorted(runs)[len(runs) // 2])
+            shares = [b - a for a, b in zip(starts, plan.ends, strict=True)]
+            meta = meta_model(spec)
+            flops = [forward_flops(meta, spec, size, f, text) for f in plan.factors]
+            out[key] = {"model": spec.name, "size": "x".join(map(str, size)), "schedule": sched,
+                        "stage_seconds": seconds, "stage_flops": flops, "shares": shares,
+                        "measured_bound": seconds[-1] / sum(w * t for w, t in zip(shares, seconds, strict=True)),
+                        "flops_bound": flops[-1] / sum(w * f for w, f in zip(shares, flops, strict=True))}
+            if log:
+                log(f"bench gpu (e): {spec.name} {sched}: measured {out[key]['measured_bound']:.2f}x, FLOPs bound "
+                    f"{out[key]['flops_bound']:.2f}x")
+        except (RuntimeError, ValueError) as e:  # out of memory (a RuntimeError), a size the schedule cannot split
+            out[key] = {"error": error_line(e)}
+        finally:
+            del model
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return out
+
+
+RUNNERS = {"a": part_sampling, "b": part_attention, "c": part_flux, "d": part_compile, "e": part_diffusers}
 
 
 def environment(cfg: GpuBenchConfig) -> dict:
@@ -199,13 +269,15 @@ def markdown(result: dict) -> Report:
              f"{', CUDA ' + env['cuda'] if env.get('cuda') else ''}, {env['date']}")
     titles = {"sampling": "(a) sampling", "attention": "(b) training step: per-stage SDPA vs dense block-diagonal mask",
               "flux": "(c) FLUX base vs PPFlux (random weights)", "compile": "(d) training step: torch.compile per "
-              "block on/off"}
+              "block on/off", "diffusers": "(e) the PPFlow diffusers hook on full-size Wan2.1-14B and Qwen-Image "
+              "(random weights)"}
     for key, part in result["parts"].items():
         rep.heading(titles[key])
         if _status(part):
             rep.text(_status(part))
         else:
-            {"sampling": _md_sampling, "flux": _md_flux}.get(key, _md_train)(rep, part, result)
+            {"sampling": _md_sampling, "flux": _md_flux, "diffusers": _md_diffusers}.get(key, _md_train)(
+                rep, part, result)
     return rep
 
 
@@ -245,3 +317,18 @@ def _md_flux(rep: Report, c: dict, result: dict) -> None:
         rows.append([res, f"{base:.4f}", f"{ppf:.4f}", f"{r['speedup']:.3f}", f"{r['bound']:.3f}",
                      f"{r['efficiency']:.2f}"])
     rep.table(["px", "FLUX s per step", "PPFlux s per step", "speed-up", "FLOPs bound", "efficiency"], rows)
+
+
+def _md_diffusers(rep: Report, e: dict, result: dict) -> None:
+    rows = []
+    for key, r in e.items():
+        if not isinstance(r, dict):
+            continue
+        if _status(r):
+            rows.append([key, _status(r), "", "", ""])
+            continue
+        rows.append([f"{r['model']} {r['size']}", r["schedule"], " / ".join(f"{t:.4f}" for t in r["stage_seconds"]),
+                     f"{r['measured_bound']:.3f}", f"{r['flops_bound']:.3f}"])
+    rep.text("One forward per stage through the hook, batch 1 (median); the finest stage is the model's own "
+             "forward; per-step bound = its time over the span-weighted mean of the stages' times.")
+    rep.table(["model", "schedule", "s per forward, per stage", "measured bound", "FLOPs bound"], rows)

@@ -87,8 +87,9 @@ def add_arguments(p) -> None:
                    "separated, each NAME or NAME:KEY=VALUE,... (taylorseer, first_block; e.g. "
                    "'taylorseer:interval=3,warmup=2,scope=blocks'; 'none': no cache rows)")
     g.add_argument("--dry-run", action="store_true", help="gpu: tiny sizes on the CPU, every part in about a minute")
-    g.add_argument("--parts", default="a,b,c,d", help="gpu: parts to run, comma-separated (a sampling, b attention, "
-                                                       "c FLUX, d compile)")
+    g.add_argument("--parts", default="a,b,c,d,e", help="gpu: parts to run, comma-separated (a sampling, b attention, "
+                                                       "c FLUX, d compile, e diffusers hook on Wan2.1-14B / "
+                                                       "Qwen-Image)")
     from .flux import add_bench_arguments
 
     add_bench_arguments(p)

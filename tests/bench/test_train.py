@@ -82,15 +82,18 @@ def test_bench_gpu_dry_run_writes_every_part(tmp_path, capsys):
     out = tmp_path / "g"
     assert main(["bench", "gpu", "--dry-run", "--no-isolate", "--out", str(out), "--dtype", "fp32"]) == 0
     result = json.loads((out / "bench-gpu.json").read_text())
-    assert list(result["parts"]) == ["sampling", "attention", "flux", "compile"]
+    assert list(result["parts"]) == ["sampling", "attention", "flux", "compile", "diffusers"]
     for name, part in result["parts"].items():
         assert "error" not in part, (name, part)
     a = result["parts"]["sampling"]
     assert a["runs"]["SiT-tiny/2"]["extrapolated_seconds"]["250"] == pytest.approx(
         a["runs"]["SiT-tiny/2"]["seconds"] / 4 * 250)
     assert set(result["parts"]["attention"]["ratios"]) == {"PPF-tiny-2 sdpa"}
+    e = result["parts"]["diffusers"]
+    assert e["wan2.1-14b"]["schedule"] == "ppf3-video" and len(e["wan2.1-14b"]["stage_seconds"]) == 3
+    assert e["qwen-image"]["flops_bound"] > 1.2 and e["qwen-image"]["measured_bound"] > 0
     md = (out / "bench-gpu.md").read_text()
-    assert "dry run" in md and "(d) training step: torch.compile" in md
+    assert "dry run" in md and "(d) training step: torch.compile" in md and "(e) the PPFlow diffusers hook" in md
     assert main(["bench", "gpu", "--out", str(out)]) == 2  # no CUDA here: one line, no traceback
     assert "CUDA" in capsys.readouterr().err
 

@@ -69,34 +69,42 @@ def _tokens(n: int, unit: int, f: int) -> int:
     return -(-n // (unit * f))
 
 
+def stage_inputs(spec: FullSize, size: tuple[int, ...], factors: tuple[int, ...], text_tokens: int,
+                 make=torch.empty) -> dict:
+    """Forward arguments (batch 1) of the plain model at the grid of a stage with `factors` (base tokens per token,
+    per axis), each tensor made by `make(*shape)` (timestep included: set it after)."""
+    T, cfg = text_tokens, spec.config
+    if spec.family in ("flux", "flux2", "qwen"):  # 2x2-packed tokens of an 8x VAE latent: 16 px each
+        h, w = _tokens(size[0] // 8, 2, factors[-2]), _tokens(size[1] // 8, 2, factors[-1])
+        kw = {"hidden_states": make(1, h * w, cfg["in_channels"]), "timestep": make(1),
+              "encoder_hidden_states": make(1, T, cfg["joint_attention_dim"])}
+        if spec.family == "qwen":
+            kw.update(img_shapes=[[(1, h, w)]], encoder_hidden_states_mask=None)
+        else:
+            axes = len(cfg["axes_dims_rope"])
+            kw.update(img_ids=make(h * w, axes), txt_ids=make(T, axes), guidance=make(1))
+            if spec.family == "flux":
+                kw["pooled_projections"] = make(1, cfg["pooled_projection_dim"])
+    elif spec.family == "sd3":
+        h, w = _tokens(size[0] // 8, 2, factors[-2]) * 2, _tokens(size[1] // 8, 2, factors[-1]) * 2
+        kw = {"hidden_states": make(1, cfg["in_channels"], h, w), "timestep": make(1),
+              "encoder_hidden_states": make(1, T, cfg["joint_attention_dim"]),
+              "pooled_projections": make(1, cfg["pooled_projection_dim"])}
+    else:
+        frames, height, width = size
+        lat = ((frames - 1) // 4 + 1, height // 8, width // 8)  # Wan's VAE: 4x in time, 8x in space
+        shape = (_tokens(lat[0], 1, factors[0]), _tokens(lat[1], 2, factors[1]) * 2,
+                 _tokens(lat[2], 2, factors[2]) * 2)  # the plain model at the coarse grid
+        kw = {"hidden_states": make(1, cfg["in_channels"], *shape), "timestep": make(1),
+              "encoder_hidden_states": make(1, T, cfg["text_dim"])}
+    return kw
+
+
 def forward_flops(model: torch.nn.Module, spec: FullSize, size: tuple[int, ...], factors: tuple[int, ...],
                   text_tokens: int) -> int:
     """FLOPs of one forward (batch 1) at the grid of a stage with `factors` (base tokens per token, per axis)."""
-    T, cfg = text_tokens, spec.config
     with torch.device("meta"):
-        if spec.family in ("flux", "flux2", "qwen"):  # 2x2-packed tokens of an 8x VAE latent: 16 px each
-            h, w = _tokens(size[0] // 8, 2, factors[-2]), _tokens(size[1] // 8, 2, factors[-1])
-            kw = {"hidden_states": torch.empty(1, h * w, cfg["in_channels"]), "timestep": torch.empty(1),
-                  "encoder_hidden_states": torch.empty(1, T, cfg["joint_attention_dim"])}
-            if spec.family == "qwen":
-                kw.update(img_shapes=[[(1, h, w)]], encoder_hidden_states_mask=None)
-            else:
-                axes = len(cfg["axes_dims_rope"])
-                kw.update(img_ids=torch.empty(h * w, axes), txt_ids=torch.empty(T, axes), guidance=torch.empty(1))
-                if spec.family == "flux":
-                    kw["pooled_projections"] = torch.empty(1, cfg["pooled_projection_dim"])
-        elif spec.family == "sd3":
-            h, w = _tokens(size[0] // 8, 2, factors[-2]) * 2, _tokens(size[1] // 8, 2, factors[-1]) * 2
-            kw = {"hidden_states": torch.empty(1, cfg["in_channels"], h, w), "timestep": torch.empty(1),
-                  "encoder_hidden_states": torch.empty(1, T, cfg["joint_attention_dim"]),
-                  "pooled_projections": torch.empty(1, cfg["pooled_projection_dim"])}
-        else:
-            frames, height, width = size
-            lat = ((frames - 1) // 4 + 1, height // 8, width // 8)  # Wan's VAE: 4x in time, 8x in space
-            shape = (_tokens(lat[0], 1, factors[0]), _tokens(lat[1], 2, factors[1]) * 2,
-                     _tokens(lat[2], 2, factors[2]) * 2)  # the plain model at the coarse grid
-            kw = {"hidden_states": torch.empty(1, 16, *shape), "timestep": torch.empty(1),
-                  "encoder_hidden_states": torch.empty(1, T, 4096)}
+        kw = stage_inputs(spec, size, factors, text_tokens)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**kw, return_dict=False)
     return counter.get_total_flops()
