@@ -181,8 +181,13 @@ def part_diffusers(cfg: GpuBenchConfig, log=None) -> dict:
         text = 8 if cfg.dry_run else spec.text_tokens
         model = None
         try:
-            with torch.device(dev):
-                model = getattr(diffusers, CLASSES[spec.family])(**spec.config).to(dt).eval()
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(dt)  # built in bf16 on the GPU: a float32 Wan2.1-14B alone would take 56 GB
+            try:
+                with torch.device(dev):
+                    model = getattr(diffusers, CLASSES[spec.family])(**spec.config).eval()
+            finally:
+                torch.set_default_dtype(default)
             plan = StagePlan.parse(sched, (1, 2, 2) if spec.family == "wan" else (2, 2))
             kw = stage_inputs(spec, size, plan.factors[-1], text, lambda *shape: torch.randn(*shape, device=dev,
                                                                                              dtype=dt))
