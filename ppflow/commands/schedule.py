@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -73,7 +74,16 @@ def add_arguments(p) -> None:
     s.add_argument("--coarse-output", choices=OUTPUTS, default="noise_skip",
                    help="coarse-stage output of the probe (and of the model you will train)")
     s.add_argument("--probe-steps", type=int, default=200, help="probe fine-tune steps (0: profile the source as is)")
-    s.add_argument("--probe-lr", type=float, default=1e-4, help="probe learning rate")
+    s.add_argument("--probe-lr", type=float, default=None,
+                   help="probe learning rate (default 1e-4; --score distill: 3e-3, the adapters' rate)")
+    s.add_argument("--score", choices=("loss", "distill"), default="loss",
+                   help="loss: each patch's held-out flow-matching loss on --data (a fine-tuned probe, for models "
+                        "you will train); distill: each patch's velocity error against the source itself on "
+                        "held-out teacher trajectories, from a speed-adapter probe (frozen source, stage-gated "
+                        "LoRA, data-free; for `ppflow adapt`); --num is then the held-out trajectories")
+    s.add_argument("--trajectory-cfg", type=float, default=None,
+                   help="--score distill: CFG scale of the teacher trajectories (default 1; use your sampling "
+                        "scale)")
     s.add_argument("--probe-seeds", type=int, default=None,
                    help="probes trained with seeds --seed, --seed+1, ...; their spread is the search's resolution "
                         "(default 2; 1 with --probe-steps 0). Probes already in --out are reused, so a second "
@@ -135,13 +145,46 @@ def probe_schedule(patches: list[tuple[int, int]]) -> str:
     return ",".join(f"{(i + 1) / n:g}:{p[0]}x{p[1]}" for i, p in enumerate(order))
 
 
+def _distill_probes(args, spec: str, out: Path):
+    """(bin edges, per probe: curves, the last probe): speed-adapter probes of every candidate patch at every t,
+    distilled data-free from the source (reused when finished), each scored on the same held-out trajectories."""
+    from ..convert import load_model
+    from ..experiments.schedule_search import distill_curves
+    from ..io import content_sha256
+    from ..train.distill import AdapterSection, adapt_train
+    from ..train.teacher import teacher_states
+
+    source = load_model(args.source)
+    per, probe, edges = [], None, []
+    steps, scale = AdapterSection().trajectory_steps, args.trajectory_cfg or 1.0
+    for i in range(args.probe_seeds):
+        run = out / ("probe" if i == 0 else f"probe-{i + 1}")
+        if not (run / "checkpoints" / "last.pt").exists():
+            adapt_train(None, overrides={
+                "model.init": str(args.source), "adapter.schedule": spec, "adapter.stage_sampling": "all",
+                "adapter.coarse_output": args.coarse_output, "adapter.trajectory_cfg": scale,
+                "max_steps": max(1, args.probe_steps), "batch_size": args.batch_size, "seed": args.seed + i,
+                "optim.lr": args.probe_lr or 3e-3, "optim.warmup_steps": 0, "out": str(run), "device": args.device,
+                "save_every": max(1, args.probe_steps), "log_every": max(1, args.probe_steps // 20),
+                "tensorboard": False, "progress": not args.json})
+        probe = load_model(run / "ema").eval()
+        fine = probe.schedule.num_stages - 1
+        held = teacher_states(probe, content_sha256(source.state_dict()), out / "held-out-states.safetensors",
+                              args.num, steps, probe.schedule.stages[fine - 1].t_end, scale, args.seed + 10_000,
+                              (probe.config.in_channels, *probe.config.input_size), probe.config.num_classes, fine,
+                              log=(lambda m: None) if args.json else print)
+        edges, curves = distill_curves(probe, held)
+        per.append(curves)
+    return edges, per, probe
+
+
 def _finetune(init: Path, run: Path, args, steps: int, seed: int, time_sampling: str, learn_sigma: bool):
     """`init` fine-tuned `steps` steps into `run` (reused when finished); its raw weights, not the EMA."""
     from ..convert import load_model
     from ..train import train
 
     overrides = {"model.init": str(init), "data.name": args.data, "batch_size": args.batch_size,
-                 "max_steps": steps, "optim.lr": args.probe_lr, "optim.warmup_steps": 0,
+                 "max_steps": steps, "optim.lr": args.probe_lr or 1e-4, "optim.warmup_steps": 0,
                  "flow.time_sampling": time_sampling, "model.learn_sigma": learn_sigma, "save_every": steps, "log_every": max(1, steps // 20),
                  "sample.every": 0, "seed": seed, "out": str(run), "device": args.device, "tensorboard": False}
     if args.data_path:
@@ -192,9 +235,20 @@ def main(args) -> int:
         cost = score_schedule([0.0, 1.0], flat, source.config, other, args.guidance).flops_fraction
         if cost > args.budget + 1e-12:
             raise CommandError(f"--compare {other} needs {100 * cost:.1f}% test FLOPs, over --budget {args.budget:g}")
+    if args.score == "distill":
+        if source.schedule.num_stages != 1:
+            raise CommandError(f"--score distill probes a speed adapter on a one-stage SiT/DiT; {args.source} has "
+                               f"stages {source.schedule.to_string()}")
+        if args.verify:
+            raise CommandError("--verify fine-tunes each schedule with the flow-matching loss; with --score distill "
+                               "compare the top schedules as adapters (ppflow adapt --schedule S)")
+        args.verify = 0
     if args.verify is None:
         args.verify = 3 if source.schedule.num_stages == 1 else 0
-    if source.schedule.num_stages == 1:
+    if args.score == "distill":
+        edges, per, probe = _distill_probes(args, spec, out)
+        centers = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+    elif source.schedule.num_stages == 1:
         probe = adapt(source, spec, coarse_output=args.coarse_output)
     elif args.verify:
         raise CommandError(f"--verify adapts --from to each schedule: give the one-stage model, not {args.source}")
@@ -203,38 +257,40 @@ def main(args) -> int:
     else:
         raise CommandError(f"{args.source} has stages {source.schedule.to_string()}; give a one-stage model or a "
                            f"probe whose stages are exactly the candidates ({spec})")
-    probes = {"probe": probe}
-    if args.probe_steps:
-        init = out / "probe-init"
-        probe.save_pretrained(init)
-        probes = {}
-        for i in range(args.probe_seeds):
-            name = "probe" if i == 0 else f"probe-{i + 1}"
-            probes[name] = _finetune(init, out / name, args, args.probe_steps, args.seed + i, "all_t",
-                                     probe.config.learn_sigma)
-    probes = {name: m.eval() for name, m in probes.items()}
-    try:
-        held = build_dataset(DataConfig(name=args.data, path=args.data_path, limit=args.num,
-                                        split="test" if args.data == "fashion-mnist" else "train",
-                                        image_size=probe.config.input_size[0] if args.data == "fashion-mnist"
-                                        else None))
-    except (ValueError, OSError) as e:
-        raise CommandError(f"cannot read --data {args.data}: {e}") from e
-    x1, y = held.get_batch(torch.arange(len(held)))
-    x1 = held.encode(x1, torch.Generator().manual_seed(args.seed))
-    key = {"data": args.data, "data_path": args.data_path, "num": args.num, "bins": args.bins, "seed": args.seed}
-    prof = _profile(probes, out, {**key, "all_stages": True}, "held-out loss per patch size (probes, stage pinned)",
-                    lambda: loss_profile(probes, x1, y if probe.config.num_classes else None, bins=args.bins,
-                                         seed=args.seed, all_stages=True, progress=not args.json))  # same draws: paired
-    per = [{patch: prof.curves[f"{name} [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
-           for name in probes]
-    curves = {patch: [sum(c[patch][k] for c in per) / len(per) for k in range(args.bins)] for patch in per[0]}
+    if args.score == "loss":
+        probes = {"probe": probe}
+        if args.probe_steps:
+            init = out / "probe-init"
+            probe.save_pretrained(init)
+            probes = {}
+            for i in range(args.probe_seeds):
+                name = "probe" if i == 0 else f"probe-{i + 1}"
+                probes[name] = _finetune(init, out / name, args, args.probe_steps, args.seed + i, "all_t",
+                                         probe.config.learn_sigma)
+        probes = {name: m.eval() for name, m in probes.items()}
+        try:
+            held = build_dataset(DataConfig(name=args.data, path=args.data_path, limit=args.num,
+                                            split="test" if args.data == "fashion-mnist" else "train",
+                                            image_size=probe.config.input_size[0] if args.data == "fashion-mnist"
+                                            else None))
+        except (ValueError, OSError) as e:
+            raise CommandError(f"cannot read --data {args.data}: {e}") from e
+        x1, y = held.get_batch(torch.arange(len(held)))
+        x1 = held.encode(x1, torch.Generator().manual_seed(args.seed))
+        key = {"data": args.data, "data_path": args.data_path, "num": args.num, "bins": args.bins, "seed": args.seed}
+        prof = _profile(probes, out, {**key, "all_stages": True}, "held-out loss per patch size (probes, stage pinned)",
+                        lambda: loss_profile(probes, x1, y if probe.config.num_classes else None, bins=args.bins,
+                                             seed=args.seed, all_stages=True, progress=not args.json))  # same draws: paired
+        per = [{patch: prof.curves[f"{name} [{patch[0]}x{patch[1]}]"] for patch in probe.schedule.patches}
+               for name in probes]
+        edges, centers = prof.edges, prof.centers
+    curves = {patch: [sum(c[patch][k] for c in per) / len(per) for k in range(len(edges) - 1)] for patch in per[0]}
     search = {"budget": args.budget, "max_stages": args.max_stages, "guidance": args.guidance}
-    found = search_schedules(prof.edges, curves, source.config, top=args.top, **search)
+    found = search_schedules(edges, curves, source.config, top=args.top, **search)
     by_count = [c for n in range(1, args.max_stages + 1)
-                for c in search_schedules(prof.edges, curves, source.config, top=1, num_stages=n, **search)]
+                for c in search_schedules(edges, curves, source.config, top=1, num_stages=n, **search)]
     candidates = found + [c for c in by_count if c.schedule not in {f.schedule for f in found}]
-    compared = [score_schedule(prof.edges, curves, source.config, other, args.guidance) for other in args.compare]
+    compared = [score_schedule(edges, curves, source.config, other, args.guidance) for other in args.compare]
     candidates += [c for c in compared if c.schedule not in {o.schedule for o in candidates}]
     twins = []  # the K least-excess schedules transposed, trained beside them with --verify
     if args.verify and args.mirrors:
@@ -242,9 +298,9 @@ def main(args) -> int:
             twin = mirror(c.schedule)
             if twin not in {o.schedule for o in candidates + twins} and set(
                     PyramidSchedule.from_string(twin).patches) <= set(patches):
-                twins.append(score_schedule(prof.edges, curves, source.config, twin, args.guidance))
+                twins.append(score_schedule(edges, curves, source.config, twin, args.guidance))
     candidates += twins
-    per_probe = {c.schedule: [schedule_excess(prof.edges, cv, c.schedule) for cv in per] for c in candidates}
+    per_probe = {c.schedule: [schedule_excess(edges, cv, c.schedule) for cv in per] for c in candidates}
     choice = simplest_within(candidates, per_probe, tolerance) if candidates else None
     verified = {}
     if choice and args.verify:
@@ -260,7 +316,7 @@ def main(args) -> int:
         vprof = _profile(models, out / "verify", key, f"held-out loss of each schedule after {args.verify_steps} steps",
                          lambda: loss_profile(models, x1, y if probe.config.num_classes else None, bins=args.bins,
                                               seed=args.seed, progress=not args.json))  # each in its own stage per t
-        widths = [b - a for a, b in zip(prof.edges, prof.edges[1:])]
+        widths = [b - a for a, b in itertools.pairwise(edges)]
         verified = {k: sum(w * v for w, v in zip(widths, curve)) for k, curve in vprof.curves.items()}
         winner = min(verified, key=verified.get)
         choice = dataclasses.replace(choice, chosen=next(c for c in todo if c.schedule == winner))
@@ -273,18 +329,21 @@ def main(args) -> int:
                 "mirror": c.schedule in {o.schedule for o in twins}}
 
     result = {"budget": args.budget, "guidance": args.guidance, "probe_steps": args.probe_steps,
-              "probes": len(probes), "tolerance": args.tolerance, "verify_steps": args.verify_steps if verified else 0,
-              "bin_edges": prof.edges,
+              "probes": len(per), "tolerance": args.tolerance, "verify_steps": args.verify_steps if verified else 0,
+              "score": args.score, "bin_edges": edges,
               "curves": {f"{a}x{b}": v for (a, b), v in curves.items()},
               "chosen": row(choice.chosen) if choice else None,
               "schedules": [row(c) for c in sorted(candidates, key=lambda c: c.excess)]}
     (out / "search.json").write_text(json.dumps(result, indent=2))
     if choice:
         chosen = PyramidSchedule.from_string(choice.chosen.schedule)
-        line_plot({f"{a}x{b}": (prof.centers, v) for (a, b), v in curves.items()}, out / "search.png",
-                  title=f"loss per patch size (mean of {len(probes)} probes); dashed: switch points of "
+        line_plot({f"{a}x{b}": (centers, [min(x, 10.0) for x in v]) for (a, b), v in curves.items()},
+                  out / "search.png",
+                  title=f"loss per patch size (mean of {len(per)} probes); dashed: switch points of "
                         f"{choice.chosen.schedule}",
-                  xlabel="t (0 = noise, 1 = data)", ylabel="velocity MSE", log_y=True, vlines=chosen.boundaries)
+                  xlabel="t (0 = noise, 1 = data)", ylabel="velocity MSE" + (" vs the teacher" if args.score ==
+                                                                             "distill" else ""),
+                  log_y=args.score == "loss", vlines=chosen.boundaries)
     if args.json:
         print(json.dumps(result))
         return 0 if choice else 1
@@ -294,7 +353,7 @@ def main(args) -> int:
     c, best = choice.chosen, choice.best
     print(f"schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {c.schedule}")
     print(f"  test FLOPs {100 * c.flops_fraction:.1f}% of the baseline, predicted excess loss {c.excess:.5f} "
-          f"(weighted by how a uniform sampler visits t; mean of {len(probes)} probes)")
+          f"(weighted by how a uniform sampler visits t; mean of {len(per)} probes)")
     if verified:
         print(f"  verified: the least held-out loss ({verified[c.schedule]:.5f}) of {len(verified)} schedules, "
               f"each adapted and fine-tuned {args.verify_steps} steps")

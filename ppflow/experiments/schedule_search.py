@@ -220,3 +220,38 @@ def _add(front: dict, key, point: tuple[float, float, tuple]) -> None:
         return
     pts[:] = [pt for pt in pts if not (cost <= pt[0] + 1e-12 and ex <= pt[1] + 1e-12)]
     pts.append(point)
+
+
+OUT_OF_RANGE = 1e9  # the excess of a coarse patch where the probe's teacher states do not reach
+
+
+def distill_curves(probe, held, batch: int = 64) -> tuple[list[float], dict[Patch, list[float]]]:
+    """(bin edges, per patch: the probe adapter's velocity error against its teacher per bin) on held-out teacher
+    trajectories (train.teacher.TeacherStates): bin [t_k, t_k+1) takes the error at step time t_k, conditional
+    velocity against conditional velocity; the finest patch is the teacher itself (0); beyond the trajectories'
+    range a coarse patch cannot run (OUT_OF_RANGE)."""
+    import torch
+
+    sched = probe.schedule
+    fine = sched.num_stages - 1
+    grid = [float(t) for t in held.grid]
+    edges = [*grid, 1.0] if grid[-1] < 1.0 else grid
+    bins = len(edges) - 1
+    curves: dict[Patch, list[float]] = {sched.patches[fine]: [0.0] * bins}
+    y = held.labels if probe.config.num_classes else None
+    with torch.no_grad():
+        for s in range(fine):
+            errors = []
+            for k in range(bins):
+                if k >= len(grid) - 1 and grid[-1] < 1.0:
+                    errors.append(OUT_OF_RANGE)
+                    continue
+                total = 0.0
+                for i in range(0, len(held), batch):
+                    x, target = held.states[i:i + batch, k], held.cond[i:i + batch, k]  # (n, C, H, W)
+                    t = torch.full((len(x),), grid[k])
+                    pred = probe(x, t, None if y is None else y[i:i + batch], stage=s)  # (n, C, H, W)
+                    total += float((pred.float() - target.float()).square().mean(dim=(1, 2, 3)).sum())
+                errors.append(total / len(held))
+            curves[sched.patches[s]] = errors
+    return edges, curves

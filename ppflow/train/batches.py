@@ -18,7 +18,7 @@ import torch
 
 from ..data.base import TrainData
 
-PURPOSES = {"data": 1, "time": 2, "noise": 3, "labels": 4, "flip": 5, "encode": 6, "sample": 7}
+PURPOSES = {"data": 1, "time": 2, "noise": 3, "labels": 4, "flip": 5, "encode": 6, "sample": 7, "stage": 8}
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:

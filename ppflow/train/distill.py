@@ -42,6 +42,7 @@ from .teacher import teacher_states
 
 KIND = "adapter"
 TEACHERS = ("cache", "forward")
+STAGE_SAMPLING = ("schedule", "all")
 
 
 @dataclass
@@ -68,6 +69,9 @@ class AdapterSection:
     trajectory_steps: int = _opt(8, "data-free: Euler steps of a trajectory over the coarse range", min=1)
     trajectory_cfg: float | None = _opt(None, "data-free: CFG scale of the trajectories (default: guided, else 1)")
     cache: str | None = _opt(None, "data-free: teacher-state cache file (default RUN/teacher-states.safetensors)")
+    stage_sampling: str = _opt("schedule", "schedule: a state trains the stage its t lies in | all: a random coarse "
+                                           "stage at every t (the probe of `ppflow schedule search --score distill`)",
+                               choices=STAGE_SAMPLING)
 
 
 @dataclass
@@ -85,7 +89,10 @@ class AdaptConfig(TrainConfig):
                 (a.guided is None or (math.isfinite(a.guided) and a.guided >= 1),
                  f"adapter.guided must be a CFG scale >= 1, got {a.guided}"),
                 (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
-                 f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)")]
+                 f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)"),
+                (a.stage_sampling == "schedule" or (a.data_free and a.teacher == "cache"),
+                 ("adapter.stage_sampling all needs the data-free teacher cache (adapter.data_free true, "
+                  "adapter.teacher cache)"))]
 
 
 class AdaptTask(SiTTask):
@@ -206,7 +213,10 @@ class AdaptTask(SiTTask):
                 target = u + a.guided * (c - u)
         else:
             target = c
-        return self._student_loss(x_t, t, y, self.schedule.stage_of(t), target, autocast)
+        stage = self.schedule.stage_of(t)
+        if a.stage_sampling == "all":  # a schedule-search probe: every coarse stage at every cached t
+            stage = torch.randint(0, self.fine, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "stage")).to(dev)
+        return self._student_loss(x_t, t, y, stage, target, autocast)
 
     def _student_loss(self, x_t, t, y, stage, target, autocast):
         with autocast():

@@ -208,3 +208,44 @@ def test_schedule_search_cli_probe_profile_search(tmp_path, capsys, monkeypatch)
     assert "--budget 0.0 must be a fraction" in capsys.readouterr().err
     assert main([*argv[:6], "--budget", "0.5", "--patches", "4x4"]) == 2
     assert "base patch 2x2" in capsys.readouterr().err
+
+
+def test_schedule_search_scored_by_distillation_against_the_source(tmp_path, capsys):
+    """--score distill: an adapter probe (every candidate patch at every t, data-free) scored by its velocity error
+    against the source on held-out teacher trajectories; the finest patch is the source (0); coarse patches cannot
+    run beyond the trajectories' range."""
+    import json
+
+    import torch
+
+    import ppflow
+    from ppflow.cli import main
+    from ppflow.experiments.schedule_search import OUT_OF_RANGE
+    from ppflow.models import create_model
+    from ppflow.models.schedule import PyramidSchedule
+    from tests.conftest import randomize
+
+    src = tmp_path / "sit"
+    randomize(create_model("SiT-tiny/2", schedule="1:2x2", in_channels=1, num_classes=10, input_size=16,
+                           learn_sigma=False)).save_pretrained(src)
+    out = tmp_path / "out"
+    argv = ["schedule", "search", "--from", str(src), "--data", "digits", "--budget", "0.7", "--score", "distill",
+            "--probe-steps", "3", "--probe-seeds", "1", "--batch-size", "8", "--num", "8", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["score"] == "distill" and res["bin_edges"][-2:] == [0.75, 1.0]  # 8 steps over [0, 0.75], then beyond
+    assert res["curves"]["2x2"] == [0.0] * 9 and all(res["curves"][p][-1] == OUT_OF_RANGE for p in ("4x4", "2x4"))
+    for r in res["schedules"]:
+        sched = PyramidSchedule.from_string(r["schedule"])
+        assert r["flops_fraction"] <= 0.7 and all(s.t_end <= 0.75 for s in sched.stages[:-1])
+    probe = ppflow.load_model(out / "probe" / "ema").eval()  # the curve is the probe's error, recomputed here
+    from safetensors.torch import load_file
+
+    states = load_file(out / "held-out-states.safetensors")
+    s0 = probe.schedule.patches.index((4, 4))
+    with torch.no_grad():
+        pred = probe(states["states"][:, 2], torch.full((8,), 2 * 0.75 / 8), states["labels"], stage=s0)
+    want = float((pred - states["cond"][:, 2]).square().mean(dim=(1, 2, 3)).mean())
+    assert res["curves"]["4x4"][2] == pytest.approx(want, rel=1e-5)
+    assert main([*argv[:-1], "--verify", "1"]) == 2
+    assert "--verify fine-tunes each schedule" in capsys.readouterr().err
