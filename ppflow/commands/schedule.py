@@ -81,6 +81,9 @@ def add_arguments(p) -> None:
                         "you will train); distill: each patch's velocity error against the source itself on "
                         "held-out teacher trajectories, from a speed-adapter probe (frozen source, stage-gated "
                         "LoRA, data-free; for `ppflow adapt`); --num is then the held-out trajectories")
+    s.add_argument("--trajectory-steps", type=int, default=None,
+                   help="--score distill: Euler steps of a teacher trajectory over the coarse range (default 8); "
+                        "the switch points the search can place are these step times")
     s.add_argument("--trajectory-cfg", type=float, default=None,
                    help="--score distill: CFG scale of the teacher trajectories (default 1; use your sampling "
                         "scale)")
@@ -156,13 +159,14 @@ def _distill_probes(args, spec: str, out: Path):
 
     source = load_model(args.source)
     per, probe, edges = [], None, []
-    steps, scale = AdapterSection().trajectory_steps, args.trajectory_cfg or 1.0
+    steps, scale = args.trajectory_steps or AdapterSection().trajectory_steps, args.trajectory_cfg or 1.0
     for i in range(args.probe_seeds):
         run = out / ("probe" if i == 0 else f"probe-{i + 1}")
         if not (run / "checkpoints" / "last.pt").exists():
             adapt_train(None, overrides={
                 "model.init": str(args.source), "adapter.schedule": spec, "adapter.stage_sampling": "all",
                 "adapter.coarse_output": args.coarse_output, "adapter.trajectory_cfg": scale,
+                "adapter.trajectory_steps": steps,
                 "max_steps": max(1, args.probe_steps), "batch_size": args.batch_size, "seed": args.seed + i,
                 "optim.lr": args.probe_lr or 3e-3, "optim.warmup_steps": 0, "out": str(run), "device": args.device,
                 "save_every": max(1, args.probe_steps), "log_every": max(1, args.probe_steps // 20),

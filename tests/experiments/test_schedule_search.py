@@ -230,11 +230,12 @@ def test_schedule_search_scored_by_distillation_against_the_source(tmp_path, cap
                            learn_sigma=False)).save_pretrained(src)
     out = tmp_path / "out"
     argv = ["schedule", "search", "--from", str(src), "--data", "digits", "--budget", "0.7", "--score", "distill",
-            "--probe-steps", "3", "--probe-seeds", "1", "--batch-size", "8", "--num", "8", "--out", str(out), "--json"]
+            "--probe-steps", "3", "--probe-seeds", "1", "--batch-size", "8", "--num", "8", "--trajectory-steps", "4",
+            "--out", str(out), "--json"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["score"] == "distill" and res["bin_edges"][-2:] == [0.75, 1.0]  # 8 steps over [0, 0.75], then beyond
-    assert res["curves"]["2x2"] == [0.0] * 9 and all(res["curves"][p][-1] == OUT_OF_RANGE for p in ("4x4", "2x4"))
+    assert res["score"] == "distill" and res["bin_edges"] == [0.0, 0.1875, 0.375, 0.5625, 0.75, 1.0]  # 4 steps, beyond
+    assert res["curves"]["2x2"] == [0.0] * 5 and all(res["curves"][p][-1] == OUT_OF_RANGE for p in ("4x4", "2x4"))
     for r in res["schedules"]:
         sched = PyramidSchedule.from_string(r["schedule"])
         assert r["flops_fraction"] <= 0.7 and all(s.t_end <= 0.75 for s in sched.stages[:-1])
@@ -244,7 +245,7 @@ def test_schedule_search_scored_by_distillation_against_the_source(tmp_path, cap
     states = load_file(out / "held-out-states.safetensors")
     s0 = probe.schedule.patches.index((4, 4))
     with torch.no_grad():
-        pred = probe(states["states"][:, 2], torch.full((8,), 2 * 0.75 / 8), states["labels"], stage=s0)
+        pred = probe(states["states"][:, 2], torch.full((8,), 0.375), states["labels"], stage=s0)
     want = float((pred - states["cond"][:, 2]).square().mean(dim=(1, 2, 3)).mean())
     assert res["curves"]["4x4"][2] == pytest.approx(want, rel=1e-5)
     assert main([*argv[:-1], "--verify", "1"]) == 2
