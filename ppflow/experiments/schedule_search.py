@@ -234,7 +234,7 @@ def distill_curves(probe, held, batch: int = 64) -> tuple[list[float], dict[Patc
 
     sched = probe.schedule
     fine = sched.num_stages - 1
-    grid = [float(t) for t in held.grid]
+    grid = [round(float(t), 9) for t in held.grid]  # float32 step times: 0.4, not 0.4000000059604645
     edges = [*grid, 1.0] if grid[-1] < 1.0 else grid
     bins = len(edges) - 1
     curves: dict[Patch, list[float]] = {sched.patches[fine]: [0.0] * bins}
