@@ -149,7 +149,7 @@ def probe_schedule(patches: list[tuple[int, int]]) -> str:
 
 
 def _distill_probes(args, spec: str, out: Path):
-    """(bin edges, per probe: curves, the last probe): speed-adapter probes of every candidate patch at every t,
+    """(bin edges, per probe: curves, the last probe, the held-out trajectories): speed-adapter probes of every candidate patch at every t,
     distilled data-free from the source (reused when finished), each scored on the same held-out trajectories."""
     from ..convert import load_model
     from ..experiments.schedule_search import distill_curves
@@ -179,7 +179,7 @@ def _distill_probes(args, spec: str, out: Path):
                               log=(lambda m: None) if args.json else print)
         edges, curves = distill_curves(probe, held)
         per.append(curves)
-    return edges, per, probe
+    return edges, per, probe, held
 
 
 def _finetune(init: Path, run: Path, args, steps: int, seed: int, time_sampling: str, learn_sigma: bool):
@@ -250,7 +250,7 @@ def main(args) -> int:
     if args.verify is None:
         args.verify = 3 if source.schedule.num_stages == 1 else 0
     if args.score == "distill":
-        edges, per, probe = _distill_probes(args, spec, out)
+        edges, per, probe, held = _distill_probes(args, spec, out)
         centers = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
     elif source.schedule.num_stages == 1:
         probe = adapt(source, spec, coarse_output=args.coarse_output)
@@ -307,6 +307,12 @@ def main(args) -> int:
     per_probe = {c.schedule: [schedule_excess(edges, cv, c.schedule) for cv in per] for c in candidates}
     choice = simplest_within(candidates, per_probe, tolerance) if candidates else None
     verified = {}
+    if choice and args.score == "distill":  # the least end-state error of the candidates' rollouts decides
+        from ..experiments.schedule_search import rollout_errors
+
+        verified = rollout_errors(probe, held, [c.schedule for c in candidates], args.trajectory_cfg or 1.0)
+        winner = min(verified, key=verified.get)
+        choice = dataclasses.replace(choice, chosen=next(c for c in candidates if c.schedule == winner))
     if choice and args.verify:
         by_excess = sorted(candidates, key=lambda c: c.excess)
         todo = by_excess[:args.verify] + [c for c in by_count + compared + twins if c not in by_excess[:args.verify]]
@@ -333,7 +339,7 @@ def main(args) -> int:
                 "mirror": c.schedule in {o.schedule for o in twins}}
 
     result = {"budget": args.budget, "guidance": args.guidance, "probe_steps": args.probe_steps,
-              "probes": len(per), "tolerance": args.tolerance, "verify_steps": args.verify_steps if verified else 0,
+              "probes": len(per), "tolerance": args.tolerance, "verify_steps": args.verify_steps if verified and args.score == "loss" else 0,
               "score": args.score, "bin_edges": edges,
               "curves": {f"{a}x{b}": v for (a, b), v in curves.items()},
               "chosen": row(choice.chosen) if choice else None,
@@ -358,7 +364,10 @@ def main(args) -> int:
     print(f"schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {c.schedule}")
     print(f"  test FLOPs {100 * c.flops_fraction:.1f}% of the baseline, predicted excess loss {c.excess:.5f} "
           f"(weighted by how a uniform sampler visits t; mean of {len(per)} probes)")
-    if verified:
+    if verified and args.score == "distill":
+        print(f"  rollouts: the least end-image error against the source ({verified[c.schedule]:.5f}) of "
+              f"{len(verified)} schedules, each sampled by the probe from the held-out noise")
+    elif verified:
         print(f"  verified: the least held-out loss ({verified[c.schedule]:.5f}) of {len(verified)} schedules, "
               f"each adapted and fine-tuned {args.verify_steps} steps")
     elif c is not best:

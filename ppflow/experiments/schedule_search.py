@@ -255,3 +255,41 @@ def distill_curves(probe, held, batch: int = 64) -> tuple[list[float], dict[Patc
                 errors.append(total / len(held))
             curves[sched.patches[s]] = errors
     return edges, curves
+
+
+def rollout_errors(probe, held, schedules: Sequence[str], cfg_scale: float = 1.0, batch: int = 64) -> dict[str, float]:
+    """Per schedule: the mean squared distance between the image the probe samples with that schedule's patches and
+    the one the source (the probe's finest stage) samples, from the held-out trajectories' noise and labels (Euler
+    over their step times, continued at the same spacing to t = 1, CFG `cfg_scale` in every step): the end-state
+    error a fine stage inherits, which the t-weighted velocity error does not see."""
+    import torch
+
+    from ..models.schedule import PyramidSchedule
+    from ..sampling.solvers import euler
+    from ..train.teacher import teacher_step
+
+    g = [float(t) for t in held.grid]
+    step = g[1] - g[0]
+    tail = max(1, round((1.0 - g[-1]) / step))
+    grid = torch.tensor([*g, *(g[-1] + (1.0 - g[-1]) * (i + 1) / tail for i in range(tail))], dtype=torch.float64)
+    fine = probe.schedule.num_stages - 1
+    y = held.labels if probe.config.num_classes else None
+
+    def stages_of(spec: str | None) -> list[int]:
+        if spec is None:
+            return [fine] * (len(grid) - 1)
+        sched = PyramidSchedule.from_string(spec)
+        mids = (grid[:-1] + grid[1:]) / 2  # a step runs in the stage holding it (boundaries are on the grid)
+        return [probe.schedule.patches.index(sched.patches[int(s)]) for s in sched.stage_of(mids).tolist()]
+
+    def sample(stages: list[int]) -> torch.Tensor:
+        outs = []
+        for i in range(0, len(held), batch):
+            yy = None if y is None else y[i:i + batch]
+            fn = lambda x, t, s, yy=yy: teacher_step(probe, x, t.float(), yy, cfg_scale, s)[0]
+            outs.append(euler(fn, held.states[i:i + batch, 0], grid, stages))
+        return torch.cat(outs)
+
+    with torch.no_grad():
+        ref = sample(stages_of(None))
+        return {spec: float((sample(stages_of(spec)) - ref).square().mean()) for spec in schedules}

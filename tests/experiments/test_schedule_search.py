@@ -248,5 +248,15 @@ def test_schedule_search_scored_by_distillation_against_the_source(tmp_path, cap
         pred = probe(states["states"][:, 2], torch.full((8,), 0.375), states["labels"], stage=s0)
     want = float((pred - states["cond"][:, 2]).square().mean(dim=(1, 2, 3)).mean())
     assert res["curves"]["4x4"][2] == pytest.approx(want, rel=1e-5)
+    rolled = {r["schedule"]: r["verified_loss"] for r in res["schedules"]}  # the rollouts' end-image errors
+    assert all(v is not None and v >= 0 for v in rolled.values()) and res["chosen"]["schedule"] == min(rolled,
+                                                                                                        key=rolled.get)
+    from ppflow.experiments.schedule_search import rollout_errors
+    from ppflow.train.teacher import TeacherStates
+
+    held = TeacherStates(states["states"], states["cond"], states["uncond"], states["labels"],
+                         torch.linspace(0, 0.75, 5))
+    fine_only = "1:2x2"  # the source's own rollout: no error
+    assert rollout_errors(probe, held, [fine_only])[fine_only] == 0.0
     assert main([*argv[:-1], "--verify", "1"]) == 2
     assert "--verify fine-tunes each schedule" in capsys.readouterr().err
