@@ -80,7 +80,9 @@ def add_arguments(p) -> None:
                    help="loss: each patch's held-out flow-matching loss on --data (a fine-tuned probe, for models "
                         "you will train); distill: each patch's velocity error against the source itself on "
                         "held-out teacher trajectories, from a speed-adapter probe (frozen source, stage-gated "
-                        "LoRA, data-free; for `ppflow adapt`); --num is then the held-out trajectories")
+                        "LoRA, data-free; for `ppflow adapt`), candidates re-ranked by rollouts; --num is then the "
+                        "held-out trajectories. Not yet validated: on the toy SiT its ranking did not predict the "
+                        "adapters' FID (docs/schedules.md); train the top few as adapters to choose")
     s.add_argument("--trajectory-steps", type=int, default=None,
                    help="--score distill: Euler steps of a teacher trajectory over the coarse range (default 8); "
                         "the switch points the search can place are these step times")
