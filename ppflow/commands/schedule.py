@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import sys
 from pathlib import Path
 
 from ..errors import CommandError
@@ -201,6 +203,14 @@ def _finetune(init: Path, run: Path, args, steps: int, seed: int, time_sampling:
 
 
 def main(args) -> int:
+    if not args.json:
+        return _search(args, sys.stdout)
+    real = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # --json: stdout holds the JSON line alone (probe logs to stderr)
+        return _search(args, real)
+
+
+def _search(args, out_stream) -> int:
     import torch
 
     from ..convert import load_model
@@ -357,7 +367,7 @@ def main(args) -> int:
                                                                              "distill" else ""),
                   log_y=args.score == "loss", vlines=chosen.boundaries)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result), file=out_stream)
         return 0 if choice else 1
     if not choice:
         print(f"no schedule on this grid fits test FLOPs <= {args.budget:g}; raise --budget or add coarser --patches")

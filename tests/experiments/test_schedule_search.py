@@ -233,7 +233,9 @@ def test_schedule_search_scored_by_distillation_against_the_source(tmp_path, cap
             "--probe-steps", "3", "--probe-seeds", "1", "--batch-size", "8", "--num", "8", "--trajectory-steps", "4",
             "--out", str(out), "--json"]
     assert main(argv) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1  # --json: the probe's training log goes to stderr
+    res = json.loads(printed[0])
     assert res["score"] == "distill" and res["bin_edges"] == [0.0, 0.1875, 0.375, 0.5625, 0.75, 1.0]  # 4 steps, beyond
     assert res["curves"]["2x2"] == [0.0] * 5 and all(res["curves"][p][-1] == OUT_OF_RANGE for p in ("4x4", "2x4"))
     for r in res["schedules"]:
