@@ -29,7 +29,8 @@ from ..integrations.diffusers.distill import (
 
 def record_teacher(base_dir: str, enc, cfg, out_dir: Path, sample, words, templates,
                    log=print) -> tuple[Path, int, float]:
-    """Record the base's coarse-stage calls along its own trajectories (prompts from `templates` x `words`);
+    """Record the base's coarse-stage calls along its own trajectories (prompts from `templates` x `words`; each
+    run stops at its first fine-stage forward: the same calls as a whole run at about half the cost);
     (file, calls, teacher forwards)."""
     teacher = load_transformer(base_dir)
     rng = np.random.default_rng(cfg.seed + 7)
@@ -38,10 +39,11 @@ def record_teacher(base_dir: str, enc, cfg, out_dir: Path, sample, words, templa
         prompts = [templates[rng.integers(len(templates))].format(words[rng.integers(len(words))])
                    for _ in range(cfg.adapter_batch)]
         steps = int(rng.integers(max(2, cfg.sample_steps // 2), 2 * cfg.sample_steps + 1))  # varied sigmas
-        calls += record_calls(teacher, lambda p=prompts, s=steps, j=j: sample(teacher, enc, p, s, 10_000 + j, cfg,
-                                                                              schedule=cfg.adapter_schedule),
-                              cfg.adapter_schedule, shift=FluxShift())
-        forwards += steps * cfg.adapter_batch
+        new = record_calls(teacher, lambda p=prompts, s=steps, j=j: sample(teacher, enc, p, s, 10_000 + j, cfg,
+                                                                            schedule=cfg.adapter_schedule),
+                           cfg.adapter_schedule, shift=FluxShift(), stop_after_coarse=True)
+        calls += new
+        forwards += (len(new) + 1) * cfg.adapter_batch  # the coarse steps and the fine forward that ends the run
     path = save_calls(calls, out_dir / "teacher-calls.safetensors", {"trajectories": cfg.adapter_trajectories})
     log(f"recorded {len(calls)} coarse-stage teacher calls from {cfg.adapter_trajectories} trajectories")
     return path, len(calls), forwards
