@@ -163,7 +163,7 @@ def part_diffusers(cfg: GpuBenchConfig, log=None) -> dict:
     bound (the finest stage is the model itself) and the FLOPs bound; steps shared by the stages' spans."""
     import diffusers
 
-    from ..integrations.diffusers import apply
+    from ..integrations.diffusers import apply, family_of
     from ..integrations.diffusers.flops import CLASSES, FULL_SIZES, forward_flops, meta_model, stage_inputs
     from ..integrations.diffusers.stages import StagePlan
     from .timing import stopwatch
@@ -188,14 +188,14 @@ def part_diffusers(cfg: GpuBenchConfig, log=None) -> dict:
                     model = getattr(diffusers, CLASSES[spec.family])(**spec.config).eval()
             finally:
                 torch.set_default_dtype(default)
-            plan = StagePlan.parse(sched, (1, 2, 2) if spec.family == "wan" else (2, 2))
+            family = family_of(model)
+            plan = StagePlan.parse(sched, family.base_patch(model))
             kw = stage_inputs(spec, size, plan.factors[-1], text, lambda *shape: torch.randn(*shape, device=dev,
                                                                                              dtype=dt))
             apply(model, sched, boundaries="sigma")
             starts, seconds = (0.0, *plan.ends[:-1]), []
             for a, b in zip(starts, plan.ends, strict=True):
-                scale = 1000.0 if spec.family in ("wan", "sd3") else 1.0  # the timestep the family's model takes
-                kw["timestep"] = torch.full((1,), (1.0 - (a + b) / 2) * scale, device=dev, dtype=dt)
+                kw["timestep"] = torch.full((1,), (1.0 - (a + b) / 2) * family.timestep_scale, device=dev, dtype=dt)
                 runs = []
                 with torch.no_grad():
                     for i in range(s.warmup + s.flux_repeats):

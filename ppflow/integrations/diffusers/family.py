@@ -28,6 +28,7 @@ class Family:
     coarse_outputs: tuple[str, ...] = ("v",)
     inits: tuple[str, ...] = ("pooled",)  # coarse projection inits this family has; the first is its default
     separate_cfg: bool = True  # its pipelines run the unconditional pass as a call of its own (stage-level CFG)
+    timestep_scale: float = 1.0  # the timestep argument is sigma times this (Wan, SD3: 1000)
 
     def matches(self, model: nn.Module) -> bool:
         return any(c.__name__ in self.classes for c in type(model).__mro__)

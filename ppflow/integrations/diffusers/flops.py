@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .family import family_of
 from .stages import StagePlan
 
 
@@ -116,7 +117,7 @@ def full_size_table(names=tuple(FULL_SIZES)) -> list[dict]:
     for key in names:
         spec = FULL_SIZES[key]
         model = meta_model(spec)
-        base_patch = (1, 2, 2) if spec.family == "wan" else (2, 2)
+        base_patch = family_of(model).base_patch(model)
         for size in spec.sizes:
             for sched in spec.schedules:
                 try:

@@ -80,6 +80,7 @@ class SD3(Family):
                     "ff_context.net.2")
     unbatched = ()
     separate_cfg = False  # StableDiffusion3Pipeline batches [negative, positive]
+    timestep_scale = 1000.0
     coarse_outputs = ("v", "noise_skip")
 
     def base_patch(self, model: nn.Module) -> tuple[int, int]:
@@ -91,7 +92,7 @@ class SD3(Family):
 
     def sigma(self, model: nn.Module, kw: dict) -> torch.Tensor:
         B = kw["hidden_states"].shape[0]
-        return kw["timestep"].detach().float().reshape(-1).cpu().expand(B) / 1000.0  # SD3 gets sigma x 1000
+        return kw["timestep"].detach().float().reshape(-1).cpu().expand(B) / self.timestep_scale  # sigma x 1000
 
     def seq_len(self, model: nn.Module, kw: dict) -> int:
         H, W = kw["hidden_states"].shape[-2:]

@@ -49,6 +49,7 @@ class Wan(Family):
     lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                     "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
     coarse_outputs = ("v", "noise_skip")
+    timestep_scale = 1000.0
 
     def base_patch(self, model: nn.Module) -> tuple[int, int, int]:
         return tuple(int(v) for v in model.config.patch_size)
@@ -60,7 +61,7 @@ class Wan(Family):
         t = kw["timestep"].detach().float().cpu()
         B = kw["hidden_states"].shape[0]
         t = t.reshape(B, -1)[:, 0] if t.ndim == 2 else t.reshape(-1).expand(B)  # (B,) per-token: the first
-        return t / 1000.0  # Wan gets the scheduler's timestep, sigma * 1000
+        return t / self.timestep_scale  # Wan gets the scheduler's timestep, sigma * 1000
 
     def seq_len(self, model: nn.Module, kw: dict) -> int:
         _, _, F, H, W = kw["hidden_states"].shape
