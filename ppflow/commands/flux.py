@@ -176,7 +176,7 @@ def main(args) -> int:
         try:
             caches = split_caches(args.caches)
         except ValueError as e:
-            raise ValueError(f"--caches: {e}") from None
+            raise CommandError(f"--caches: {e}") from None
         run_stacking(args.run, args.out, caches, args.threads, args.repeats)
         return 0
     if args.subcommand == "train":

@@ -152,16 +152,17 @@ def probe_schedule(patches: list[tuple[int, int]]) -> str:
     return ",".join(f"{(i + 1) / n:g}:{p[0]}x{p[1]}" for i, p in enumerate(order))
 
 
-def _distill_probes(args, spec: str, out: Path):
-    """(bin edges, per probe: curves, the last probe, the held-out trajectories): speed-adapter probes of every candidate patch at every t,
-    distilled data-free from the source (reused when finished), each scored on the same held-out trajectories."""
+def _distill_probes(args, source, spec: str, out: Path):
+    """(bin edges, per probe: curves, the last probe, the held-out trajectories): speed-adapter probes of every
+    candidate patch at every t, distilled data-free from `source` (reused when finished), each scored on the same
+    held-out trajectories."""
     from ..convert import load_model
     from ..experiments.schedule_search import distill_curves
     from ..io import content_sha256
     from ..train.distill import AdapterSection, adapt_train
     from ..train.teacher import teacher_states
 
-    source = load_model(args.source)
+    source_sha = content_sha256(source.state_dict())
     per, probe, edges = [], None, []
     steps, scale = args.trajectory_steps or AdapterSection().trajectory_steps, args.trajectory_cfg or 1.0
     for i in range(args.probe_seeds):
@@ -177,7 +178,7 @@ def _distill_probes(args, spec: str, out: Path):
                 "tensorboard": False, "progress": not args.json})
         probe = load_model(run / "ema").eval()
         fine = probe.schedule.num_stages - 1
-        held = teacher_states(probe, content_sha256(source.state_dict()), out / "held-out-states.safetensors",
+        held = teacher_states(probe, source_sha, out / "held-out-states.safetensors",
                               args.num, steps, probe.schedule.stages[fine - 1].t_end, scale, args.seed + 10_000,
                               (probe.config.in_channels, *probe.config.input_size), probe.config.num_classes, fine,
                               log=(lambda m: None) if args.json else print)
@@ -262,7 +263,7 @@ def _search(args, out_stream) -> int:
     if args.verify is None:
         args.verify = 3 if source.schedule.num_stages == 1 else 0
     if args.score == "distill":
-        edges, per, probe, held = _distill_probes(args, spec, out)
+        edges, per, probe, held = _distill_probes(args, source, spec, out)
         centers = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
     elif source.schedule.num_stages == 1:
         probe = adapt(source, spec, coarse_output=args.coarse_output)
