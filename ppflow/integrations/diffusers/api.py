@@ -35,6 +35,8 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     """
     transformer, pipe = _transformer(target)
     remove(target)
+    if not is_adapter_folder(schedule) and is_adapter_ref(schedule):
+        schedule = fetch_adapter(str(schedule), revision, token=token)  # a hub id: its folder in the Hub cache
     second = getattr(pipe, "transformer_2", None) if pipe is not None else None
     if second is not None:  # Wan 2.2: a low-noise expert beside the high-noise one
         return _apply_experts(pipe, transformer, second, schedule, family=family, init=init, boundaries=boundaries,
@@ -42,8 +44,6 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
                               coarse_cfg=coarse_cfg, verify=verify, force=force, revision=revision, token=token)
     fam = family_of(transformer, family)
     shift = shift or _shift(pipe)
-    if not is_adapter_folder(schedule) and is_adapter_ref(schedule):
-        schedule = fetch_adapter(str(schedule), revision, token=token)
     if is_adapter_folder(schedule):
         config = read_config(schedule)
         if config.family and config.family != fam.name:
@@ -87,7 +87,7 @@ def _apply_experts(pipe, first: nn.Module, second: nn.Module, schedule, **option
                              "`transformer` anyway")
     else:
         adapter = apply(first, schedule, **options)
-        if not is_adapter_folder(schedule) and not is_adapter_ref(schedule):
+        if not is_adapter_folder(schedule):  # a fresh schedule: each expert gets its own adapter
             apply(second, schedule, **options)
     if getattr(pipe, "scheduler", None) is not None:
         scheduler.patch(pipe.scheduler, adapter)
