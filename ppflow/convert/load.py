@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 from ..hub.download import fetch
 from ..hub.hub import from_hub, is_hub_id, snapshot
 from ..hub.registry import get_release, is_release_name
-from ..io import CheckpointError, content_sha256, one_line, read_weights
-from ..models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, apply_adapter, is_adapter_dir
+from ..io import CheckpointError, content_sha256, read_weights
+from ..models.adapter import ADAPTER_WEIGHTS, apply_adapter, is_adapter_dir, read_adapter_config
 from ..models.backbone import CONFIG, FORMAT_TAG, WEIGHTS, PPFlowTransformer
 from ..models.pretrained import is_pretrained_dir, load_pretrained
 from .formats import load_file_checkpoint
@@ -96,13 +95,7 @@ def load_adapter(folder: str | os.PathLike, base: PPFlowTransformer | str | os.P
     its config names (a relative path is looked up beside the folder first). A base whose content hash differs
     from the one the adapter was trained on is refused unless `check_base=False`."""
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / ADAPTER_CONFIG).read_text())
-        meta.pop("format", None)
-        config = AdapterConfig(**meta)
-    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"cannot read {folder / ADAPTER_CONFIG} ({one_line(e)}); the adapter folder is "
-                              "damaged or from another tool: save it again") from None
+    config = read_adapter_config(folder)
     if base is None:
         if not config.base:
             raise CheckpointError(f"{folder} names no base model: pass the SiT/DiT it was trained on as base")

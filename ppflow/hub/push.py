@@ -6,6 +6,7 @@ reads the files it converts; huggingface_hub is imported when a function here is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..convert.load import load_model
 from ..io import CheckpointError, check_inside, one_line, read_weights, write_text_atomic
-from ..models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir
+from ..models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir, read_adapter_config, write_adapter_config
 from ..models.backbone import CONFIG, WEIGHTS, PPFlowTransformer
 from ..models.flops import schedule_flops
 from ..models.pretrained import is_pretrained_dir, load_pretrained
@@ -152,12 +153,8 @@ def _adapter_upload(src: Path, repo_id: str, folder: Path, base_model: str | Non
     """A speed adapter folder for the Hub: its weights (checked), its config naming a base users can load (a hub
     id or release name: `base_model`, else the one it names) and a card."""
     _refuse_links_out(src, src / ADAPTER_CONFIG, src / ADAPTER_WEIGHTS)
-    try:
-        meta = json.loads((src / ADAPTER_CONFIG).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"cannot read {src / ADAPTER_CONFIG} ({one_line(e)}): the adapter folder is damaged") \
-            from None
-    base = base_model or str(meta.get("base") or "")
+    config = read_adapter_config(src)
+    base = base_model or config.base
     if not (is_hub_id(base) and not Path(base).exists()) and not is_release_name(base):
         raise CheckpointError(f"the adapter {src} names the base {base or '(none)'!r}, which others cannot load: pass "
                               "--base-model ORG/NAME (the base model's hub repo; push it first with ppflow push) or "
@@ -165,16 +162,16 @@ def _adapter_upload(src: Path, repo_id: str, folder: Path, base_model: str | Non
     state = read_weights(src / ADAPTER_WEIGHTS, verify=verify)  # a damaged file is never uploaded
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / ADAPTER_WEIGHTS, folder / ADAPTER_WEIGHTS)
-    write_text_atomic(folder / ADAPTER_CONFIG, json.dumps({**meta, "base": base}, indent=2), "adapter config")
+    write_adapter_config(dataclasses.replace(config, base=base), folder)
     n = sum(t.numel() for t in state.values())
-    guided = f", CFG {meta['guided']:g} distilled into the coarse stage" if meta.get("guided") else ""
+    guided = f", CFG {config.guided:g} distilled into the coarse stage" if config.guided else ""
     card = "\n".join([
         "---", "library_name: ppflow", "tags:", "- ppflow", "- ppflow-adapter", "- pyramidal-patchification-flow",
         f"base_model: {base}", "---", "", f"# {repo_id.split('/')[-1]}", "",
-        (f"A PPFlow speed adapter for [{base}](https://huggingface.co/{base}): schedule `{meta.get('schedule')}`, a "
-         f"rank-{meta.get('rank')} LoRA on {', '.join(meta.get('targets') or [])} that acts only on coarse-stage "
+        (f"A PPFlow speed adapter for [{base}](https://huggingface.co/{base}): schedule `{config.schedule}`, a "
+         f"rank-{config.rank} LoRA on {', '.join(config.targets)} that acts only on coarse-stage "
          f"tokens, plus the coarse projections and stage embedding ({n / 1e6:.3f}M parameters), made by "
-         f"`{meta.get('method')}`{guided}. The finest stage is the base itself, bit for bit."), "",
+         f"`{config.method}`{guided}. The finest stage is the base itself, bit for bit."), "",
         "```python", "import ppflow", f"model = ppflow.load_model({repo_id!r})  # fetches the base it names too",
         "```", "", "Made with [ppflow](https://arxiv.org/abs/2506.23543) (PPFlow, ICLR 2026).", ""])
     write_text_atomic(folder / CARD, card, "model card")

@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import HASH_KEY, content_sha256, replace_folder, save_safetensors_atomic, write_text_atomic
+from ..io import (
+    HASH_KEY,
+    CheckpointError,
+    content_sha256,
+    one_line,
+    replace_folder,
+    save_safetensors_atomic,
+    write_text_atomic,
+)
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -139,10 +147,27 @@ def save_adapter(model: nn.Module, config: AdapterConfig, directory: str | os.Pa
 
     def write(folder: Path) -> None:
         save_safetensors_atomic(state, folder / ADAPTER_WEIGHTS, {"format": ADAPTER_TAG, HASH_KEY: content_sha256(state)})
-        write_text_atomic(folder / ADAPTER_CONFIG, json.dumps({"format": ADAPTER_TAG, **asdict(config)}, indent=2),
-                          "adapter config")
+        write_adapter_config(config, folder)
 
     return replace_folder(directory, write)
+
+
+def write_adapter_config(config: AdapterConfig, folder: str | os.PathLike) -> None:
+    """`folder`/adapter_config.json, written atomically."""
+    write_text_atomic(Path(folder) / ADAPTER_CONFIG, json.dumps({"format": ADAPTER_TAG, **asdict(config)}, indent=2),
+                      "adapter config")
+
+
+def read_adapter_config(folder: str | os.PathLike) -> AdapterConfig:
+    """The AdapterConfig of an adapter folder; a damaged or foreign file is a CheckpointError naming it."""
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+        meta.pop("format", None)
+        return AdapterConfig(**meta)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"cannot read {path} ({one_line(e)}); the adapter folder is damaged or from another "
+                              "tool: save it again") from None
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
