@@ -3,7 +3,7 @@
 Every bad input ends in one line on stderr and a non-zero exit, never a traceback: argparse checks the
 option types (`at_least`, `positive`, `finite` below name the option), commands raise `CommandError` (or let
 a ValueError / OSError such as a missing file or a full disk through), and `main` prints it as
-`ppflow CMD: error: MESSAGE` (exit 2; see ERROR_FORMS) and Ctrl-C as `ppflow CMD: interrupted` (exit 130).
+`ppflow CMD: error: MESSAGE` (exit 2, as argparse's usage errors) and Ctrl-C as `ppflow CMD: interrupted` (exit 130).
 Set PPFLOW_TRACEBACK=1 to see the traceback instead.
 """
 
@@ -38,13 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "end-to-end demo on Fashion-MNIST: train PPF and SiT, sample, compare, report"),
     "repro": ("repro", "small-scale reproduction of the paper's main table"),
 }
-
-# How an error reads after `ppflow CMD: ` and the exit status, where tests and docs/reliability.md pin an older
-# form; every other command prints `error: MESSAGE` and exits 2, as argparse does.
-ERROR_FORMS: dict[str, tuple[str, int]] = {"train": ("error: ", 1), "flux": ("error: ", 1),
-                                           "extract-latents": ("error: ", 1), "convert": ("", 2),
-                                           "download": ("", 2), "eval": ("", 2)}
-
 
 def build_parser(load_all: bool = True, only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -133,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # CommandError, and bad input of the user's making: one line, no traceback
         if os.environ.get("PPFLOW_TRACEBACK"):
             raise
-        label, status = ERROR_FORMS.get(command, ("error: ", 2))
-        print(f"{name}: {label}{one_line(e, limit=None)}", file=sys.stderr)  # whole: a disk-full line ends with the fix
-        return status
+        print(f"{name}: error: {one_line(e, limit=None)}", file=sys.stderr)  # whole: a disk-full line ends with the fix
+        return 2
 
 
 if __name__ == "__main__":

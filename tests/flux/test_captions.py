@@ -87,7 +87,7 @@ def test_flux_train_on_a_truncated_cache_is_one_line(tmp_path, capsys):
         tmp_path / "c.safetensors")
     path.write_bytes(path.read_bytes()[:100])
     assert main(["flux", "train", "--model.base", str(tmp_path / "base"), "--data.cache", str(path),
-                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 1
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{path} is not a ppflow flux cache" in err[0]
 
@@ -109,7 +109,7 @@ def test_a_sequence_length_beyond_the_tokenizer_is_refused_before_encoding(pipe_
     data = _folder(tmp_path / "data")
     argv = ["flux", "cache", "--data.pipeline", str(pipe_dir), "--data.path", str(data), "--data.resolution", "32",
             "--data.cache", str(tmp_path / "c.safetensors"), "--device", "cpu"]
-    assert main([*argv, "--data.max-sequence-length", "100000"]) == 1
+    assert main([*argv, "--data.max-sequence-length", "100000"]) == 2
     err = capsys.readouterr().err  # (diffusers' loading bars, then the error)
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("ppflow flux cache: error: max_sequence_length 100000")

@@ -28,8 +28,8 @@ def test_flux_train_command_line(tmp_path, capsys):
                  "--train.mode", "full", "--model.schedule", "1:2x2"]) == 0
     out = capsys.readouterr().out
     assert "mode: full" in out and "schedule: 1:2x2" in out
-    assert main(["flux", "train", "--data.cache", "c"]) == 1
+    assert main(["flux", "train", "--data.cache", "c"]) == 2
     assert "model.base is not set" in capsys.readouterr().err
     assert main(["flux", "train", "--model.base", "b", "--data.cache", str(tmp_path / "none.safetensors"),
-                 "--out", str(tmp_path / "run")]) == 1
+                 "--out", str(tmp_path / "run")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -145,7 +145,7 @@ def test_cache_command_and_bad_data_in_one_line(setup, tmp_path, capsys):
     bad = _folder(tmp_path / "bad", 2)
     (bad / "img1.png").write_bytes(b"broken")
     capsys.readouterr()
-    assert main([*args, "--data.path", str(bad), "--data.cache", str(tmp_path / "d.safetensors")]) == 1
+    assert main([*args, "--data.path", str(bad), "--data.cache", str(tmp_path / "d.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read image" in err[0] and "img1.png" in err[0]
 

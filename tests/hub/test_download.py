@@ -141,7 +141,7 @@ def test_cli_download(tmp_path, home, sit_bytes, monkeypatch, capsys):
     assert cli.main(["download", "--list"]) == 0 and "PPF-XL-2" in capsys.readouterr().out
     assert cli.main(["download", "PPF-QQ"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ppflow download: 'PPF-QQ' is not a known release") and err.count("\n") == 1
+    assert err.startswith("ppflow download: error: 'PPF-QQ' is not a known release") and err.count("\n") == 1
     monkeypatch.setenv("PPFLOW_OFFLINE", "1")
     assert cli.main(["download", "PPF-XL-2", "--no-progress"]) == 2
     assert "downloads are off" in capsys.readouterr().err

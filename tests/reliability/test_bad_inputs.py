@@ -165,7 +165,7 @@ def test_a_truncated_jpeg_in_eval_is_named_and_not_skipped(bad, tmp_path, capsys
     assert cli(["eval", str(bad / "images"), str(bad / "images-first-bad" / "c1"), "--no-sfid", "--no-pr",
                 "--classifier", "off", "--cache-dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"ppflow eval: cannot read image {bad / 'images' / 'c1' / '003.jpg'} (") and \
+    assert err.startswith(f"ppflow eval: error: cannot read image {bad / 'images' / 'c1' / '003.jpg'} (") and \
         err.count("\n") == 1, err
     assert "it is not skipped" in err
 
@@ -176,7 +176,7 @@ def test_a_truncated_jpeg_stops_extract_latents_naming_it(bad, tmp_path, capsys)
     vae = tiny_vae_dir(tmp_path)
     # one worker process reads the images: the error must cross the process boundary as one line
     assert cli(["extract-latents", "--data-path", str(bad / "images"), "--out", str(tmp_path / "lat"), "--vae",
-                str(vae), "--image-size", "16", "--num-workers", "1", "--device", "cpu", "--no-progress"]) == 1
+                str(vae), "--image-size", "16", "--num-workers", "1", "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ppflow extract-latents: error: cannot read image {bad / 'images' / 'c1' / '003.jpg'} (")
     assert err.count("\n") == 1 and "does not skip images" in err and "Traceback" not in err, err
@@ -206,6 +206,6 @@ def test_unhandled_bad_input_errors_are_one_line(monkeypatch, capsys):
 
 def test_resume_of_the_wrong_file_never_suggests_weights_only_false(bad, tmp_path, capsys):
     shutil.copy(bad / "object.pt", tmp_path / "object.pt")
-    assert cli(["train", "--resume", str(tmp_path / "object.pt")]) == 1
+    assert cli(["train", "--resume", str(tmp_path / "object.pt")]) == 2
     err = capsys.readouterr().err
     assert "weights_only" not in err and "does not unpickle" in err and err.count("\n") == 1, err

@@ -1,5 +1,5 @@
 """A command raises CommandError (or lets a ValueError / OSError through); `ppflow.cli.main` prints it as one line
-`ppflow CMD: error: MESSAGE`, no traceback, with the command's exit status (2; ERROR_FORMS names the exceptions)."""
+`ppflow CMD: error: MESSAGE`, no traceback, with exit status 2, as argparse's usage errors."""
 
 import pytest
 
@@ -19,12 +19,12 @@ def test_the_line_names_the_subcommand(capsys):
     assert capsys.readouterr().err == "ppflow schedule search: error: --budget 2.0 must be a fraction in (0, 1]\n"
 
 
-def test_forms_that_tests_and_docs_pin_are_kept(tmp_path, capsys):
+def test_every_command_has_the_one_form_and_exit_2(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("max_steps: 1\n")
-    assert cli(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.yaml")]) == 1  # a failed run: 1
+    assert cli(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.yaml")]) == 2
     assert capsys.readouterr().err.startswith("ppflow train: error: --config cannot be combined with --resume")
     assert cli(["download"]) == 2
-    assert capsys.readouterr().err.startswith("ppflow download: give a release name (")
+    assert capsys.readouterr().err.startswith("ppflow download: error: give a release name (")
 
 
 def test_ppflow_traceback_shows_the_traceback(monkeypatch):

@@ -37,11 +37,11 @@ def test_a_bad_cache_path_is_refused_before_the_encoders_load(flux_parts, tmp_pa
     (tmp_path / "file").write_text("")
     missing = str(tmp_path / "no-such-pipeline")  # loading it would fail: the path must be checked first
     argv = ["flux", "cache", "--data.path", str(flux_parts / "data"), "--data.pipeline", missing, "--device", "cpu"]
-    assert main([*argv, "--data.cache", str(tmp_path / "dir.safetensors")]) == 1
+    assert main([*argv, "--data.cache", str(tmp_path / "dir.safetensors")]) == 2
     assert "dir.safetensors: it is a folder" in one_error_line(capsys, "ppflow flux cache: error: cannot write")
     train = flux_train_args(flux_parts, tmp_path / "run", 1)
     train[train.index("--data.cache") + 1] = str(tmp_path / "file" / "c.safetensors")
-    assert main([*train, "--data.path", str(flux_parts / "data"), "--data.pipeline", missing]) == 1
+    assert main([*train, "--data.path", str(flux_parts / "data"), "--data.pipeline", missing]) == 2
     assert "file is a file, not a folder" in one_error_line(capsys, "ppflow flux train: error: cannot write")
     assert not any((tmp_path / "dir.safetensors").iterdir()) and (tmp_path / "file").read_text() == ""
 
@@ -52,7 +52,7 @@ def test_no_verify_reaches_the_ppflux_folder_and_the_cache(flux_parts, tmp_path,
     shutil.copytree(flux_parts / "run" / "ema", tmp_path / "ppflux")
     flip_end(tmp_path / "ppflux" / WEIGHTS_NAME)
     argv = flux_train_args(flux_parts, tmp_path / "a", 1, "--model.ppflux", str(tmp_path / "ppflux"))
-    assert main(argv) == 1
+    assert main(argv) == 2
     line = one_error_line(capsys, "ppflow flux train: error: ")
     assert f"{tmp_path / 'ppflux' / WEIGHTS_NAME} is damaged" in line and "--no-verify" in line
     assert main([*argv, "--no-verify"]) == 0
@@ -62,7 +62,7 @@ def test_no_verify_reaches_the_ppflux_folder_and_the_cache(flux_parts, tmp_path,
     flip_end(cache)
     argv = flux_train_args(flux_parts, tmp_path / "b", 1)
     argv[argv.index("--data.cache") + 1] = str(cache)
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert f"{cache} is damaged" in one_error_line(capsys, "ppflow flux train: error: ")
     assert main([*argv, "--no-verify"]) == 0
 
@@ -70,7 +70,7 @@ def test_no_verify_reaches_the_ppflux_folder_and_the_cache(flux_parts, tmp_path,
 def test_a_cache_of_another_folder_than_data_path_is_refused(flux_parts, tmp_path, capsys):
     new = caption_folder(tmp_path / "new", 2)
     before = tree_hashes(flux_parts)
-    assert main([*flux_train_args(flux_parts, tmp_path / "run", 1), "--data.path", str(new)]) == 1
+    assert main([*flux_train_args(flux_parts, tmp_path / "run", 1), "--data.path", str(new)]) == 2
     line = one_error_line(capsys, "ppflow flux train: error: ")
     assert f"was cached from {flux_parts / 'data'}, not from --data.path {new}" in line
     assert "ppflow flux cache --data.path" in line  # how to rebuild
@@ -103,7 +103,7 @@ def test_fsdp_without_torchrun_is_one_line_and_one_process_still_trains(flux_par
     import torch.distributed as dist
 
     assert not dist.is_initialized()
-    assert main(flux_train_args(flux_parts, tmp_path / "run", 1, "--parallel", "fsdp")) == 1
+    assert main(flux_train_args(flux_parts, tmp_path / "run", 1, "--parallel", "fsdp")) == 2
     line = one_error_line(capsys, "ppflow flux train: error: --parallel fsdp needs torchrun (e.g. torchrun ")
     assert "-m ppflow.cli flux train" in line
     # ppflow train: --parallel ddp / fsdp in one process trains as before (nothing to wrap)
@@ -138,7 +138,7 @@ def test_extract_latents_out_into_its_images_or_a_run_folder_needs_force(run, tm
             "--local-files-only", "--num-workers", "0", "--device", "cpu"]
     for out in (tmp_path / "images", run):
         run_before = tree_hashes(run)
-        assert main([*argv, "--out", str(out)]) == 1
+        assert main([*argv, "--out", str(out)]) == 2
         line = one_error_line(capsys, f"ppflow extract-latents: error: {out} is not empty")
         assert "--force (or another --out)" in line
         assert tree_hashes(tmp_path) == before and tree_hashes(run) == run_before

@@ -87,7 +87,7 @@ def test_a_full_tmpfs_stops_training_and_keeps_the_last_checkpoint(small_disk, c
     rc = cli(["train", "--model", "PPF-tiny-2", "--data", "digits", "--batch-size", "16", "--max-steps", "1",
               "--out", str(small_disk / "cli"), *TRAIN])
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("ppflow train: error: disk full: cannot write ") and "needs about" in err
     assert "no checkpoint of this run exists yet" in err
     assert temporary_files(small_disk / "cli") == []
@@ -96,7 +96,7 @@ def test_a_full_tmpfs_stops_training_and_keeps_the_last_checkpoint(small_disk, c
     fill(small_disk)
     assert cli(["convert", str(out / "ema"), str(small_disk / "converted")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ppflow convert: disk full: cannot write ") and err.count("\n") == 1, err
+    assert err.startswith("ppflow convert: error: disk full: cannot write ") and err.count("\n") == 1, err
     assert temporary_files(small_disk) == [] and not (small_disk / "converted" / "model.safetensors").exists()
 
 
@@ -118,7 +118,7 @@ def test_enospc_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_one(run,
     rc = cli(["train", "--resume", str(tmp_path / "run"), "--max-steps", "3"])
     monkeypatch.undo()
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"disk full: cannot write {last}" in err and "the checkpoint needs about" in err
     assert f"the last good checkpoint is {last} (step 2)" in err
     assert last.read_bytes() == before and temporary_files(tmp_path / "run") == []

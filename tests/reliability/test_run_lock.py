@@ -53,7 +53,7 @@ def test_second_train_on_the_same_out_is_refused_and_a_killed_run_does_not_block
     try:
         second = subprocess.run([*TRAIN, *FRESH, "--max-steps", "1", "--out", str(out)], check=False, cwd=ROOT,
                                 env=ENV, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 1
+        assert second.returncode == 2
         err = second.stderr.strip()
         assert f"{out} is in use by another ppflow train (pid {holder.pid}" in err and "\n" not in err, err
         with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):  # the Python API likewise

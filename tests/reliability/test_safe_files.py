@@ -67,7 +67,7 @@ def test_no_loader_runs_pickled_code(run, tmp_path, capsys):
         load_checkpoint(tmp_path / "run")
     with pytest.raises(ValueError, match="does not unpickle"):
         ppflow.load_model(tmp_path / "run")
-    assert cli(["train", "--resume", str(tmp_path / "run")]) == 1
+    assert cli(["train", "--resume", str(tmp_path / "run")]) == 2
     assert cli(["info", str(tmp_path / "run")]) == 2
     capsys.readouterr()
     assert not marker.exists()

@@ -108,7 +108,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, monkeypatch, capsys):
         (["--resume", "missing-run"], "does not exist"),
     ]
     for extra, msg in cases:
-        assert cli(base + extra + ["--out", "r"]) == 1
+        assert cli(base + extra + ["--out", "r"]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and err.count("\n") == 0, err
 
