@@ -13,9 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from .timing import alternate, say
+from .timing import alternate, executed_flops, say
 
 CACHES = ("taylorseer", "first_block")
 
@@ -181,11 +180,9 @@ def bench_diffusers(cfg: DiffusersBenchConfig, log=None) -> dict:
                 pipes[label](**call, num_inference_steps=cfg.steps, generator=g)
             return time.perf_counter() - start
 
-        flops = {}
-        for label, pipe in pipes.items():
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                pipe(**call, num_inference_steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))
-            flops[label] = fc.get_total_flops()
+        flops = {label: executed_flops(pipe, **call, num_inference_steps=cfg.steps,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
+                 for label, pipe in pipes.items()}
         say(log, f"bench diffusers: {family}: timing {len(pipes)} subjects, {cfg.steps} steps")
         timings = alternate(list(pipes), run, cfg.repeats, cfg.warmup, name=f"bench diffusers {family}", log=log)
         base_s = timings.summary("base")["seconds"]

@@ -52,6 +52,16 @@ def stopwatch(device: torch.device, fn: Callable, *args, **kwargs) -> tuple[floa
     return time.perf_counter() - start, out
 
 
+def executed_flops(fn: Callable, *args, **kwargs) -> int:
+    """FLOPs torch executes in `fn(*args, **kwargs)` without grad (FlopCounterMode: LoRA, hooks and cache skips
+    included), what a measured speed-up is held against."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops()
+
+
 def compile_blocks(model: torch.nn.Module, backend: str | None) -> None:
     """torch.compile each transformer block in place (as `ppflow train --compile`); None: leave eager."""
     if backend is None:

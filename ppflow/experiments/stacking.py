@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..bench.diffusers import CACHES, cache_config, parse_cache
-from ..bench.timing import alternate, stopwatch
+from ..bench.timing import alternate, executed_flops, stopwatch
 from ..data.fashion_mnist import load_fashion_mnist
 from ..integrations.diffusers import apply
 from ..integrations.diffusers.distill import load_transformer
@@ -72,13 +72,8 @@ def run_stacking(run_dir: str | Path, out: str | Path | None = None, caches=CACH
     timings = alternate(list(models), lambda name, r: stopwatch(torch.device("cpu"), draw, models[name], prompts_t,
                                                                  cfg.sample_steps, cfg.seed + 99)[0],
                         timing_repeats, warmup=1)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    flops = {}
-    for name, model in models.items():
-        with FlopCounterMode(display=False) as fc:
-            draw(model, prompts_t[:8], cfg.sample_steps, cfg.seed + 99)
-        flops[name] = fc.get_total_flops()
+    flops = {name: executed_flops(draw, model, prompts_t[:8], cfg.sample_steps, cfg.seed + 99)
+             for name, model in models.items()}
     # quality, paired with the base
     from ..eval.classifier import classifier_metrics, classifier_outputs, load_classifier
 

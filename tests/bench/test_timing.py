@@ -2,6 +2,8 @@
 
 import time
 
+import torch
+
 from ppflow.bench.timing import alternate
 
 
@@ -26,3 +28,13 @@ def test_alternate_stops_after_the_first_timed_round_past_the_budget():
     assert t.rounds == 1 and t.times == {"a": [0.1], "b": [0.1]}
     assert said[-1] == "bench x: time budget 1 s reached after 1 timed round(s)"
     assert said[0] == "warm-up 1/1 a: 0.100s" and "repeat 1/5 b: 0.100s" in said
+
+
+def test_executed_flops_counts_the_matmuls_that_ran_and_no_gradients():
+    from ppflow.bench.timing import executed_flops
+
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4, requires_grad=True)
+    assert executed_flops(layer, x) == 2 * 2 * 4 * 3  # one (2, 4) @ (4, 3); a bias add is not a FLOP counted
+    assert executed_flops(lambda v: layer(layer(v) @ torch.ones(3, 4)), x) == 2 * (2 * 2 * 4 * 3) + 2 * 2 * 3 * 4
+    assert torch.is_grad_enabled()
