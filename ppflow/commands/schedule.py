@@ -211,6 +211,10 @@ def main(args) -> int:
         return _search(args, real)
 
 
+def _no_fit(args) -> str:
+    return f"no schedule on this grid fits test FLOPs <= {args.budget:g}; raise --budget or add coarser --patches"
+
+
 def _search(args, out_stream) -> int:
     import torch
 
@@ -252,6 +256,10 @@ def _search(args, out_stream) -> int:
         cost = score_schedule([0.0, 1.0], flat, source.config, other, args.guidance).flops_fraction
         if cost > args.budget + 1e-12:
             raise CommandError(f"--compare {other} needs {100 * cost:.1f}% test FLOPs, over --budget {args.budget:g}")
+    flat = {patch: [0.0] * args.bins for patch in patches}  # the loss score's bins: FLOPs alone say if any fits
+    if args.score == "loss" and not search_schedules([k / args.bins for k in range(args.bins + 1)], flat, source.config, top=1,
+                            budget=args.budget, max_stages=args.max_stages, guidance=args.guidance):
+        raise CommandError(_no_fit(args))
     if args.score == "distill":
         if source.schedule.num_stages != 1:
             raise CommandError(f"--score distill probes a speed adapter on a one-stage SiT/DiT; {args.source} has "
@@ -369,10 +377,10 @@ def _search(args, out_stream) -> int:
                   log_y=args.score == "loss", vlines=chosen.boundaries)
     if args.json:
         print(json.dumps(result), file=out_stream)
-        return 0 if choice else 1
     if not choice:
-        print(f"no schedule on this grid fits test FLOPs <= {args.budget:g}; raise --budget or add coarser --patches")
-        return 1
+        raise CommandError(_no_fit(args))
+    if args.json:
+        return 0
     c, best = choice.chosen, choice.best
     print(f"schedule for test FLOPs <= {args.budget:g} ({args.guidance} guidance): {c.schedule}")
     print(f"  test FLOPs {100 * c.flops_fraction:.1f}% of the baseline, predicted excess loss {c.excess:.5f} "

@@ -131,6 +131,23 @@ def test_budget_respected_exactly_and_bad_inputs():
         search_schedules(edges, curves, CONFIG, 0.5, guidance="some")
 
 
+def test_a_budget_no_schedule_can_meet_is_refused_before_any_probe_trains(tmp_path, capsys):
+    from ppflow.cli import main
+    from ppflow.models import create_model
+    from tests.conftest import randomize
+
+    src = tmp_path / "sit"
+    randomize(create_model("SiT-tiny/2", schedule="1:2x2", in_channels=1, num_classes=10, input_size=16,
+                           learn_sigma=False)).save_pretrained(src)
+    argv = ["schedule", "search", "--from", str(src), "--data", "digits", "--budget", "0.1", "--probe-steps", "2",
+            "--batch-size", "8", "--num", "16", "--bins", "4", "--out", str(tmp_path / "out"), "--json"]
+    assert main(argv) == 2  # 4x4 patches over 3 of 4 bins cost >= 25% + ...: nothing fits 10%
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ("ppflow schedule search: error: no schedule on this grid fits test "
+                                                   "FLOPs <= 0.1; raise --budget or add coarser --patches\n")
+    assert not (tmp_path / "out" / "probe").exists()  # refused before any probe trained
+
+
 def test_schedule_search_cli_probe_profile_search(tmp_path, capsys, monkeypatch):
     import json
 
