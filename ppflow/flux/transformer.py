@@ -172,10 +172,6 @@ class PPFluxTransformer(nn.Module):
         """Stage per sample from the sigma the network receives (FLUX's `timestep`, in [0, 1])."""
         return stage_of_sigma(timestep, self.sigma_boundaries(image_seq_len))
 
-    def stage_tokens(self, stage: int, grid: tuple[int, int]) -> int:
-        fh, fw = self.factors(stage)
-        return (grid[0] // fh) * (grid[1] // fw)
-
     # ------------------------------------------------------------------- forward
     @apply_lora_scale("joint_attention_kwargs")
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor = None,

@@ -12,7 +12,6 @@ teacher's output at the same inputs. RUN/ema is an adapter folder that `apply(pi
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,8 +274,3 @@ def distill(config: DistillConfig | dict | None = None, *, resume: str | os.Path
             overrides: dict | None = None, verify: bool = True) -> TrainResult:
     """Train the adapter of `config` (or continue the run in `resume`); RUN/ema is the adapter folder."""
     return run_task(DistillTask, config, resume=resume, overrides=overrides, verify=verify)
-
-
-def lr_default(rank: int) -> float:
-    """A learning rate that suits small adapters (1e-3, lower for large ranks)."""
-    return 1e-3 / max(1.0, math.sqrt(rank / 16))
