@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -118,18 +119,42 @@ examples:
   ppflow flux demo --quick                          # tiny FLUX from scratch on Fashion-MNIST, then PPFlux vs FLUX-ft
 """
 
+ADAPT_EPILOG = """\
+examples:
+  ppflow flux adapt --adapter.pipeline black-forest-labs/FLUX.1-dev --adapter.prompts prompts.txt \\
+      --adapter.record-steps 14,28,50 --adapter.guidance 3.5 --adapter.rank 16 --optim.lr 3e-3 \\
+      --batch-size 4 --max-steps 6400 --out runs/flux-adapter
+  ppflow flux adapt --resume runs/flux-adapter --max-steps 8000   # more steps; the recorded calls are reused
+  # then, in your code: ppflow.integrations.diffusers.apply(pipe, "runs/flux-adapter/ema")
+On the tiny FLUX of `ppflow flux demo`, 512 x 8 prompts and 6400 steps at rank 16 reached FID 1.047x the base's
+at 1.63x its speed (docs/flux.md); --adapter.calls FILE trains on calls recorded elsewhere (record_calls)."""
+
+
+class _HelpFormat(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, examples kept as written."""
+
 
 def add_arguments(p) -> None:
-    import argparse
-
     from ..flux.train_config import FluxTrainConfig
     from .train import add_run_arguments
 
     p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
-    sub = p.add_subparsers(dest="subcommand", metavar="{train,cache,demo,stack}", required=True)
+    from ..integrations.diffusers.distill import DistillConfig
+
+    sub = p.add_subparsers(dest="subcommand", metavar="{train,adapt,cache,demo,stack}", required=True)
     t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_arguments(t, FluxTrainConfig)
+    a = sub.add_parser("adapt", help="distil a PPFlow speed adapter for your diffusers pipeline from prompts alone",
+                       formatter_class=_HelpFormat, epilog=ADAPT_EPILOG,
+                       description="A speed adapter for a frozen diffusers transformer (FLUX.1, FLUX.2, Qwen-Image, "
+                                   "SD3.5, Wan): coarse-stage projections, stage embedding and a LoRA active only in "
+                                   "coarse steps, distilled from the model's own outputs. No images: your pipeline "
+                                   "samples --adapter.prompts and its coarse-stage calls are recorded once into "
+                                   "RUN/teacher-calls.safetensors (reused on --resume); the fine stage stays your "
+                                   "model bit for bit. RUN/ema is the adapter folder: "
+                                   "ppflow.integrations.diffusers.apply(pipe, 'RUN/ema').")
+    add_run_arguments(a, DistillConfig)
     c = sub.add_parser("cache", help="encode an image-caption folder once: FLUX latents + T5/CLIP embeddings",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--data.path", dest="path", required=True, help="image-caption folder (.txt captions or "
@@ -181,6 +206,8 @@ def main(args) -> int:
         return 0
     if args.subcommand == "train":
         return _train(args)
+    if args.subcommand == "adapt":
+        return _adapt(args)
     if args.subcommand == "cache":
         return _cache(args)
     from ..experiments.flux_demo import DemoConfig, run_demo
@@ -200,6 +227,17 @@ def _train(args) -> int:
     from .train import run_training
 
     return run_training("ppflow flux train", args, train_flux, FluxTrainConfig)
+
+
+def _adapt(args) -> int:
+    from ..integrations.diffusers.distill import DistillConfig, distill
+    from .train import run_training
+
+    def report(result) -> None:
+        print(f"adapter: {result.ema_dir} (apply it: ppflow.integrations.diffusers.apply(pipe, "
+              f"{str(result.ema_dir)!r}))")
+
+    return run_training("ppflow flux adapt", args, distill, DistillConfig, report=report)
 
 
 def _cache(args) -> int:

@@ -119,6 +119,11 @@ def _prepare(v: Any, tp: Any) -> Any:
     args = typing.get_args(tp) if _is_union(tp) else (tp,)
     if isinstance(v, str) and type(None) in args and v.lower() in ("none", "null"):
         return None
+    if isinstance(v, str) and any(a is dict or typing.get_origin(a) is dict for a in args):
+        try:  # a mapping given on the command line as YAML, e.g. '{max_sequence_length: 256}'
+            return yaml.safe_load(v)
+        except yaml.YAMLError:
+            return v  # OmegaConf names the key and the expected type
     item = next((typing.get_args(a)[0] for a in args if typing.get_origin(a) is list), None)
     text = v
     if item is not None and isinstance(v, str) and (len(args) == 1 or str in args or "," in v or "[" in v):

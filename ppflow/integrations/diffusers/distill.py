@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Self
 
 import torch
 
 from ...flux.sigmas import FluxShift
+from ...hub.hub import is_hub_id
 from ...io import HASH_KEY, content_sha256, read_safetensors, save_safetensors_atomic
 from ...train.batches import derive_seed
 from ...train.config import ConfigError
@@ -97,6 +98,40 @@ def record_calls(model: torch.nn.Module, run: Callable[[], object], schedule: st
     return rec.calls
 
 
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts of a text file, one per line (blank lines and lines starting with '#' skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the prompts file {path} ({type(e).__name__}: {e}): give a UTF-8 text file "
+                          "with one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"{path} holds no prompt: write one prompt per line")
+    return prompts
+
+
+def record_pipeline(pipe, prompts: list[str], schedule: str, steps: list[int], batch: int, seed: int, *,
+                    boundaries: str = "unshifted", shift: FluxShift | None = None, call_kwargs: dict | None = None,
+                    log: Callable[[str], None] | None = None) -> list[tuple[dict, torch.Tensor]]:
+    """The coarse-stage calls of `pipe` (the user's own diffusers pipeline, plain) sampling `prompts`, `batch` at a
+    time, with step counts cycling through `steps` (varied noise levels), seeded noise, latents out; each call of
+    the pipeline stops at its first fine-stage forward."""
+    calls = []
+    chunks = [prompts[i: i + batch] for i in range(0, len(prompts), batch)]
+    for j, chunk in enumerate(chunks):
+        n = steps[j % len(steps)]
+        gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, "record", j))
+        run = (lambda chunk=chunk, n=n, gen=gen: pipe(prompt=chunk, num_inference_steps=n, generator=gen,
+                                                     output_type="latent", **(call_kwargs or {})))
+        calls += record_calls(pipe.transformer, run, schedule, boundaries=boundaries, shift=shift,
+                              stop_after_coarse=True)
+        if log is not None and (j + 1 == len(chunks) or (j + 1) % max(1, len(chunks) // 10) == 0):
+            log(f"recorded the teacher on {min(len(prompts), (j + 1) * batch)}/{len(prompts)} prompts "
+                f"({len(calls)} coarse-stage calls)")
+    return calls
+
+
 def save_calls(calls: list[tuple[dict, torch.Tensor]], path: str | os.PathLike, meta: dict | None = None) -> Path:
     """One safetensors file; a tensor shared by several calls (prompt embeddings) is stored once."""
     unique, index, layout = {}, {}, []
@@ -138,7 +173,20 @@ class AdapterSection:
     coarse_output: str = _opt("v", "what coarse stages emit: v | noise_skip (FLUX)", choices=("v", "noise_skip"))
     boundaries: str = _opt("unshifted", "stage boundary rule: unshifted | sigma", choices=BOUNDARY_RULES)
     shift: dict = field(default_factory=dict, metadata={"help": "the sampler's time shift (FluxShift fields; "
-                                                                "default FLUX.1-dev's)"})
+                                                                "default: the recording pipeline's scheduler's, "
+                                                                "else FLUX.1-dev's)"})
+    pipeline: str | None = _opt(None, "diffusers pipeline (folder or hub id) that records the teacher's calls from "
+                                      "--adapter.prompts when adapter.calls does not exist yet; its transformer is "
+                                      "the base unless adapter.base is set")
+    prompts: str | None = _opt(None, "text file, one prompt per line: what the teacher samples (no images needed)")
+    record_steps: list[int] = field(default_factory=lambda: [28], metadata={
+        "help": "sampling steps of the recording runs, cycled over the prompt batches (several: more noise levels)"})
+    record_batch: int = _opt(1, "prompts per recording pipeline call", min=1)
+    guidance: float | None = _opt(None, "guidance_scale the recording pipeline gets (default: the pipeline's own)")
+    height: int | None = _opt(None, "image height of the recording runs (default: the pipeline's)", min=16)
+    width: int | None = _opt(None, "image width of the recording runs (default: the pipeline's)", min=16)
+    record_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "other keyword arguments of the recording pipeline calls, e.g. {max_sequence_length: 256}"})
 
 
 @dataclass
@@ -149,8 +197,13 @@ class DistillConfig(RunConfig):
 
     def checks(self) -> list[tuple[bool, str]]:
         a = self.adapter
-        return [*super().checks(), (a.base is not None, "adapter.base is not set: the transformer to adapt"),
-                (a.calls is not None, "adapter.calls is not set: the recorded teacher calls (record_calls)")]
+        return [*super().checks(),
+                (a.base is not None or a.pipeline is not None,
+                 "adapter.base is not set: the transformer to adapt (or --adapter.pipeline, which records it)"),
+                (a.calls is not None or (a.pipeline is not None and a.prompts is not None),
+                 ("adapter.calls is not set: the recorded teacher calls, or --adapter.pipeline with "
+                  "--adapter.prompts to record them")),
+                (all(n >= 1 for n in a.record_steps), f"adapter.record_steps must be >= 1, got {a.record_steps}")]
 
 
 class Calls:
@@ -171,6 +224,10 @@ def load_transformer(base: str, **kwargs) -> torch.nn.Module:
     import diffusers
 
     path = Path(base)
+    if not path.exists() and is_hub_id(base):  # the pipeline's transformer in the Hugging Face cache
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(base, allow_patterns=["transformer/*"]))
     sub = {}
     if (path / "transformer" / "config.json").is_file() and not (path / "config.json").is_file():
         sub = {"subfolder": "transformer"}
@@ -197,17 +254,21 @@ class DistillTask(Task):
         if self.info.distributed:
             raise ConfigError("diffusers adapter distillation runs on one process for now (the adapter is small: "
                               "use one GPU)")
-        self.transformer = load_transformer(a.base).to(dev)
+        calls_path = a.calls or str(Path(cfg.out) / "teacher-calls.safetensors")
+        if not Path(calls_path).exists():
+            self._record(calls_path, log)
+        calls, meta = load_calls(calls_path, verify)
+        shift = FluxShift(**(a.shift or meta.get("shift") or {}))  # the recording pipeline's, unless given
+        self.transformer = load_transformer(a.base or a.pipeline).to(dev)
         self.transformer.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # LoRA A matrices: random, from the run's seed
             torch.manual_seed(derive_seed(cfg.seed, "init"))
             try:
                 self.adapter = apply(self.transformer, a.schedule, rank=a.rank, alpha=a.alpha, targets=a.targets,
-                                     coarse_output=a.coarse_output, boundaries=a.boundaries,
-                                     shift=FluxShift(**a.shift))
+                                     coarse_output=a.coarse_output, boundaries=a.boundaries, shift=shift)
             except ValueError as e:
                 raise ConfigError(f"adapter: {e}") from None
-        self.adapter.config.base = a.base
+        self.adapter.config.base = a.base or a.pipeline
         self.adapter.requires_grad_(True)
         self.raw = self.model = self.adapter
         self.num_stages = self.adapter.plan.num_stages
@@ -218,19 +279,44 @@ class DistillTask(Task):
         self.ema = EMA(self.params, cfg.ema.decay, cfg.ema.warmup)
         if ckpt is not None:
             self.ema.load_full([ckpt["ema"][n] for n in self.names])
-        calls, self.calls_meta = load_calls(a.calls, verify)
         if not calls:
-            raise ConfigError(f"{a.calls} holds no calls: record the teacher with steps in the coarse stages")
+            raise ConfigError(f"{calls_path} holds no calls: record the teacher with steps in the coarse stages")
         self.data = Calls(calls)
         fine = self.num_stages - 1
         self.call_stage = []
         for kw, _ in calls:
             stages = self.adapter.stages_of(self.transformer, kw)
             if max(stages) >= fine or len(set(stages)) > 1:
-                raise ConfigError(f"{a.calls} holds calls outside one coarse stage of schedule {a.schedule!r}: record "
+                raise ConfigError(f"{calls_path} holds calls outside one coarse stage of schedule {a.schedule!r}: record "
                                   "the teacher with this schedule's boundaries")
             self.call_stage.append(stages[0])
-        log(f"{len(calls)} teacher calls from {a.calls}")
+        log(f"{len(calls)} teacher calls from {calls_path}")
+
+    def _record(self, path: str, log: Callable[[str], None]) -> None:
+        """Record the teacher's coarse-stage calls with the user's pipeline on the prompts file into `path`."""
+        a, dev = self.cfg.adapter, self.info.device
+        if a.pipeline is None or a.prompts is None:
+            raise ConfigError(f"the teacher calls file {path} does not exist: record it first (record_calls + "
+                              "save_calls), or give --adapter.pipeline and --adapter.prompts to record it here")
+        from diffusers import DiffusionPipeline
+
+        from .api import _shift
+
+        prompts = read_prompts(a.prompts)
+        dtype = torch.bfloat16 if dev.type == "cuda" and self.cfg.precision != "fp32" else torch.float32
+        log(f"recording the teacher: {a.pipeline} on {len(prompts)} prompts from {a.prompts}, "
+            f"steps {a.record_steps}, stopping each run at its first fine-stage step")
+        pipe = DiffusionPipeline.from_pretrained(a.pipeline, dtype=dtype).to(dev)
+        pipe.set_progress_bar_config(disable=not self.cfg.progress)
+        shift = FluxShift(**a.shift) if a.shift else (_shift(pipe) or FluxShift())
+        options = {**a.record_kwargs, "guidance_scale": a.guidance, "height": a.height, "width": a.width}
+        calls = record_pipeline(pipe, prompts, a.schedule, a.record_steps, a.record_batch, self.cfg.seed,
+                                boundaries=a.boundaries, shift=shift, log=log,
+                                call_kwargs={k: v for k, v in options.items() if v is not None or k in a.record_kwargs})
+        if not calls:
+            raise ConfigError(f"no step of {a.pipeline} at steps {a.record_steps} fell in a coarse stage of "
+                              f"{a.schedule!r}: give more --adapter.record-steps")
+        save_calls(calls, path, {"pipeline": a.pipeline, "prompts": len(prompts), "shift": asdict(shift)})
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.params), "lr_scale": 1.0}]
@@ -265,7 +351,7 @@ class DistillTask(Task):
     def describe(self) -> str:
         n, share = self.adapter.size(self.transformer)
         a = self.cfg.adapter
-        return (f"PPFlow adapter for {a.base} ({type(self.transformer).__name__}; {n / 1e6:.3f}M parameters, "
+        return (f"PPFlow adapter for {a.base or a.pipeline} ({type(self.transformer).__name__}; {n / 1e6:.3f}M parameters, "
                 f"{100 * share:.1f}% of the base; schedule {a.schedule}, LoRA rank {a.rank}), distilled data-free "
                 f"from {len(self.data)} recorded teacher calls")
 

@@ -90,3 +90,53 @@ def test_distillation_lowers_the_loss_resumes_exactly_and_exports_an_adapter(rec
         fine = flux_inputs(sigma=0.2)
         assert torch.equal(model(**fine)[0], tiny_flux()(**fine)[0])  # the fine stage is the base
         remove(model)
+
+
+def test_flux_adapt_records_the_users_pipeline_on_prompts_and_distils_an_adapter(tmp_path, capsys):
+    """`ppflow flux adapt`: the user's saved pipeline samples a prompts file (no images), its coarse-stage calls
+    are recorded once into the run, distilled, and RUN/ema applies on the pipeline; --resume reuses the calls."""
+    from diffusers import FluxPipeline
+
+    from ppflow.cli import main
+    from ppflow.integrations.diffusers.distill import load_calls
+    from tests.flux.conftest import tiny_components
+
+    FluxPipeline(**tiny_components()).save_pretrained(tmp_path / "pipe")
+    (tmp_path / "prompts.txt").write_text("# class prompts\na photo of a cat\n\na photo of a dog\nred grass\n")
+    run = tmp_path / "run"
+    argv = ["flux", "adapt", "--adapter.pipeline", str(tmp_path / "pipe"), "--adapter.prompts",
+            str(tmp_path / "prompts.txt"), "--adapter.record-steps", "4,6", "--adapter.record-batch", "2",
+            "--adapter.height", "32", "--adapter.width", "32", "--adapter.record-kwargs", "{max_sequence_length: 8}",
+            "--adapter.rank", "2", "--batch-size", "1", "--max-steps", "2", "--device", "cpu", "--progress", "false",
+            "--tensorboard", "false", "--out", str(run)]
+    assert main(argv) == 0
+    calls, meta = load_calls(run / "teacher-calls.safetensors")
+    # 3 prompts in batches of 2: 2 prompts at 4 steps (2 coarse), then 1 at 6 steps (3 coarse)
+    assert [kw["hidden_states"].shape[0] for kw, _ in calls] == [2, 2, 1, 1, 1]
+    assert meta["pipeline"] == str(tmp_path / "pipe") and meta["prompts"] == 3 and meta["shift"]["dynamic"]
+    assert f"adapter: {run / 'ema'}" in capsys.readouterr().out
+    stamp = (run / "teacher-calls.safetensors").stat().st_mtime_ns
+    assert main(["flux", "adapt", "--resume", str(run), "--max-steps", "3"]) == 0
+    assert (run / "teacher-calls.safetensors").stat().st_mtime_ns == stamp  # recorded once
+    pipe = FluxPipeline.from_pretrained(tmp_path / "pipe")
+    pipe.set_progress_bar_config(disable=True)
+    adapter = apply(pipe, run / "ema")
+    assert adapter.config.base == str(tmp_path / "pipe")
+    out = pipe(prompt="a photo of a cat", height=32, width=32, num_inference_steps=4, max_sequence_length=8,
+               output_type="latent").images
+    assert torch.isfinite(out).all() and adapter.counts == {0: 2, 1: 2}
+
+
+def test_flux_adapt_without_prompts_or_calls_says_what_to_give(tmp_path, capsys):
+    from ppflow.cli import main
+
+    assert main(["flux", "adapt", "--adapter.pipeline", str(tmp_path / "pipe"), "--out", str(tmp_path / "run"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ppflow flux adapt: error: ") and "--adapter.prompts" in err and err.count("\n") == 1
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    from ppflow.integrations.diffusers.distill import read_prompts
+    from ppflow.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no prompt"):
+        read_prompts(tmp_path / "empty.txt")
