@@ -140,3 +140,18 @@ def test_flux_adapt_without_prompts_or_calls_says_what_to_give(tmp_path, capsys)
 
     with pytest.raises(ConfigError, match="holds no prompt"):
         read_prompts(tmp_path / "empty.txt")
+
+
+def test_a_hub_id_base_loads_the_transformer_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from ppflow.integrations.diffusers.distill import load_transformer
+    from tests.hub.conftest import add_to_hub_cache
+
+    tiny_flux().save_pretrained(tmp_path / "pipe" / "transformer")  # a pipeline repo's transformer subfolder
+    add_to_hub_cache(tmp_path / "hf", "ppflow-test/tiny-flux", tmp_path / "pipe", "e" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_transformer("ppflow-test/tiny-flux")
+    want = tiny_flux().state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
