@@ -60,7 +60,8 @@ class AdapterSection:
     data_free: bool = _opt(True, "x_t from the teacher's own ODE trajectories (no dataset); false: from data")
     guided: float | None = _opt(None, "distil the teacher's CFG-guided velocity at this scale into the conditional "
                                       "coarse stage (sample it with CFG 1 there: no unconditional pass)")
-    mix: float = _opt(0.0, "with data: share of the flow-matching target (x1 - x0) in the target")
+    mix: float = _opt(0.0, "with data: share of the flow-matching target (x1 - x0) in the target (1: the flow-matching "
+                           "target alone, no teacher forward and none counted: a LoRA fine-tune on data)")
     teacher: str = _opt("cache", "data-free targets: cache (the cached teacher velocities at the trajectories' step "
                                  "times: no teacher forward while training) | forward (any coarse t, the teacher "
                                  "evaluated there: one or two full-resolution forwards per sample)",
@@ -69,6 +70,23 @@ class AdapterSection:
     trajectory_steps: int = _opt(8, "data-free: Euler steps of a trajectory over the coarse range", min=1)
     trajectory_cfg: float | None = _opt(None, "data-free: CFG scale of the trajectories (default: guided, else 1)")
     cache: str | None = _opt(None, "data-free: teacher-state cache file (default RUN/teacher-states.safetensors)")
+    finish_steps: int = _opt(0, "data-free: Euler steps (same CFG) continuing each cached trajectory from the coarse "
+                                "range's end to t = 1; its endpoint, a teacher sample, is the x1 of sample_mix "
+                                "(0: none; counted in the cache's compute)", min=0)
+    sample_mix: float = _opt(0.0, "data-free: share of each batch trained on the flow-matching target x1 - x0 at "
+                                  "x_t = t x1 + (1 - t) x0, with x1 the trajectory's cached teacher sample "
+                                  "(finish_steps), x0 fresh noise and t anywhere in the coarse range: synthetic "
+                                  "data, no dataset; the rest of the batch distils the cached velocities (measured on SiT: "
+                                  "worse than distillation, docs/adaptation.md)")
+    time_power: float = _opt(1.0, "data-free, cache: the cached step k (of K) a sample trains is drawn with "
+                                  "P(k <= j) = ((j + 1) / (K + 1))^time_power: 1 uniform, 2 favours the states near "
+                                  "the switch (where the loss profile is worst; measured on SiT: no gain)", min=0.1)
+    rollout: int = _opt(0, "data-free, cache: unroll the student for this many Euler steps of the cached grid (its "
+                           "own conditional and unconditional forwards, CFG trajectory_cfg) from a cached state and "
+                           "match the teacher's cached states on the way, in velocity units, gradients through the "
+                           "whole unroll; plus the conditional and unconditional targets at the start. 0: the "
+                           "one-state loss. A step costs 2 x rollout student forwards per sample (measured on SiT at +5%: the fewer "
+                           "steps cost more than the unroll gains)", min=0)
     stage_sampling: str = _opt("schedule", "schedule: a state trains the stage its t lies in | all: a random coarse "
                                            "stage at every t (the probe of `ppflow schedule search --score distill`)",
                                choices=STAGE_SAMPLING)
@@ -90,6 +108,17 @@ class AdaptConfig(TrainConfig):
                  f"adapter.guided must be a CFG scale >= 1, got {a.guided}"),
                 (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
                  f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)"),
+                (0.0 <= a.sample_mix <= 1.0 and (a.sample_mix == 0 or (
+                    a.data_free and a.teacher == "cache" and a.finish_steps > 0 and a.guided is None
+                    and a.stage_sampling == "schedule")),
+                 (f"adapter.sample_mix {a.sample_mix} must be in [0, 1]; above 0 it needs the data-free cache with "
+                  "teacher samples (adapter.data_free true, adapter.teacher cache, adapter.finish_steps > 0), no "
+                  "adapter.guided and stage_sampling schedule")),
+                (a.rollout == 0 or (a.data_free and a.teacher == "cache" and a.guided is None and a.sample_mix == 0
+                                    and a.stage_sampling == "schedule" and a.rollout <= a.trajectory_steps),
+                 (f"adapter.rollout {a.rollout} needs the data-free cache (adapter.data_free true, adapter.teacher "
+                  "cache), no adapter.guided or sample_mix, stage_sampling schedule, and at most "
+                  f"adapter.trajectory_steps ({a.trajectory_steps}) steps")),
                 (a.stage_sampling == "schedule" or (a.data_free and a.teacher == "cache"),
                  ("adapter.stage_sampling all needs the data-free teacher cache (adapter.data_free true, "
                   "adapter.teacher cache)"))]
@@ -158,7 +187,8 @@ class AdaptTask(SiTTask):
         scale = a.trajectory_cfg if a.trajectory_cfg is not None else (a.guided or 1.0)
         return self.rank0_first(lambda: teacher_states(
             self.raw, self.base_sha256, path, a.trajectories, a.trajectory_steps, self.t_end, scale, cfg.seed,
-            (self.mc.in_channels, *self.mc.input_size), self.mc.num_classes, self.fine, log))
+            (self.mc.in_channels, *self.mc.input_size), self.mc.num_classes, self.fine, log,
+            finish_steps=a.finish_steps))
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.params), "lr_scale": 1.0}]
@@ -186,10 +216,13 @@ class AdaptTask(SiTTask):
             y = mb.y.to(dev)
             if a.guided is None:  # the coarse stage keeps its unconditional branch for CFG
                 y = drop_labels(self.raw, y, cfg.flow.label_dropout, generator(seed, step, shard, "labels", dev))
-        with autocast():
-            target = self.teacher(x_t, t, y).float()
-        if a.mix:
-            target = (1 - a.mix) * target + a.mix * (x1 - noise)
+        if a.mix == 1:  # the flow-matching target alone: no teacher forward
+            target = x1 - noise
+        else:
+            with autocast():
+                target = self.teacher(x_t, t, y).float()
+            if a.mix:
+                target = (1 - a.mix) * target + a.mix * (x1 - noise)
         return self._student_loss(x_t, t, y, stage, target, autocast)
 
     def _cached_loss(self, mb, autocast):
@@ -198,7 +231,9 @@ class AdaptTask(SiTTask):
         cfg, dev, a = self.cfg, self.info.device, self.cfg.adapter
         states, cond, uncond = self.data.split(mb.x.to(dev))
         n, K = len(states), self.data.steps
-        k = torch.randint(0, K + 1, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "time")).to(dev)  # (n,)
+        if a.rollout:
+            return self._rollout_loss(mb, states, cond, uncond, autocast)
+        k = cache_steps(n, K, a.time_power, generator(cfg.seed, mb.step, mb.shard, "time")).to(dev)  # (n,)
         rows = torch.arange(n, device=dev)
         t = self.data.grid.to(dev)[k]  # (n,)
         x_t, c, u = states[rows, k], cond[rows, k], uncond[rows, k]  # (n, C, H, W) each
@@ -214,9 +249,57 @@ class AdaptTask(SiTTask):
         else:
             target = c
         stage = self.schedule.stage_of(t)
+        if a.sample_mix:  # flow matching on the trajectories' endpoints (teacher samples) for a share of the batch
+            x1 = self.data.samples_of(mb.x.to(dev))  # (n, C, H, W)
+            x0 = torch.randn(x1.shape, generator=generator(cfg.seed, mb.step, mb.shard, "noise", dev), device=dev)
+            tf = sample_times(self.schedule, n, generator(cfg.seed, mb.step, mb.shard, "encode"), "stratified",
+                              self.shares).t.to(dev)  # (n,) anywhere in the coarse range
+            tf = tf[torch.randperm(n, generator=generator(cfg.seed, mb.step, mb.shard, "stage")).to(dev)]
+            pick = torch.rand(n, generator=generator(cfg.seed, mb.step, mb.shard, "flip")).to(dev) < a.sample_mix
+            tv = tf.view(-1, 1, 1, 1)
+            x_t = torch.where(pick.view(-1, 1, 1, 1), tv * x1 + (1 - tv) * x0, x_t)
+            target = torch.where(pick.view(-1, 1, 1, 1), x1 - x0, target)
+            t = torch.where(pick, tf, t)
+            stage = self.schedule.stage_of(t)
         if a.stage_sampling == "all":  # a schedule-search probe: every coarse stage at every cached t
             stage = torch.randint(0, self.fine, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "stage")).to(dev)
         return self._student_loss(x_t, t, y, stage, target, autocast)
+
+    def _rollout_loss(self, mb, states, cond, uncond, autocast):
+        """The student unrolled for adapter.rollout Euler steps of the cache's grid from a random cached state k0,
+        CFG-guided at the trajectories' scale like the teacher's trajectory: per sample, the mean over steps j of
+        |x_hat_{k0+j+1} - x_{k0+j+1}|^2 / ((j + 1) dt)^2 (the first is the guided velocity error), plus the mean of
+        the conditional and unconditional velocity errors at x_{k0}."""
+        cfg, dev, a = self.cfg, self.info.device, self.cfg.adapter
+        n, K, m = len(states), self.data.steps, a.rollout
+        scale = a.trajectory_cfg if a.trajectory_cfg is not None else 1.0
+        grid = self.data.grid.to(dev)
+        rows = torch.arange(n, device=dev)
+        k0 = torch.randint(0, K - m + 1, (n,), generator=generator(cfg.seed, mb.step, mb.shard, "time")).to(dev)
+        y = mb.y.to(dev) if self.mc.num_classes > 0 else None
+        both = None if y is None else torch.cat([y, torch.full_like(y, self.raw.null_label)])
+        x, local, roll = states[rows, k0], 0.0, 0.0
+        stage0 = self.schedule.stage_of(grid[k0])
+        for j in range(m):
+            k = k0 + j
+            t, stage = grid[k], self.schedule.stage_of(grid[k])
+            with autocast():
+                if y is None:
+                    c = u = self.model(x, t, None, stage).float()
+                else:
+                    out = self.model(torch.cat([x, x]), torch.cat([t, t]), both, torch.cat([stage, stage])).float()
+                    c, u = out[:n], out[n:]  # (n, C, H, W) each
+            if j == 0:
+                local = ((c - cond[rows, k]).square().mean(dim=(1, 2, 3))
+                         + (u - uncond[rows, k]).square().mean(dim=(1, 2, 3))) / 2  # (n,)
+            dt = (grid[k + 1] - grid[k]).view(-1, 1, 1, 1)
+            x = x + dt * (u + scale * (c - u))
+            roll = roll + ((x - states[rows, k + 1]) / ((j + 1) * dt)).square().mean(dim=(1, 2, 3)) / m
+        per_sample = local + roll  # (n,)
+        sums = torch.zeros(self.num_stages, dtype=torch.float64, device=dev).index_add_(0, stage0,
+                                                                                        per_sample.detach().double())
+        counts = torch.bincount(stage0, minlength=self.num_stages)
+        return per_sample.mean(), sums.tolist(), counts.tolist()
 
     def _student_loss(self, x_t, t, y, stage, target, autocast):
         with autocast():
@@ -271,18 +354,28 @@ class AdaptTask(SiTTask):
                 + (f", guided {a.guided}" if a.guided else ""))
 
 
+def cache_steps(n: int, steps: int, power: float, generator: torch.Generator) -> torch.Tensor:
+    """n cached step indices k in [0, steps] with P(k <= j) = ((j + 1) / (steps + 1))^power (1: uniform)."""
+    if power == 1:
+        return torch.randint(0, steps + 1, (n,), generator=generator)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return ((steps + 1) * u ** (1 / power)).long().clamp(0, steps)  # the inverse CDF
+
+
 def conversion_flops(config: ModelConfig, a: AdapterSection, batch: int, steps: int) -> dict:
     """Training FLOPs of a conversion (matrix products; backward = 2x forward as in models.flops.train_flops):
-    per step and sample, the student's coarse forward and backward, plus the teacher's full-resolution forward
-    (two with `guided`) unless the targets come from the cache; once, a data-free cache's trajectories (a
-    conditional and an unconditional forward per state)."""
+    per step and sample, the student's coarse forward and backward (2 x rollout of them with a rollout), plus the teacher's full-resolution forward
+    (two with `guided`) unless the targets come from the cache or are the flow-matching target alone (mix 1); once, a data-free cache's trajectories (a
+    conditional and an unconditional forward per state, and per finish step after the first)."""
     sched = config.get_schedule()
     fine = forward_flops(config, sched.num_stages - 1).total
     spans = [s.t_end - s.t_start for s in sched.stages[:-1]]
     coarse = sum(w * forward_flops(config, s).total for s, w in enumerate(spans)) / sum(spans)
-    teacher = 0 if a.data_free and a.teacher == "cache" else fine * (2 if a.guided not in (None, 1.0) else 1)
-    step = batch * (teacher + 3 * coarse)
-    cache = a.trajectories * (a.trajectory_steps + 1) * fine * (2 if config.num_classes else 1) if a.data_free else 0
+    no_teacher = (a.data_free and a.teacher == "cache") or (not a.data_free and a.mix == 1)
+    teacher = 0 if no_teacher else fine * (2 if a.guided not in (None, 1.0) else 1)
+    step = batch * (teacher + 3 * coarse * (2 * a.rollout if a.rollout else 1))
+    evaluations = a.trajectory_steps + 1 + max(a.finish_steps - 1, 0)  # per trajectory (the first finish step reuses)
+    cache = a.trajectories * evaluations * fine * (2 if config.num_classes else 1) if a.data_free else 0
     return {"step": step, "cache": cache, "total": steps * step + cache, "source_step_per_sample": 3 * fine}
 
 

@@ -1,6 +1,8 @@
 """Speed-adapter distillation: the target is a teacher forward of the source, the data-free cache resumes exactly,
 the run resumes exactly and exports an adapter folder whose fine stage is the source, the compute is counted."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ import ppflow
 from ppflow.models.flops import forward_flops
 from ppflow.sampling.guidance import guided_velocity
 from ppflow.train import TrainConfig, train
-from ppflow.train.distill import AdaptConfig, AdaptTask, adapt_train, conversion_flops
+from ppflow.train.distill import AdaptConfig, AdaptTask, adapt_train, cache_steps, conversion_flops
 from ppflow.train.parallel import DistInfo
 from ppflow.train.teacher import teacher_states
 
@@ -40,6 +42,17 @@ def test_the_target_is_a_teacher_forward_of_the_source(source, tmp_path, guided)
     x, t, y = torch.randn(5, 1, 16, 16), torch.full((5,), 0.3), torch.tensor([1, 2, 3, 10, 5])  # 10: null label
     want = guided_velocity(src, x, t, y, guided or 1.0) if guided else src(x, t, y)
     torch.testing.assert_close(task.teacher(x, t, y), want, atol=1e-6, rtol=1e-6)
+
+
+def test_mix_1_trains_on_the_flow_matching_target_without_a_teacher_forward(source, tmp_path):
+    from ppflow.train.batches import MicroBatch
+
+    task = AdaptTask(_cfg(source, tmp_path / "fm", data_free=False, mix=1.0), DistInfo())
+    task.setup(None, True, print)
+    task.teacher = lambda *args: pytest.fail("mix 1 needs no teacher forward")
+    x, y = task.data.get_batch(torch.arange(8))[:2]
+    loss, _sums, counts = task.loss(MicroBatch(0, 0, x, y), contextlib.nullcontext)
+    assert torch.isfinite(loss) and counts[-1] == 0 and sum(counts) == 8  # coarse stages only
 
 
 def test_a_cut_data_free_cache_resumes_to_the_same_states(source, tmp_path):
@@ -78,6 +91,54 @@ def test_a_data_free_run_resumes_exactly_and_its_adapter_keeps_the_source_fine_s
         assert not torch.allclose(model(x, torch.full((3,), 0.25), y), src(x, torch.full((3,), 0.25), y))
 
 
+def test_finish_steps_keep_each_trajectorys_teacher_sample_and_sample_mix_trains_on_them(source, tmp_path):
+    src = ppflow.load_model(source).eval()
+    args = {"count": 3, "steps": 2, "t_end": 0.5, "cfg_scale": 2.0, "seed": 0, "shape": (1, 16, 16),
+            "num_classes": 10, "stage": 0}
+    plain = teacher_states(src, "id", None, **args)
+    held = teacher_states(src, "id", tmp_path / "s.safetensors", **args, finish_steps=2)
+    assert torch.equal(held.states, plain.states) and plain.samples is None and held.samples.shape == (3, 1, 16, 16)
+    x, y = held.states[:, -1], held.labels  # Euler on to t = 1: from t_end with the cached velocity, then at 0.75
+    x = x + 0.25 * (held.uncond[:, -1] + 2.0 * (held.cond[:, -1] - held.uncond[:, -1]))
+    with torch.no_grad():
+        x = x + 0.25 * guided_velocity(src, x, torch.full((3,), 0.75), y, 2.0)
+    torch.testing.assert_close(held.samples, x, atol=1e-5, rtol=1e-5)
+    packed, _ = held.get_batch(torch.tensor([2, 0]))
+    assert torch.equal(held.samples_of(packed), held.samples[[2, 0]])
+    assert all(torch.equal(a, b[[2, 0]]) for a, b in zip(held.split(packed), (held.states, held.cond, held.uncond)))
+    with pytest.raises(ValueError, match="other settings \\(finish\\)"):  # another finish_steps: another cache
+        teacher_states(src, "id", tmp_path / "s.safetensors", **args)
+    res = adapt_train(_cfg(source, tmp_path / "mix", finish_steps=2, sample_mix=0.5), overrides={"max_steps": 3})
+    assert res.step == 3 and all(0 < v < 10 for v in res.losses)
+    with pytest.raises(Exception, match="sample_mix"):  # flow matching on teacher samples needs them cached
+        adapt_train(_cfg(source, tmp_path / "bad", sample_mix=0.5), overrides={"max_steps": 1})
+
+
+def test_the_rollout_loss_is_zero_for_a_student_that_is_the_teacher_and_trains(source, tmp_path):
+    from ppflow.train.batches import MicroBatch
+
+    cfg = _cfg(source, tmp_path / "roll", rollout=2, trajectory_cfg=2.0)
+    task = AdaptTask(cfg, DistInfo())
+    task.setup(None, True, print)
+    task.model = lambda x, t, y, stage: task.raw(x, t, y, stage=task.fine)  # the source's own velocity
+    x, y = task.data.get_batch(torch.arange(8))
+    with torch.no_grad():
+        loss, _sums, counts = task.loss(MicroBatch(0, 0, x, y), contextlib.nullcontext)
+    assert loss < 1e-8 and sum(counts) == 8
+    res = adapt_train(_cfg(source, tmp_path / "train", rollout=2, trajectory_cfg=2.0), overrides={"max_steps": 3})
+    assert res.step == 3 and all(0 < v < 10 for v in res.losses)
+    with pytest.raises(Exception, match="adapter.rollout 5"):  # longer than the cached trajectories (4 steps)
+        adapt_train(_cfg(source, tmp_path / "bad", rollout=5), overrides={"max_steps": 1})
+
+
+def test_cache_steps_follow_the_time_power():
+    uniform = cache_steps(8, 4, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(0)))  # as before
+    k = cache_steps(200_000, 4, 2.0, torch.Generator().manual_seed(0))
+    cdf = torch.stack([(k <= j).double().mean() for j in range(5)])
+    torch.testing.assert_close(cdf, ((torch.arange(5) + 1) / 5).double() ** 2, atol=5e-3, rtol=0)
+
+
 @pytest.mark.parametrize("teacher", ["cache", "forward"])
 def test_a_data_free_run_trains_from_either_teacher_target(source, tmp_path, teacher):
     res = adapt_train(_cfg(source, tmp_path / teacher, teacher=teacher), overrides={"max_steps": 3})
@@ -94,6 +155,12 @@ def test_conversion_compute_counts_teacher_student_and_cache(source, tmp_path):
     assert cached["cache"] == 24 * 5 * fine * 2 and cached["total"] == 10 * cached["step"] + cached["cache"]
     data = conversion_flops(mc, _cfg(source, tmp_path, data_free=False).adapter, batch=8, steps=10)
     assert data["cache"] == 0 and data["step"] == 8 * (fine + 3 * coarse)
+    fm = conversion_flops(mc, _cfg(source, tmp_path, data_free=False, mix=1.0).adapter, batch=8, steps=10)
+    assert fm["cache"] == 0 and fm["step"] == 8 * 3 * coarse  # the flow-matching target alone: no teacher
+    rolled = conversion_flops(mc, _cfg(source, tmp_path, rollout=3).adapter, batch=8, steps=10)
+    assert rolled["step"] == 8 * 3 * coarse * 6  # 3 unrolled steps, a conditional and an unconditional forward each
+    finished = conversion_flops(mc, _cfg(source, tmp_path, finish_steps=3).adapter, batch=8, steps=10)
+    assert finished["cache"] == 24 * (5 + 2) * fine * 2  # 3 steps to t = 1: the first reuses the velocity at t_end
     assert coarse < fine / 3  # 4x fewer tokens
 
 
