@@ -14,3 +14,22 @@ def test_quick_video_demo_reports_paired_rows(tmp_path):
         assert key in rows["adapter"]
     assert rows["adapter"]["flops_bound"] > 1.3 and rows["real clips"]["direction_accuracy"] == 1.0
     assert (tmp_path / "clips-adapter.png").exists() and (tmp_path / "report.md").exists()
+
+
+def test_word_sensitivity_sees_whether_the_velocity_follows_each_word():
+    """The first base ignored its direction word (sensitivity 0.003 vs 0.03 for the class) while its direction
+    accuracy sat at chance: the measure reads 0 for a model deaf to the text and > 0 for a fresh one."""
+    import torch
+
+    from ppflow.experiments.video import VideoDemoConfig, tiny_wan, word_sensitivity
+
+    torch.manual_seed(0)
+    cfg = VideoDemoConfig.quick()
+    model = tiny_wan(cfg).eval()
+    fresh = word_sensitivity(model, cfg, sigmas=(0.5,), n=2)
+    assert fresh["class"] > 1e-3 and fresh["direction"] > 1e-3
+    for block in model.blocks:  # cross-attention writes nothing: the text cannot reach the velocity
+        torch.nn.init.zeros_(block.attn2.to_out[0].weight)
+        torch.nn.init.zeros_(block.attn2.to_out[0].bias)
+    deaf = word_sensitivity(model, cfg, sigmas=(0.5,), n=2)
+    assert deaf == {"class": 0.0, "direction": 0.0}
