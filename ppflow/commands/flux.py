@@ -9,7 +9,7 @@ import sys
 
 from ..cli import at_least, positive
 from ..errors import CommandError
-from ..flux.packing import COARSE_OUTPUTS
+from ..models.packing import COARSE_OUTPUTS
 
 PAPER_NOTE = (
     "paper: measured two-stage speed-ups on FLUX.1-dev. At 512 px the text-free bound equals the paper's 1.61x;\n"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..flux.sigmas import FluxShift
 from ..integrations.diffusers import apply
 from ..integrations.diffusers.distill import (
     AdapterSection,
@@ -25,6 +24,7 @@ from ..integrations.diffusers.distill import (
     record_calls,
     save_calls,
 )
+from ..sampling.sigmas import FluxShift
 
 
 def record_teacher(base_dir: str, enc, cfg, out_dir: Path, sample, words, templates,

@@ -25,7 +25,7 @@ import torch
 
 from ..bench.timing import alternate, executed_flops, stopwatch
 from ..data.fashion_mnist import CLASSES, load_fashion_mnist, to_model_space
-from ..flux.sigmas import FluxShift
+from ..sampling.sigmas import FluxShift
 from ..utils.report import Report
 
 CLASS_WORDS = tuple(c.split("/")[0].lower() for c in CLASSES)  # 't-shirt', 'trouser', ..., 'ankle boot'
@@ -204,8 +204,8 @@ def sample(model, encoders: TinyTextEncoders, prompts: list[str], steps: int, se
     from diffusers import FluxPipeline
 
     from ..flux.bench import denoise
-    from ..flux.sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
     from ..integrations.diffusers import StagePlan, adapter_of
+    from ..sampling.sigmas import inverse_time_shift, stage_grid, step_stages, time_shift
 
     C, side = latent_shape(cfg)
     grid = (side // 2, side // 2)

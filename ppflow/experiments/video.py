@@ -25,7 +25,6 @@ import torch
 from ..bench.timing import alternate, stopwatch
 from ..data.fashion_mnist import CLASSES, load_fashion_mnist
 from ..data.moving_fashion import DIRECTIONS, centre_crops, direction_of, make_clips
-from ..flux.sigmas import FluxShift, stage_grid
 from ..integrations.diffusers import StagePlan, adapter_of, apply
 from ..integrations.diffusers.distill import (
     AdapterSection,
@@ -37,6 +36,7 @@ from ..integrations.diffusers.distill import (
 )
 from ..integrations.diffusers.train import FlowConfig, save_flow_data, train_flow
 from ..integrations.diffusers.wan import depth_to_space, space_to_depth
+from ..sampling.sigmas import FluxShift, stage_grid
 from ..sampling.solvers import euler
 from ..utils.report import Report
 

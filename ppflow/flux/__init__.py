@@ -10,7 +10,8 @@ import importlib
 _EXPORTS = {
     "PPFluxTransformer": "transformer", "PPFluxConfig": "transformer",
     "PPFluxPipeline": "pipeline", "StageStats": "pipeline",
-    "FluxShift": "sigmas", "sigma_boundaries": "sigmas", "stage_of_sigma": "sigmas", "stage_grid": "sigmas",
+    "FluxShift": "..sampling.sigmas", "sigma_boundaries": "..sampling.sigmas", "stage_of_sigma": "..sampling.sigmas",
+    "stage_grid": "..sampling.sigmas",
     "FluxArch": "flops", "resolution_table": "flops",
 }
 __all__ = ["FluxArch", "FluxShift", "PPFluxConfig", "PPFluxPipeline", "PPFluxTransformer", "StageStats",
@@ -20,4 +21,5 @@ __all__ = ["FluxArch", "FluxShift", "PPFluxConfig", "PPFluxPipeline", "PPFluxTra
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'ppflow.flux' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ppflow.flux.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    return getattr(importlib.import_module(module if module.startswith(".") else f".{module}", __name__), name)

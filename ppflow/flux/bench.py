@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..bench.timing import ESTIMATORS, alternate, stopwatch
+from ..sampling.sigmas import FluxShift, stage_grid, step_stages, time_shift, unshifted_boundaries
 from ..sampling.solvers import euler
 from .flops import ARCHS, TEXT_TOKENS, FluxArch, counts_flops, packed_grid
-from .sigmas import FluxShift, stage_grid, step_stages, time_shift, unshifted_boundaries
 
 SIZES = ("tiny", "dev")
 DEFAULT_RESOLUTION = {"tiny": 512, "dev": 1024}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..flow.time_sampling import allocate, sample_interval
-from .sigmas import inverse_time_shift, stage_of_sigma
+from ..sampling.sigmas import inverse_time_shift, stage_of_sigma
 
 
 @dataclass

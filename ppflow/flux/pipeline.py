@@ -19,8 +19,8 @@ from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..sampling.guidance import check_count, check_scales
+from ..sampling.sigmas import FluxShift, insert_boundaries, inverse_time_shift, stage_grid, step_stages
 from .flops import FluxArch, counts_flops
-from .sigmas import FluxShift, insert_boundaries, inverse_time_shift, stage_grid, step_stages
 from .transformer import CONFIG_NAME, PPFluxTransformer, read_ppflux_config, resolve_base
 
 

@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass, field
 
 from ..flow.time_sampling import DENSITIES
+from ..models.packing import COARSE_OUTPUTS, INITS
+from ..sampling.sigmas import BOUNDARY_SPACES
 from ..train.run_config import EmaSection, RunConfig, _opt
-from .packing import COARSE_OUTPUTS, INITS
-from .sigmas import BOUNDARY_SPACES
 
 MODES = ("lora", "full")
 TIME_MODES = ("stratified", "iid")

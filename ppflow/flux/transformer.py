@@ -22,8 +22,7 @@ from torch import nn
 
 from ..hub.hub import is_hub_id
 from ..io import read_weights, replace_folder, save_weights, write_text_atomic
-from ..models.schedule import PyramidSchedule
-from .packing import (
+from ..models.packing import (
     COARSE_OUTPUTS,
     INITS,
     group_ids,
@@ -34,7 +33,8 @@ from .packing import (
     noise_skip,
     ungroup_tokens,
 )
-from .sigmas import BOUNDARY_SPACES, FluxShift, sigma_boundaries, stage_of_sigma
+from ..models.schedule import PyramidSchedule
+from ..sampling.sigmas import BOUNDARY_SPACES, FluxShift, sigma_boundaries, stage_of_sigma
 
 CONFIG_NAME = "ppflux_config.json"
 WEIGHTS_NAME = "ppflux.safetensors"

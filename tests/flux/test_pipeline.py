@@ -82,7 +82,7 @@ def test_boundary_is_a_grid_point_and_straddling_steps_split(components):
 def test_a_fixed_shift_scheduler_like_schnell(components, shift):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from ppflow.flux.sigmas import FluxShift
+    from ppflow.sampling.sigmas import FluxShift
 
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift=shift)
     rule = FluxShift.from_scheduler(scheduler)

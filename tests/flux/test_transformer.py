@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ppflow.flux.packing import group_ids, group_tokens, ungroup_tokens
 from ppflow.flux.transformer import CONFIG_NAME, WEIGHTS_NAME, PPFluxTransformer
+from ppflow.models.packing import group_ids, group_tokens, ungroup_tokens
 from tests.flux.conftest import GRID, flux_inputs, tiny_flux
 
 
@@ -196,7 +196,7 @@ def test_bad_inputs_are_one_line_errors(flux):
 def test_block_mean_is_the_latent_average_pooled_and_broadcast():
     from diffusers import FluxPipeline
 
-    from ppflow.flux.packing import block_mean
+    from ppflow.models.packing import block_mean
 
     latent = torch.randn(2, 4, 16, 16)
     x = group_tokens(FluxPipeline._pack_latents(latent, 2, 4, 16, 16), GRID, (2, 2))  # (B, 16, 64)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...flux.sigmas import FluxShift
 from ...io import HASH_KEY, content_sha256, read_weights, replace_folder, save_safetensors_atomic, write_text_atomic
+from ...sampling.sigmas import FluxShift
 from .family import Family
 from .hook import Active
 from .stages import BOUNDARY_RULES, StagePlan

@@ -6,7 +6,7 @@ import os
 
 from torch import nn
 
-from ...flux.sigmas import FluxShift
+from ...sampling.sigmas import FluxShift
 from . import hook, scheduler
 from .adapter import HookConfig, StageAdapter, fingerprint, is_adapter_folder, read_config
 from .family import family_of

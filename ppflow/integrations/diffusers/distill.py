@@ -20,9 +20,9 @@ from typing import Self
 
 import torch
 
-from ...flux.sigmas import FluxShift
 from ...hub.hub import is_hub_id
 from ...io import HASH_KEY, content_sha256, read_safetensors, save_safetensors_atomic
+from ...sampling.sigmas import FluxShift
 from ...train.batches import derive_seed
 from ...train.config import ConfigError
 from ...train.ema import EMA

@@ -1,6 +1,6 @@
 """FLUX.1 (`FluxTransformer2DModel`): pre-packed 2x2 tokens, RoPE from `img_ids`, `timestep` = sigma.
 
-A coarse stage groups fh x fw packed tokens into one (ppflow.flux.packing), embeds them with its own linear
+A coarse stage groups fh x fw packed tokens into one (ppflow.models.packing), embeds them with its own linear
 layer, gives them RoPE ids at the centre of the fine tokens they cover, and its output projection emits the
 fh x fw packed tokens again. The fine stage is FLUX untouched (any `img_ids`, ControlNet, IP-Adapter).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...flux.packing import (
+from ...models.packing import (
     group_ids,
     group_tokens,
     infer_grid,

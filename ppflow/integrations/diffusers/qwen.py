@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...flux.packing import group_tokens
+from ...models.packing import group_tokens
 from .family import register
 from .flux import Flux
 

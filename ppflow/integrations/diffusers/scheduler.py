@@ -2,7 +2,7 @@
 
 The pipeline's scheduler instance gets a `set_timesteps` that places every stage boundary on the grid it
 builds, so each step runs at one patch size: the default grid (`linspace(1, 1/n, n)`, what FLUX-style
-pipelines pass) is redistributed over the stages with the same step count (ppflow.flux.sigmas.stage_grid); a
+pipelines pass) is redistributed over the stages with the same step count (ppflow.sampling.sigmas.stage_grid); a
 custom `sigmas` list has each straddled step split; a pipeline that passes no `sigmas` (SD3) gets the
 scheduler's own grid with the nearest point moved onto each boundary (the step count stays). With fewer steps
 than stages (1-step FLUX.1-schnell) the grid stays as given and each step runs in the stage of its starting
@@ -18,7 +18,7 @@ import inspect
 
 import numpy as np
 
-from ...flux.sigmas import insert_boundaries, inverse_time_shift, snap_boundaries, stage_grid
+from ...sampling.sigmas import insert_boundaries, inverse_time_shift, snap_boundaries, stage_grid
 
 PATCHED = "_ppflow_set_timesteps"
 

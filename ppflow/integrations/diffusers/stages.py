@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...flux.sigmas import FluxShift, stage_of_sigma, time_shift
 from ...models.schedule import PRESETS, PyramidSchedule, ScheduleError
+from ...sampling.sigmas import FluxShift, stage_of_sigma, time_shift
 
 VIDEO_PRESETS = {  # in multiples of the base patch (frames, rows, cols)
     "ppf2-video": "0.5:2x2x2,1:1x1x1",  # 8x fewer tokens in the noisier half

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ...flux.packing import MIN_SIGMA
+from ...models.packing import MIN_SIGMA
 from .family import Family, register
 
 
@@ -107,7 +107,7 @@ def depth_noise_skip(out: torch.Tensor, x_in: torch.Tensor, sigma: torch.Tensor,
     """`noise_skip` on a space-to-depth coarse stage (channels c*n + k): v = f + (x - P x) / sigma, P the mean over
     the n pixels of a block. For data constant on blocks the within-block part of x is sigma times that of the
     noise, so the within-block part of the target noise - x0 is given exactly and the network handles the block
-    means, what a coarse token can carry (ppflow.flux.packing.noise_skip in this layout)."""
+    means, what a coarse token can carry (ppflow.models.packing.noise_skip in this layout)."""
     if out.shape[1] != x_in.shape[1]:
         raise ValueError(f"noise_skip needs as many output as input channels ({out.shape[1]} vs {x_in.shape[1]}); "
                          "use coarse_output='v' for this model")

@@ -96,7 +96,7 @@ def test_fine_forwards_are_the_plain_transformer_and_coarse_ones_run_a_quarter_o
 
 
 def test_snapping_moves_the_nearest_interior_point_onto_each_boundary():
-    from ppflow.flux.sigmas import snap_boundaries
+    from ppflow.sampling.sigmas import snap_boundaries
 
     assert snap_boundaries([1.0, 0.75, 0.5, 0.25], [0.6]) == [1.0, 0.75, 0.6, 0.25]
     assert snap_boundaries([1.0, 0.5, 0.1], [0.5]) == [1.0, 0.5, 0.1]  # already on the grid

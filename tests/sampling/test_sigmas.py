@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ppflow.flux.sigmas import (
+from ppflow.models.schedule import PyramidSchedule
+from ppflow.sampling.sigmas import (
     FluxShift,
     insert_boundaries,
     inverse_time_shift,
@@ -14,7 +15,6 @@ from ppflow.flux.sigmas import (
     step_stages,
     time_shift,
 )
-from ppflow.models.schedule import PyramidSchedule
 
 PPF2 = PyramidSchedule.from_string("ppf2", base_patch=(2, 2))
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..models.schedule import PyramidSchedule
-from ..sampling.grids import allocate_steps
+from .grids import allocate_steps
 
 BOUNDARY_SPACES = ("unshifted", "sigma")
 
