@@ -9,29 +9,26 @@ and out, the coarse grouping happens inside.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from diffusers.utils.peft_utils import apply_lora_scale
 from torch import nn
 
 from ..hub.hub import is_hub_id
+from ..integrations.diffusers.adapter import HookConfig, StageAdapter
+from ..integrations.diffusers.api import ATTR
+from ..integrations.diffusers.family import family_of
+from ..integrations.diffusers.hook import attach, detach
 from ..io import read_weights, replace_folder, save_weights, write_text_atomic
 from ..models.packing import (
     COARSE_OUTPUTS,
     INITS,
-    group_ids,
-    group_tokens,
-    infer_grid,
     init_patchify,
     init_unpatchify,
-    noise_skip,
-    ungroup_tokens,
 )
 from ..models.schedule import PyramidSchedule
 from ..sampling.sigmas import BOUNDARY_SPACES, FluxShift, sigma_boundaries, stage_of_sigma
@@ -80,23 +77,53 @@ class PPFluxConfig:
 
 
 class PPFluxTransformer(nn.Module):
-    """A FLUX transformer that sees coarse patches at high noise; call it like `FluxTransformer2DModel`."""
+    """A FLUX transformer that sees coarse patches at high noise; call it like `FluxTransformer2DModel`.
+
+    A thin name over the PPFlow diffusers hook (ppflow.integrations.diffusers): the base keeps its class and
+    forward, the hook runs coarse stages on grouped tokens. What PPFlux adds -- the coarse projections
+    (`patch_embed`, `proj`) and the stage embedding, whose fine-stage row is added too (the shared fine-tune trains
+    it) -- is registered here, so state dicts, FSDP2 and EMA see it.
+    """
 
     def __init__(self, base: nn.Module, config: PPFluxConfig | None = None):
         super().__init__()
         self.base = base
         self.ppflow_config = config = config or PPFluxConfig()
         self.schedule = config.get_schedule()
-        p = next(base.parameters())
-        C, D = base.x_embedder.in_features, base.inner_dim
-        self.patch_embed, self.proj = nn.ModuleDict(), nn.ModuleDict()
-        for s in range(self.schedule.num_stages):
-            n = self.factors(s)[0] * self.factors(s)[1]
-            if n > 1:
-                self.patch_embed[str(s)] = nn.Linear(n * C, D, device=p.device, dtype=p.dtype)
-                self.proj[str(s)] = nn.Linear(D, n * base.proj_out.out_features, device=p.device, dtype=p.dtype)
-        self.stage_embed = nn.Parameter(torch.zeros(self.schedule.num_stages, D, device=p.device, dtype=p.dtype))
-        self._cache_name: tuple[str, dict] | None = None  # diffusers cache context of the running call
+        hook_config = HookConfig(family="flux", schedule=config.schedule, init=config.init,
+                                 boundaries=config.boundaries, shift=config.shift, coarse_output=config.coarse_output,
+                                 fine_embed=True)
+        adapter = StageAdapter(base, family_of(base, "flux"), hook_config)
+        self.patch_embed, self.proj, self.stage_embed = adapter.embed, adapter.out, adapter.stage_embed
+        adapter.__dict__["_table_owner"] = self
+        adapter.passive = True  # the base called directly stays plain FLUX
+        self.__dict__["_adapter"] = adapter  # not a submodule: its tensors are registered above
+        self._attach()
+
+    def _attach(self) -> None:
+        """Put this wrapper's hooks on the base (another PPFlux or `apply` on the same base takes them off)."""
+        if self.base.__dict__.get(ATTR) is self._adapter:
+            return
+        if self.base.__dict__.pop(ATTR, None) is not None:
+            detach(self.base)
+        self.base.__dict__[ATTR] = self._adapter
+        attach(self.base, self._adapter)
+
+    def __deepcopy__(self, memo):
+        """diffusers' hooks do not survive a deep copy (the copy's forward would run the original): copy the
+        unhooked model, then hook both."""
+        mine = self.base.__dict__.pop(ATTR, None)
+        detach(self.base)
+        try:
+            new = type(self).__new__(type(self))
+            memo[id(self)] = new
+            new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        finally:
+            if mine is not None:
+                self.base.__dict__[ATTR] = mine
+                attach(self.base, mine)
+        new._attach()
+        return new
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -104,9 +131,7 @@ class PPFluxTransformer(nn.Module):
         """Wrap a FLUX transformer (kept as is); coarse projections get the average/copy init `init`."""
         if getattr(transformer.config, "patch_size", 1) != 1:
             raise ValueError("only FLUX transformers with patch_size 1 (2x2 packing outside) are supported")
-        model = cls(transformer, PPFluxConfig(schedule=schedule, init=init, **options))
-        model.reset_extras()
-        return model
+        return cls(transformer, PPFluxConfig(schedule=schedule, init=init, **options))
 
     def reset_extras(self) -> None:
         """Average/copy init of every coarse projection from the base's; zero stage embedding."""
@@ -122,7 +147,7 @@ class PPFluxTransformer(nn.Module):
 
     # ------------------------------------------------------ diffusers compatibility
     def __getattr__(self, name: str):
-        """Public attributes PPFlux does not define come from the base (load_lora_adapter, set_adapters, ...)."""
+        """Public attributes PPFlux does not define come from the base (load_lora_adapter, cache_context, ...)."""
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -144,24 +169,6 @@ class PPFluxTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.base.device
 
-    @contextlib.contextmanager
-    def cache_context(self, name: str, **kwargs):
-        """diffusers' cache context of the base model; each stage gets its own cache state (`name/stageS`)."""
-        ctx = getattr(self.base, "cache_context", None)
-        self._cache_name = (name, kwargs)
-        try:
-            with ctx(name, **kwargs) if ctx is not None else contextlib.nullcontext():
-                yield
-        finally:
-            self._cache_name = None
-
-    def enable_cache(self, config) -> None:
-        """Enable a diffusers cache (e.g. FirstBlockCacheConfig) on the base model's blocks."""
-        self.base.enable_cache(config)
-
-    def disable_cache(self) -> None:
-        self.base.disable_cache()
-
     # -------------------------------------------------------------------- stages
     def sigma_boundaries(self, image_seq_len: int) -> tuple[float, ...]:
         """Stage boundaries in the network's sigma for images of `image_seq_len` fine tokens (descending)."""
@@ -173,98 +180,17 @@ class PPFluxTransformer(nn.Module):
         return stage_of_sigma(timestep, self.sigma_boundaries(image_seq_len))
 
     # ------------------------------------------------------------------- forward
-    @apply_lora_scale("joint_attention_kwargs")
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor = None,
-                pooled_projections: torch.Tensor = None, timestep: torch.Tensor = None, img_ids: torch.Tensor = None,
-                txt_ids: torch.Tensor = None, guidance: torch.Tensor = None, joint_attention_kwargs: dict | None = None,
-                controlnet_block_samples=None, controlnet_single_block_samples=None, return_dict: bool = True,
-                controlnet_blocks_repeat: bool = False, *, stage: int | None = None,
-                grid: tuple[int, int] | None = None):
+    def forward(self, *args, stage: int | None = None, grid: tuple[int, int] | None = None, **kwargs):
         """`FluxTransformer2DModel.forward`; `stage=` pins the stage, `grid=(h, w)` the packed token grid."""
-        B, L, _ = hidden_states.shape  # packed image tokens (B, L, 64)
-        txt_ids = txt_ids[0] if txt_ids.ndim == 3 else txt_ids
-        img_ids = img_ids[0] if img_ids.ndim == 3 else img_ids
-        grid = tuple(grid) if grid is not None else infer_grid(img_ids, L)
-        args = (encoder_hidden_states, pooled_projections, timestep, guidance)
-        if stage is None:
-            stages = self.stage_of(timestep.detach().float().cpu(), L).tolist()
-            stages = stages * B if len(stages) == 1 else stages
-            if len(set(stages)) > 1:  # mixed stages in one batch: one sub-batch per stage, in order
-                out = torch.empty_like(hidden_states, dtype=self.base.proj_out.weight.dtype)
-                for s in sorted(set(stages)):
-                    idx = torch.tensor([i for i, v in enumerate(stages) if v == s], device=hidden_states.device)
-                    sub = [a.index_select(0, idx) if torch.is_tensor(a) and a.ndim > 0 and a.shape[0] == B else a
-                           for a in args]
-                    out[idx] = self._forward_stage(s, hidden_states[idx], *sub, img_ids, txt_ids, grid,
-                                                   joint_attention_kwargs, None, None, False)
-                return Transformer2DModelOutput(sample=out) if return_dict else (out,)
-            stage = stages[0]
-        out = self._forward_stage(int(stage), hidden_states, *args, img_ids, txt_ids, grid, joint_attention_kwargs,
-                                  controlnet_block_samples, controlnet_single_block_samples, controlnet_blocks_repeat)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
-
-    def _forward_stage(self, stage, hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance,
-                       img_ids, txt_ids, grid, joint_attention_kwargs, controlnet_block_samples,
-                       controlnet_single_block_samples, controlnet_blocks_repeat) -> torch.Tensor:
-        base, key, factors = self.base, str(stage), self.factors(stage)
-        if not 0 <= stage < self.schedule.num_stages:
+        ad = self._adapter
+        self._attach()  # no-op unless another wrapper of the same base ran since
+        if stage is not None and not 0 <= stage < self.schedule.num_stages:
             raise ValueError(f"stage {stage} out of range for a {self.schedule.num_stages}-stage schedule")
-        if grid[0] % factors[0] or grid[1] % factors[1]:
-            raise ValueError(f"packed token grid {grid[0]}x{grid[1]} is not divisible by stage {stage}'s "
-                             f"{factors[0]}x{factors[1]} grouping; choose a height/width that is a multiple of "
-                             f"{16 * factors[0]}x{16 * factors[1]} pixels")
-        coarse = key in self.patch_embed
-        if coarse and (controlnet_block_samples is not None or controlnet_single_block_samples is not None):
-            raise ValueError("ControlNet residuals are per fine token: use them only in the finest stage")
-        self._stage_cache_context(stage)
-        embed, proj = (self.patch_embed[key], self.proj[key]) if coarse else (base.x_embedder, base.proj_out)
-        x_in = group_tokens(hidden_states, grid, factors)  # (B, L/n, n*64)
-        x = embed(x_in)  # (B, L/n, D)
-        sigma = timestep.reshape(-1).expand(x.shape[0])  # (B,) the network's sigma
-        timestep = timestep.to(x.dtype) * 1000  # (B,)
-        guidance = guidance.to(x.dtype) * 1000 if guidance is not None else None  # (B,)
-        temb = (base.time_text_embed(timestep, pooled_projections) if guidance is None
-                else base.time_text_embed(timestep, guidance, pooled_projections))  # (B, D)
-        temb = temb + self.stage_embed[stage].to(temb.dtype)  # (B, D); zero at init
-        context = base.context_embedder(encoder_hidden_states)  # (B, T, D)
-        ids = group_ids(img_ids, grid, factors)  # (L/n, 3) centres of the covered fine tokens
-        ids = torch.cat((txt_ids.to(ids.dtype), ids), dim=0) if coarse else torch.cat((txt_ids, ids), dim=0)
-        rotary = base.pos_embed(ids)  # (cos, sin), each (T + L/n, head_dim)
-        kwargs = joint_attention_kwargs
-        if kwargs is not None and "ip_adapter_image_embeds" in kwargs:
-            kwargs = dict(kwargs)
-            kwargs["ip_hidden_states"] = base.encoder_hid_proj(kwargs.pop("ip_adapter_image_embeds"))
-        ckpt = torch.is_grad_enabled() and base.gradient_checkpointing
-        for i, block in enumerate(base.transformer_blocks):
-            if ckpt:
-                context, x = base._gradient_checkpointing_func(block, x, context, temb, rotary, kwargs)
-            else:
-                context, x = block(hidden_states=x, encoder_hidden_states=context, temb=temb,
-                                   image_rotary_emb=rotary, joint_attention_kwargs=kwargs)  # (B, T, D), (B, L/n, D)
-            if controlnet_block_samples is not None:
-                x = x + _controlnet(controlnet_block_samples, i, len(base.transformer_blocks), controlnet_blocks_repeat)
-        for i, block in enumerate(base.single_transformer_blocks):
-            if ckpt:
-                context, x = base._gradient_checkpointing_func(block, x, context, temb, rotary, kwargs)
-            else:
-                context, x = block(hidden_states=x, encoder_hidden_states=context, temb=temb,
-                                   image_rotary_emb=rotary, joint_attention_kwargs=kwargs)  # (B, L/n, D)
-            if controlnet_single_block_samples is not None:
-                x = x + _controlnet(controlnet_single_block_samples, i, len(base.single_transformer_blocks), False)
-        x = base.norm_out(x, temb)  # (B, L/n, D)
-        x = proj(x)  # (B, L/n, n*64)
-        if coarse and self.ppflow_config.coarse_output == "noise_skip":
-            x = noise_skip(x, x_in, sigma, factors)  # (B, L/n, n*64)
-        return ungroup_tokens(x, grid, factors)  # (B, L, 64)
-
-    def _stage_cache_context(self, stage: int) -> None:
-        """A diffusers cache holds residuals of one token count: give each stage its own cache state."""
-        if getattr(self.base, "_cache_config", None) is None or self._cache_name is None:
-            return
-        from diffusers.hooks.hooks import CacheContext, _set_cache_context
-
-        name, kwargs = self._cache_name
-        _set_cache_context(self.base, CacheContext(f"{name}/stage{stage}", **kwargs))
+        ad.pin_stage, ad.pin_grid, ad.engaged = stage, (tuple(grid) if grid is not None else None), True
+        try:
+            return self.base(*args, **kwargs)
+        finally:
+            ad.pin_stage, ad.pin_grid, ad.engaged = None, None, False
 
     # --------------------------------------------------------------- save / load
     def extras_state_dict(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
@@ -370,10 +296,3 @@ def resolve_base(reference: str, folder: str | os.PathLike) -> str:
                                 "model explicitly (base=... / the FLUX pipeline first)")
     return reference
 
-
-def _controlnet(samples, index: int, depth: int, repeat: bool) -> torch.Tensor:
-    """The ControlNet residual of block `index`, as FluxTransformer2DModel picks it."""
-    if repeat:
-        return samples[index % len(samples)]
-    interval = -(-depth // len(samples))
-    return samples[index // interval]

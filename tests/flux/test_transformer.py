@@ -185,8 +185,8 @@ def test_bad_inputs_are_one_line_errors(flux):
         PPFluxTransformer.from_flux(flux, "ppf2", init="mean")
     with pytest.raises(ValueError, match="multiple of the base patch"):
         PPFluxTransformer.from_flux(flux, "0.5:3x3,1:2x2")
-    with pytest.raises(ValueError, match="pass grid"):
-        kw = flux_inputs()
+    with pytest.raises(ValueError, match="pass grid"):  # coarse: the ids must say the grid (fine: any ids)
+        kw = flux_inputs(sigma=0.9)
         kw["img_ids"] = kw["img_ids"][:10]
         model(**kw)
     with pytest.raises(FileNotFoundError, match="not a PPFlux folder"):

@@ -47,6 +47,7 @@ class HookConfig:
     base_fingerprint: str = ""  # fingerprint of the base's weights: another base is refused
     method: str = "init"  # how the adapter was made (init, lora-distill, ...)
     guided: float | None = None  # CFG scale distilled into the coarse stages, if any
+    fine_embed: bool = False  # the fine stage adds its stage-embedding row too (PPFlux's shared fine-tune)
 
     def __post_init__(self) -> None:
         if isinstance(self.shift, dict):
@@ -123,8 +124,16 @@ class StageAdapter(nn.Module):
         self.skipped = 0  # unconditional coarse-stage samples answered without a forward (coarse_cfg False)
         self.coarse_cfg = True  # false: stage-level CFG, no unconditional pass in coarse stages (api.apply)
         self.grid_mu: float | None = None  # the time shift of the running pipeline call's grid (scheduler.py)
+        self.pin_stage: int | None = None  # a stage every forward runs in (PPFluxTransformer's `stage=`)
+        self.pin_grid: tuple[int, int] | None = None  # the token grid when the caller knows it (FLUX `grid=`)
+        self.__dict__["_table_owner"] = self  # who registers stage_embed (PPFluxTransformer: itself)
+        self.passive, self.engaged = False, False  # passive: the hook acts only while engaged (PPFlux's forward)
 
     # ------------------------------------------------------------------ running
+    def table(self) -> torch.Tensor:
+        """The stage-embedding table (num_stages, D), read through the module that registers it."""
+        return self.__dict__["_table_owner"].stage_embed
+
     def stages_of(self, model: nn.Module, kw: dict) -> list[int]:
         if not self.plan.coarse:
             return [0]

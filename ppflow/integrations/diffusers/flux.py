@@ -52,14 +52,15 @@ class Flux(Family):
     def seq_len(self, model: nn.Module, kw: dict) -> int:
         return kw["hidden_states"].shape[1]
 
-    def coarsen(self, model: nn.Module, kw: dict, factors: tuple[int, int]) -> tuple[dict, dict]:
+    def coarsen(self, model: nn.Module, kw: dict, factors: tuple[int, int], grid: tuple[int, int] | None = None
+                ) -> tuple[dict, dict]:
         if kw.get("controlnet_block_samples") is not None or kw.get("controlnet_single_block_samples") is not None:
             raise ValueError("ControlNet residuals are per fine token: they can act only in the finest stage "
                              "(give the ControlNet a conditioning scale of 0 for coarse steps, or use a one-stage "
                              "schedule)")
         x = kw["hidden_states"]  # (B, L, C) packed tokens
         ids = kw["img_ids"][0] if kw["img_ids"].ndim == 3 else kw["img_ids"]  # (L, 3)
-        grid = infer_grid(ids, x.shape[1])
+        grid = tuple(grid) if grid is not None else infer_grid(ids, x.shape[1])  # given: PPFlux's `grid=`
         if grid[0] % factors[0] or grid[1] % factors[1]:
             raise ValueError(f"packed token grid {grid[0]}x{grid[1]} is not divisible by the coarse stage's "
                              f"{factors[0]}x{factors[1]} grouping; choose a height/width that is a multiple of "

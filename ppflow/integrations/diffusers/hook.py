@@ -32,10 +32,12 @@ PART_HOOK = "ppflow_part"  # the small hooks on embedding / projection / time em
 
 
 class Active:
-    """The coarse stage the running forward is in (None outside coarse forwards)."""
+    """The coarse stage the running forward is in (None outside coarse forwards), and the stage whose embedding
+    row the time embedding gets (the coarse stage; with `fine_embed` the fine stage too)."""
 
     def __init__(self) -> None:
         self.stage: int | None = None
+        self.embed: int | None = None
 
 
 class PPFlowHook(ModelHook):
@@ -51,8 +53,11 @@ class PPFlowHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         ad = self.adapter
+        if ad.passive and not ad.engaged:  # PPFluxTransformer's base called directly: the plain model
+            return self.fn_ref.original_forward(*args, **kwargs)
+        refresh_parts(module, ad)
         kw = ad.family.bind(module, args, kwargs)
-        stages = ad.stages_of(module, kw)
+        stages = [ad.pin_stage] * kw["hidden_states"].shape[0] if ad.pin_stage is not None else ad.stages_of(module, kw)
         if ad.plan.coarse:
             check_outermost(module)
         if len(set(stages)) > 1:
@@ -86,20 +91,25 @@ class PPFlowHook(ModelHook):
     def _run(self, module, stage: int, kw: dict):
         ad = self.adapter
         B = kw["hidden_states"].shape[0]
-        ad.count(stage, B)
+        if not torch.compiler.is_compiling():  # Python bookkeeping: a compiled forward would recompile per count
+            ad.count(stage, B)
         self._switch(module, stage)
-        if stage == ad.plan.num_stages - 1:  # the finest stage is the model itself
-            with self._stage_context(module, stage):
-                return self.fn_ref.original_forward(**kw)
+        if stage == ad.plan.num_stages - 1:  # the finest stage is the model itself (fine_embed: plus its row)
+            ad.active.embed = stage if ad.config.fine_embed else None
+            try:
+                with self._stage_context(module, stage):
+                    return self.fn_ref.original_forward(**kw)
+            finally:
+                ad.active.embed = None
         factors = ad.plan.factors[stage]
         ad.place(kw["hidden_states"])
-        ckw, ctx = ad.family.coarsen(module, kw, factors)
-        ad.active.stage = stage
+        ckw, ctx = ad.family.coarsen(module, kw, factors, **({"grid": ad.pin_grid} if ad.pin_grid else {}))
+        ad.active.stage = ad.active.embed = stage
         try:
             with self._stage_context(module, stage), ad.family.coarse_context(module, ctx):
                 out = self.fn_ref.original_forward(**ckw)
         finally:
-            ad.active.stage = None
+            ad.active.stage = ad.active.embed = None
         return _map_sample(out, lambda x: ad.family.refine(module, x, ctx, ad.config.coarse_output))
 
     def _run_mixed(self, module, stages: list[int], kw: dict):
@@ -119,7 +129,10 @@ class PPFlowHook(ModelHook):
         return _map_sample(result, lambda _: out)
 
     def _switch(self, module, stage: int) -> None:
-        """Reset context-free stateful hooks (PAB, FasterCache) when the stage changes."""
+        """Reset context-free stateful hooks (PAB, FasterCache) when the stage changes (not traced by
+        torch.compile: the caches are Python state, and a compiled forward keeps one graph per stage)."""
+        if torch.compiler.is_compiling():
+            return
         if stage != self.last_stage:
             self.last_call = None
         if self.last_stage is not None and stage != self.last_stage:
@@ -131,7 +144,7 @@ class PPFlowHook(ModelHook):
     @contextlib.contextmanager
     def _stage_context(self, module, stage: int):
         """Give context-keyed cache hooks a per-stage context name for this forward."""
-        if not self.adapter.plan.coarse:
+        if not self.adapter.plan.coarse or torch.compiler.is_compiling():
             yield
             return
         managers = [m for hook, _ in _stateful_hooks(module) for m in vars(hook).values()
@@ -166,19 +179,21 @@ class SwapHook(ModelHook):
 
 
 class StageEmbedHook(ModelHook):
-    """On the time embedding: adds the coarse stage's learned embedding (B, D) to its output."""
+    """On the time embedding: adds the running stage's learned embedding (B, D) to its output. The table is read
+    from the adapter at every call (FSDP2 swaps parameters on the module that registers them)."""
 
-    def __init__(self, active: Active, table: torch.nn.Parameter) -> None:
+    def __init__(self, active: Active, adapter) -> None:
         super().__init__()
-        self.active, self.table = active, table
+        self.active, self.adapter = active, adapter
 
     def post_forward(self, module, output):
-        s = self.active.stage
+        s = self.active.embed
         if s is None:
             return output
+        row = self.adapter.table()[s]  # (D,)
         if isinstance(output, tuple):  # e.g. Wan's condition embedder: temb first
-            return (output[0] + self.table[s].to(output[0].dtype), *output[1:])
-        return output + self.table[s].to(output.dtype)
+            return (output[0] + row.to(output[0].dtype), *output[1:])
+        return output + row.to(output.dtype)
 
 
 class LoRAHook(ModelHook):
@@ -235,6 +250,13 @@ def _has_state_manager(hook) -> bool:
 
 def attach(module, adapter) -> None:
     """Register the PPFlow hooks of `adapter` on `module` (a diffusers transformer)."""
+    _attach_parts(module, adapter)
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    registry.register_hook(PPFlowHook(adapter), HOOK)
+    registry.invalidate_child_registries_cache()
+
+
+def _attach_parts(module, adapter) -> None:
     fam, active = adapter.family, adapter.active
     if adapter.plan.coarse:
         HookRegistry.check_if_exists_or_initialize(module.get_submodule(fam.embed)).register_hook(
@@ -242,14 +264,26 @@ def attach(module, adapter) -> None:
         HookRegistry.check_if_exists_or_initialize(module.get_submodule(fam.out)).register_hook(
             SwapHook(active, adapter.out), PART_HOOK)
         HookRegistry.check_if_exists_or_initialize(module.get_submodule(fam.temb)).register_hook(
-            StageEmbedHook(active, adapter.stage_embed), PART_HOOK)
+            StageEmbedHook(active, adapter), PART_HOOK)
         for path, lora in adapter.lora_layers():
             HookRegistry.check_if_exists_or_initialize(module.get_submodule(path)).register_hook(
                 LoRAHook(active, lora), PART_HOOK)
         _gather_coarse_outputs(module, adapter)
-    registry = HookRegistry.check_if_exists_or_initialize(module)
-    registry.register_hook(PPFlowHook(adapter), HOOK)
-    registry.invalidate_child_registries_cache()
+
+
+def refresh_parts(module, adapter) -> None:
+    """Move the part hooks onto the layers the model calls now: a LoRA loaded after `apply` (peft) wraps the
+    patch embedding or output projection in a new module, and the hook on the wrapped one would mix coarse
+    outputs with the LoRA's fine-stage delta."""
+    if not adapter.plan.coarse:
+        return
+    fam = adapter.family
+    if all(PART_HOOK in getattr(getattr(module.get_submodule(p), "_diffusers_hook", None), "hooks", ())
+           for p in (fam.embed, fam.out)):
+        return
+    _detach_parts(module)
+    _attach_parts(module, adapter)
+    HookRegistry.check_if_exists_or_initialize(module).invalidate_child_registries_cache()
 
 
 def _context_parallel(module):
@@ -286,8 +320,12 @@ def detach(module) -> None:
     """Remove every PPFlow hook from `module` and its submodules."""
     registry = HookRegistry.check_if_exists_or_initialize(module)
     registry.remove_hook(HOOK, recurse=False)
+    _detach_parts(module)
+    registry.invalidate_child_registries_cache()
+
+
+def _detach_parts(module) -> None:
     for _, m in module.named_modules():
         reg = getattr(m, "_diffusers_hook", None)
         if reg is not None and PART_HOOK in reg.hooks:
             reg.remove_hook(PART_HOOK, recurse=False)
-    registry.invalidate_child_registries_cache()

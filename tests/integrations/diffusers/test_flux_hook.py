@@ -229,3 +229,28 @@ def test_stage_cfg_skips_the_unconditional_pass_in_coarse_stages_as_the_ppflux_p
     apply(full, "ppf2")  # default: the pipeline's CFG in every stage
     assert not np.array_equal(full(**call, generator=_seed()).images, got)
     assert adapter_of(full).counts == {0: 6, 1: 4} and adapter_of(full).skipped == 0
+
+
+@torch.no_grad()
+def test_a_lora_loaded_after_apply_on_the_projections_leaves_the_coarse_stage_its_own_layers():
+    """peft wraps proj_out / x_embedder in new modules: the part hooks move onto them, so a coarse stage runs its
+    own projections and not the LoRA'd fine ones (was: a size mismatch in the coarse stage)."""
+    from peft import LoraConfig
+
+    model = tiny_flux()
+    apply(model, "ppf2")
+    coarse = flux_inputs(sigma=0.9)
+    want = model(**coarse)[0]
+    model.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["x_embedder", "proj_out"],
+                                 init_lora_weights=True))  # B = 0: the LoRA changes nothing yet
+    assert hasattr(model.proj_out, "base_layer")  # wrapped by peft
+    assert torch.equal(model(**coarse)[0], want)
+
+
+@torch.no_grad()
+def test_the_base_of_a_ppflux_transformer_called_directly_is_plain_flux():
+    base = tiny_flux()
+    model = PPFluxTransformer.from_flux(base, "ppf2")
+    coarse = flux_inputs(sigma=0.9)
+    assert torch.equal(base(**coarse)[0], tiny_flux()(**coarse)[0])  # the hook acts only through the wrapper
+    assert not torch.equal(model(**coarse)[0], base(**coarse)[0])
