@@ -1,9 +1,9 @@
 """`PPFluxPipeline`: a drop-in `FluxPipeline` whose transformer is a `PPFluxTransformer`.
 
-Same `__call__` arguments and outputs as diffusers' FluxPipeline. What changes: the unshifted sigma grid keeps
-every stage boundary as a grid point (a custom `sigmas` list has the straddled step split), so each step runs
-at one patch size; `guidance_scale` and `true_cfg_scale` may be given per stage (a stage whose true-CFG scale is
-<= 1 runs no unconditional pass); after a call `stage_stats` holds the steps, forwards and FLOPs per stage.
+FluxPipeline's own `__call__` runs; the PPFlow hook does the rest: the scheduler instance keeps every stage
+boundary on its grid (a custom `sigmas` list has the straddled step split), so each step runs at one patch size;
+`guidance_scale` may be given per stage, `true_cfg_scale` per stage as `[1, s]` (no unconditional pass in the
+coarse stages); after a call `stage_stats` holds the steps, forwards and FLOPs per stage.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from diffusers import FluxPipeline
-from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
-from diffusers.utils.torch_utils import get_module_execution_device
 
+from ..integrations.diffusers import scheduler
 from ..sampling.guidance import check_count, check_scales
-from ..sampling.sigmas import FluxShift, insert_boundaries, inverse_time_shift, stage_grid, step_stages
+from ..sampling.sigmas import FluxShift
 from .flops import FluxArch, counts_flops
 from .transformer import CONFIG_NAME, PPFluxTransformer, read_ppflux_config, resolve_base
 
@@ -97,163 +95,55 @@ class PPFluxPipeline(FluxPipeline):
             raise ValueError("this pipeline was not loaded with from_pretrained: pass base_model=<FLUX hub id or folder>")
         self.transformer.save_pretrained(save_directory, base_model=str(base_model), base_subfolder="transformer")
 
-    # ------------------------------------------------------------------ helpers
-    def _grid_and_stages(self, latent_tokens: int, num_inference_steps: int, sigmas):
-        """Unshifted sigma grid with the boundaries on it, the scheduler's mu and the stage of each step."""
-        tr = self.transformer
-        shift = FluxShift.from_scheduler(self.scheduler)
-        mu = shift.mu(latent_tokens)  # what FluxPipeline passes (a dynamic scheduler uses it; a fixed one: log shift)
-        # boundaries the network sees, mapped back to the unshifted sigmas of the scheduler's grid
-        bounds = [inverse_time_shift(mu, b) for b in tr.sigma_boundaries(latent_tokens)]
-        if sigmas is None:
-            grid = stage_grid(num_inference_steps, bounds)
-        else:
-            grid = np.asarray(insert_boundaries(sigmas, bounds))
-        return grid, mu, step_stages(grid, bounds)
-
     @torch.no_grad()
-    def __call__(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
-                 true_cfg_scale: float | Sequence[float] = 1.0, height: int | None = None, width: int | None = None,
-                 num_inference_steps: int = 28, sigmas: list[float] | None = None,
-                 guidance_scale: float | Sequence[float] = 3.5, num_images_per_prompt: int | None = 1,
-                 generator=None, latents=None, prompt_embeds=None, pooled_prompt_embeds=None,
-                 ip_adapter_image=None, ip_adapter_image_embeds=None, negative_ip_adapter_image=None,
-                 negative_ip_adapter_image_embeds=None, negative_prompt_embeds=None,
-                 negative_pooled_prompt_embeds=None, output_type: str | None = "pil", return_dict: bool = True,
-                 joint_attention_kwargs=None, callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (FluxPipeline's)
-                 max_sequence_length: int = 512):
-        """FluxPipeline.__call__; `guidance_scale` / `true_cfg_scale` may be lists with one value per stage."""
+    def __call__(self, *args, guidance_scale: float | Sequence[float] = 3.5,
+                 true_cfg_scale: float | Sequence[float] = 1.0, **kwargs):
+        """FluxPipeline.__call__ (its own loop, run through the PPFlow hook); `guidance_scale` may give one value
+        per stage, `true_cfg_scale` one per stage where the coarse stages are <= 1 (no unconditional pass there)
+        or all equal."""
         tr = self.transformer
-        S = tr.schedule.num_stages
+        ad, S = tr._adapter, tr.schedule.num_stages
         g_scales = per_stage(guidance_scale, S, "guidance_scale")
         cfg_scales = per_stage(true_cfg_scale, S, "true_cfg_scale")
-        if sigmas is None:
-            num_inference_steps = check_count(num_inference_steps, "num_inference_steps")
-        height, width = (v if v is None else check_count(v, name) for v, name in ((height, "height"), (width, "width")))
-        if num_images_per_prompt is not None:
-            check_count(num_images_per_prompt, "num_images_per_prompt")
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        self.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
-                          negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
-                          negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
-                          negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                          max_sequence_length=max_sequence_length)
-        self._guidance_scale = g_scales[0] if len(set(g_scales)) == 1 else g_scales
-        self._joint_attention_kwargs = joint_attention_kwargs
-        self._current_timestep = None
-        self._interrupt = False
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
-        device = self._execution_device
-        lora_scale = self.joint_attention_kwargs.get("scale", None) if self.joint_attention_kwargs else None
-        has_neg = negative_prompt is not None or (negative_prompt_embeds is not None
-                                                  and negative_pooled_prompt_embeds is not None)
-        stage_cfg = [has_neg and s > 1 for s in cfg_scales]  # FluxPipeline's rule, per stage
-        prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
-            prompt=prompt, prompt_2=prompt_2, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
-            device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
-            lora_scale=lora_scale)
-        if any(stage_cfg):
-            negative_prompt_embeds, negative_pooled_prompt_embeds, negative_text_ids = self.encode_prompt(
-                prompt=negative_prompt, prompt_2=negative_prompt_2, prompt_embeds=negative_prompt_embeds,
-                pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
-                num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
-                lora_scale=lora_scale)
-        latents, latent_image_ids = self.prepare_latents(
-            batch_size * num_images_per_prompt, tr.config.in_channels // 4, height, width, prompt_embeds.dtype,
-            device, generator, latents)
-        B, L = latents.shape[:2]
+        fine_cfg, coarse = cfg_scales[-1], cfg_scales[:-1]
+        stage_cfg = all(c <= 1 for c in coarse) and fine_cfg > 1
+        if not stage_cfg and len(set(cfg_scales)) > 1 and not all(c <= 1 for c in cfg_scales):
+            raise ValueError(f"true_cfg_scale={true_cfg_scale!r}: give one scale, or <= 1 for the coarse stages (no "
+                             "unconditional pass there) and one scale for the finest")
+        if kwargs.get("sigmas") is None:
+            kwargs["num_inference_steps"] = check_count(kwargs.get("num_inference_steps", 28), "num_inference_steps")
+        for name in ("height", "width", "num_images_per_prompt"):
+            if kwargs.get(name) is not None:
+                check_count(kwargs[name], name)
+        height = kwargs.get("height") or self.default_sample_size * self.vae_scale_factor
+        width = kwargs.get("width") or self.default_sample_size * self.vae_scale_factor
         grid = (height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2))  # packed token grid
-        if grid[0] * grid[1] != L:
-            raise ValueError(f"latents hold {L} packed tokens, not the {grid[0]}x{grid[1]} of a {height}x{width} image")
         for s, (fh, fw) in enumerate(tr.factors(k) for k in range(S)):
             if grid[0] % fh or grid[1] % fw:
                 step = 2 * self.vae_scale_factor
                 raise ValueError(f"{height}x{width} px is not a multiple of stage {s}'s {fh * step}x{fw * step} px "
                                  f"patches ({tr.schedule.stages[s].patch[0]}x{tr.schedule.stages[s].patch[1]} "
                                  "latent pixels); choose a height and width that are")
-
-        unshifted, mu, stages = self._grid_and_stages(L, num_inference_steps, sigmas)
         if getattr(self.scheduler.config, "use_flow_sigmas", False):
             raise ValueError("schedulers with use_flow_sigmas pick their own sigmas; PPFluxPipeline needs the grid")
-        self.scheduler.set_timesteps(sigmas=list(unshifted), device=device, mu=mu)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        guidance = {s: torch.full([B], g, device=device, dtype=torch.float32) for s, g in enumerate(g_scales)}
-        if not tr.config.guidance_embeds:
-            guidance = dict.fromkeys(range(S))
-
-        image_embeds = negative_image_embeds = None
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None or \
-                negative_ip_adapter_image is not None or negative_ip_adapter_image_embeds is not None:
-            image_embeds, negative_image_embeds = self._ip_adapter_embeds(
-                ip_adapter_image, ip_adapter_image_embeds, negative_ip_adapter_image,
-                negative_ip_adapter_image_embeds, width, height, device, B)
-        if self.joint_attention_kwargs is None:
-            self._joint_attention_kwargs = {}
-
-        forwards = [0] * S
-        self.scheduler.set_begin_index(0)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                s = stages[i]
-                self._current_timestep = t
-                if image_embeds is not None:
-                    self._joint_attention_kwargs["ip_adapter_image_embeds"] = image_embeds
-                timestep = t.expand(B).to(latents.dtype)
-                with tr.cache_context("cond"):
-                    noise_pred = tr(hidden_states=latents, timestep=timestep / 1000, guidance=guidance[s],
-                                    pooled_projections=pooled_prompt_embeds, encoder_hidden_states=prompt_embeds,
-                                    txt_ids=text_ids, img_ids=latent_image_ids,
-                                    joint_attention_kwargs=self.joint_attention_kwargs, return_dict=False,
-                                    stage=s, grid=grid)[0]
-                forwards[s] += B
-                if stage_cfg[s]:
-                    if negative_image_embeds is not None:
-                        self._joint_attention_kwargs["ip_adapter_image_embeds"] = negative_image_embeds
-                    with tr.cache_context("uncond"):
-                        neg = tr(hidden_states=latents, timestep=timestep / 1000, guidance=guidance[s],
-                                 pooled_projections=negative_pooled_prompt_embeds,
-                                 encoder_hidden_states=negative_prompt_embeds, txt_ids=negative_text_ids,
-                                 img_ids=latent_image_ids, joint_attention_kwargs=self.joint_attention_kwargs,
-                                 return_dict=False, stage=s, grid=grid)[0]
-                    forwards[s] += B
-                    noise_pred = neg + cfg_scales[s] * (noise_pred - neg)
-                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = outputs.pop("latents", latents)
-                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
-                progress_bar.update()
-        self._current_timestep = None
-
-        arch = FluxArch.from_config(tr.config)
-        self.stage_stats = StageStats(
-            stages=list(stages), sigmas=[float(v) for v in self.scheduler.sigmas[:-1]],
-            steps=[stages.count(k) for k in range(S)], forwards=forwards,
-            flops=counts_flops(arch, tr.schedule, grid, prompt_embeds.shape[1], forwards))
-        if output_type == "latent":
-            image = latents
-        else:
-            latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
-            latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
-            image = self.vae.decode(latents.to(get_module_execution_device(self.vae)), return_dict=False)[0]
-            image = self.image_processor.postprocess(image, output_type=output_type)
-        self.maybe_free_model_hooks()
-        return FluxPipelineOutput(images=image) if return_dict else (image,)
-
-    def _ip_adapter_embeds(self, image, embeds, neg_image, neg_embeds, width, height, device, batch):
-        """FluxPipeline's IP-Adapter preparation (a missing side gets a black image)."""
-        n = getattr(getattr(self.transformer.base, "encoder_hid_proj", None), "num_ip_adapters", 1)
-        if (image is not None or embeds is not None) and neg_image is None and neg_embeds is None:
-            neg_image = [np.zeros((width, height, 3), dtype=np.uint8)] * n
-        elif image is None and embeds is None and (neg_image is not None or neg_embeds is not None):
-            image = [np.zeros((width, height, 3), dtype=np.uint8)] * n
-        pos = self.prepare_ip_adapter_image_embeds(image, embeds, device, batch)
-        neg = self.prepare_ip_adapter_image_embeds(neg_image, neg_embeds, device, batch)
-        return pos, neg
+        ad.reset_counts()
+        saved = ad.coarse_cfg, tr.stage_guidance
+        ad.coarse_cfg = not stage_cfg
+        tr.stage_guidance = g_scales if len(set(g_scales)) > 1 else None
+        scheduler.patch(self.scheduler, ad)  # the stage boundaries on FluxPipeline's own grid, for this call only
+        try:
+            out = super().__call__(*args, guidance_scale=g_scales[-1], true_cfg_scale=max(cfg_scales), **kwargs)
+        finally:
+            scheduler.unpatch(self.scheduler)
+            ad.coarse_cfg, tr.stage_guidance = saved
+        L = grid[0] * grid[1]
+        sigmas = [float(v) for v in self.scheduler.sigmas[:-1]]
+        stages = tr.stage_of(torch.tensor(sigmas), L).tolist()
+        forwards = [ad.counts.get(k, 0) for k in range(S)]
+        embeds = kwargs.get("prompt_embeds")
+        tokens = embeds.shape[1] if embeds is not None else kwargs.get("max_sequence_length", 512)
+        self.stage_stats = StageStats(stages=stages, sigmas=sigmas, steps=[stages.count(k) for k in range(S)],
+                                      forwards=forwards,
+                                      flops=counts_flops(FluxArch.from_config(tr.config), tr.schedule, grid, tokens,
+                                                         forwards))
+        return out

@@ -176,3 +176,12 @@ def test_diffusers_lora_loading_reaches_the_base(components, tmp_path):
     loaded = PPFluxTransformer.from_pretrained(tmp_path / "ppf", base=tiny_flux())
     with torch.no_grad():
         torch.testing.assert_close(loaded(**kw, stage=1)[0], tuned(**kw)[0])
+
+
+def test_a_call_leaves_no_state_behind(components):
+    """The scheduler is patched for the call only and the hook's grid shift is reset at its end (diffusers'
+    `_reset_stateful_cache` reaches the base through PPFlux)."""
+    pipe = _pipe(components, "ppf2")
+    pipe(**{**CALL, "output_type": "latent"}, generator=_seed())
+    assert "set_timesteps" not in vars(pipe.scheduler)
+    assert pipe.transformer._adapter.grid_mu is None
