@@ -127,15 +127,15 @@ class PPFluxPipeline(FluxPipeline):
         if getattr(self.scheduler.config, "use_flow_sigmas", False):
             raise ValueError("schedulers with use_flow_sigmas pick their own sigmas; PPFluxPipeline needs the grid")
         ad.reset_counts()
-        saved = ad.coarse_cfg, tr.stage_guidance
+        saved = ad.coarse_cfg, ad.stage_guidance
         ad.coarse_cfg = not stage_cfg
-        tr.stage_guidance = g_scales if len(set(g_scales)) > 1 else None
+        ad.stage_guidance = g_scales if len(set(g_scales)) > 1 else None
         scheduler.patch(self.scheduler, ad)  # the stage boundaries on FluxPipeline's own grid, for this call only
         try:
             out = super().__call__(*args, guidance_scale=g_scales[-1], true_cfg_scale=max(cfg_scales), **kwargs)
         finally:
             scheduler.unpatch(self.scheduler)
-            ad.coarse_cfg, tr.stage_guidance = saved
+            ad.coarse_cfg, ad.stage_guidance = saved
         L = grid[0] * grid[1]
         sigmas = [float(v) for v in self.scheduler.sigmas[:-1]]
         stages = tr.stage_of(torch.tensor(sigmas), L).tolist()

@@ -97,7 +97,6 @@ class PPFluxTransformer(nn.Module):
         self.patch_embed, self.proj, self.stage_embed = adapter.embed, adapter.out, adapter.stage_embed
         adapter.__dict__["_table_owner"] = self
         adapter.passive = True  # the base called directly stays plain FLUX
-        self.stage_guidance: list[float] | None = None  # distilled guidance per stage (PPFluxPipeline sets it)
         self.__dict__["_adapter"] = adapter  # not a submodule: its tensors are registered above
         self._attach()
 
@@ -189,11 +188,6 @@ class PPFluxTransformer(nn.Module):
         """`FluxTransformer2DModel.forward`; `stage=` pins the stage, `grid=(h, w)` the packed token grid."""
         ad = self._adapter
         self._attach()  # no-op unless another wrapper of the same base ran since
-        if self.stage_guidance is not None and kwargs.get("guidance") is not None:  # PPFluxPipeline's per-stage
-            s = [stage] * len(kwargs["guidance"]) if stage is not None else self.stage_of(
-                kwargs["timestep"].detach().float().cpu(), kwargs["hidden_states"].shape[1]).tolist()
-            g = kwargs["guidance"]
-            kwargs["guidance"] = torch.tensor([self.stage_guidance[k] for k in s], dtype=g.dtype, device=g.device)
         if stage is not None and not 0 <= stage < self.schedule.num_stages:
             raise ValueError(f"stage {stage} out of range for a {self.schedule.num_stages}-stage schedule")
         ad.pin_stage, ad.pin_grid, ad.engaged = stage, (tuple(grid) if grid is not None else None), True

@@ -126,6 +126,7 @@ class StageAdapter(nn.Module):
         self.grid_mu: float | None = None  # the time shift of the running pipeline call's grid (scheduler.py)
         self.pin_stage: int | None = None  # a stage every forward runs in (PPFluxTransformer's `stage=`)
         self.pin_grid: tuple[int, int] | None = None  # the token grid when the caller knows it (FLUX `grid=`)
+        self.stage_guidance: list[float] | None = None  # distilled guidance per stage (PPFluxPipeline's lists)
         self.__dict__["_table_owner"] = self  # who registers stage_embed (PPFluxTransformer: itself)
         self.passive, self.engaged = False, False  # passive: the hook acts only while engaged (PPFlux's forward)
 
@@ -135,6 +136,8 @@ class StageAdapter(nn.Module):
         return self.__dict__["_table_owner"].stage_embed
 
     def stages_of(self, model: nn.Module, kw: dict) -> list[int]:
+        if self.pin_stage is not None:
+            return [self.pin_stage]
         if not self.plan.coarse:
             return [0]
         sigma = self.family.sigma(model, kw)

@@ -57,7 +57,7 @@ class PPFlowHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         refresh_parts(module, ad)
         kw = ad.family.bind(module, args, kwargs)
-        stages = [ad.pin_stage] * kw["hidden_states"].shape[0] if ad.pin_stage is not None else ad.stages_of(module, kw)
+        stages = ad.stages_of(module, kw)
         if ad.plan.coarse:
             check_outermost(module)
         if len(set(stages)) > 1:
@@ -94,6 +94,8 @@ class PPFlowHook(ModelHook):
         if not torch.compiler.is_compiling():  # Python bookkeeping: a compiled forward would recompile per count
             ad.count(stage, B)
         self._switch(module, stage)
+        if ad.stage_guidance is not None and kw.get("guidance") is not None:  # (B,) distilled guidance
+            kw = {**kw, "guidance": torch.full_like(kw["guidance"], ad.stage_guidance[stage])}
         if stage == ad.plan.num_stages - 1:  # the finest stage is the model itself (fine_embed: plus its row)
             ad.active.embed = stage if ad.config.fine_embed else None
             try:
