@@ -26,9 +26,10 @@ def add_arguments(p) -> None:
         "no dataset is needed (data-free unless --data is given), and --guided S bakes CFG at scale S into the coarse stage "
         "so it runs one forward per step there; the result is an adapter folder ppflow.load_model applies on the "
         "base. If you have a few hundred images of your domain, give them (--data imagefolder --data-path DIR "
-        "--mix 1: the adapter learns the flow-matching target on them, no teacher forward): on the SiT-mini of "
-        "docs/adaptation.md, 256 images at +5% reached 1.13-1.20x the source's FID against 1.79x data-free, "
-        "because data are a better target than the source's own velocity. init writes the paper's adapted model (blocks copied, average/copy init of the new projections, level "
+        "--images 256: the adapter learns the flow-matching target on them, no teacher forward, and its samples "
+        "are checked for copies of them at the end): on the SiT-mini of docs/adaptation.md, 256 images at +5% "
+        "reached 1.13-1.20x the source's FID against 1.79x data-free, because data are a better target than the "
+        "source's own velocity; 64 images were copied. init writes the paper's adapted model (blocks copied, average/copy init of the new projections, level "
         "embedding at zero) as the start of a full fine-tune (`ppflow train --model.init OUT`): use it to reproduce "
         "the paper's recipe or to train the shared backbone further.")
     p.add_argument("--method", choices=METHODS, default="init", help="init: the adapted model to fine-tune; "
@@ -70,6 +71,12 @@ def add_arguments(p) -> None:
     d.add_argument("--data", default=None, help="distil on this dataset's x_t (fashion-mnist, imagefolder, "
                                                 "latents, ...) instead of the teacher's own trajectories")
     d.add_argument("--data-path", default=None, help="folder of --data")
+    d.add_argument("--images", type=at_least(1), default=None,
+                   help="few-shot: train on the first N images of --data only (a few hundred; 256 measured best, "
+                        "docs/adaptation.md); the run ends with a copy check of the adapter's samples against them")
+    d.add_argument("--copy-check", type=at_least(0), default=256, metavar="N",
+                   help="with --images: samples (Heun 16 steps, no guidance) compared with the N training images and "
+                        "as many held-out ones; RUN/copy-check.json; 0 skips it")
     d.add_argument("--guided", type=float, default=None, help="CFG scale distilled into the coarse stage (sample "
                                                                "with CFG 1 there)")
     d.add_argument("--rank", type=at_least(1), default=8,
@@ -81,9 +88,10 @@ def add_arguments(p) -> None:
     d.add_argument("--teacher", choices=("cache", "forward"), default="cache",
                    help="data-free targets: the cached teacher velocities at the trajectories' step times, or the "
                         "teacher evaluated at any coarse t (one more full-resolution forward per sample)")
-    d.add_argument("--mix", type=float, default=0.0,
-                   help="with --data: share of the flow-matching target (x1 - x0) mixed into the teacher's (1: the "
-                        "flow-matching target alone, no teacher forward; measured best, docs/adaptation.md)")
+    d.add_argument("--mix", type=float, default=None,
+                   help="with --data: share of the flow-matching target (x1 - x0) mixed into the teacher's; default 1, "
+                        "the flow-matching target alone with no teacher forward (measured better than the teacher's "
+                        "velocity on the same states, docs/adaptation.md); 0 distils the teacher on data's x_t")
     d.add_argument("--batch-size", type=at_least(1), default=32)
     d.add_argument("--lr", type=float, default=3e-3, help="adapter learning rate (3e-3: measured better than 1e-3 "
                                                           "for rank 8 and 16)")
@@ -171,16 +179,22 @@ def distill_main(args) -> int:
     a = cfg.adapter
     a.schedule, a.rank, a.guided = args.schedule, args.rank, args.guided
     a.alpha = float(args.alpha if args.alpha is not None else args.rank)
-    a.teacher, a.mix = args.teacher, args.mix
+    a.teacher = args.teacher
+    if args.data is None and (args.mix is not None or args.images is not None):
+        raise CommandError(f"--{'mix' if args.mix is not None else 'images'} needs --data NAME (--data-path DIR): "
+                           "without data the adapter is distilled from the teacher's own trajectories")
+    a.mix = 1.0 if args.mix is None and args.data else (args.mix or 0.0)
     if args.targets:
         a.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     a.coarse_output = args.coarse_output or "noise_skip"
     a.data_free = args.data is None
     a.trajectories, a.trajectory_steps, a.trajectory_cfg = args.trajectories, args.trajectory_steps, args.trajectory_cfg
     if args.data:
-        cfg.data.name, cfg.data.path = args.data, args.data_path
+        cfg.data.name, cfg.data.path, cfg.data.limit = args.data, args.data_path, args.images
     cfg.max_steps = args.steps or plan_steps(cfg, args)
-    return run_training("ppflow adapt", ns, adapt_train, AdaptConfig, config=cfg, report=_report)
+    check = args.copy_check if args.images else 0
+    return run_training("ppflow adapt", ns, adapt_train, AdaptConfig, config=cfg,
+                        report=lambda result: _report(result, check))
 
 
 def plan_steps(cfg, args) -> int:
@@ -225,7 +239,7 @@ def source_training(source: str) -> tuple[int, int] | None:
     return None
 
 
-def _report(result) -> None:
+def _report(result, copy_samples: int = 0) -> None:
     from ..convert import load_model
     from ..models.adapter import adapter_size
 
@@ -236,3 +250,31 @@ def _report(result) -> None:
     size = sum(f.stat().st_size for f in Path(result.ema_dir).iterdir())
     print(f"adapter {result.ema_dir}: {extra / 1e6:.3f}M parameters ({100 * share:.1f}% of the base), "
           f"{size / 1e6:.2f} MB; load it with ppflow.load_model('{result.ema_dir}')")
+    if copy_samples and not result.interrupted:
+        print(run_copy_check(result.run_dir, model, copy_samples).describe())
+
+
+def run_copy_check(run_dir: Path, model, samples: int, seed: int = 0):
+    """Sample `samples` images from a few-shot adapter run's model and compare them with its training images and
+    as many held-out ones (ppflow.eval.copying); the result goes to RUN/copy-check.json."""
+    import json
+
+    import torch
+
+    from ..eval.copying import copy_check, reference_images
+    from ..io import write_text_atomic
+    from ..sampling import sample_model
+    from ..train.config import load_config
+    from ..train.distill import AdaptConfig
+
+    cfg = load_config(Path(run_dir) / "config.yaml", AdaptConfig)
+    train, labels, holdout, mirror = reference_images(cfg.data, cfg.data.limit, seed)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(samples, *train.shape[1:], generator=g)
+    y = labels[torch.randint(len(labels), (samples,), generator=g)]
+    with torch.no_grad():
+        x = torch.cat([sample_model(model, noise[i: i + 64], y[i: i + 64], method="heun", steps=16)
+                       for i in range(0, samples, 64)])
+    check = copy_check(x, train, holdout, mirror)
+    write_text_atomic(Path(run_dir) / "copy-check.json", json.dumps(check.to_dict(), indent=2) + "\n", "copy check")
+    return check

@@ -83,7 +83,8 @@ def train_adapter(demo, m: DemoModel) -> torch.nn.Module:
     extra, share = adapter_size(model)
     res.update(train_steps=steps, train_seconds=time.time() - t0, run_dir=str(run_dir),
                metrics_csv=str(run_dir / "metrics.csv"), params=model.num_parameters(), extra_params=share,
-               extra_param_count=extra, method="lora-distill", data_free=cfg.adapter.data_free,
+               extra_param_count=extra, data_free=cfg.adapter.data_free,
+               method="lora-distill" if cfg.adapter.data_free or cfg.adapter.mix < 1 else "lora flow matching",
                guided=cfg.adapter.guided, conversion_compute=f["total"] / source_flops,
                train_compute=source.get("train_compute", 1.0) * (1 + f["total"] / source_flops))
     return model
@@ -117,3 +118,27 @@ def _method(m: DemoModel) -> str:
     if m.adapt_from:
         return "coarse-only fine-tune" if m.train.get("flow.shares") == "1,0" else "shared fine-tune (paper)"
     return "scratch"
+
+
+def copy_stage(demo, images: dict[str, np.ndarray]) -> None:
+    """Copy check (ppflow.eval.copying) of every contestant trained on the first N images only (`data.limit` in
+    its `train` options): its evaluation samples against those N images and as many held-out ones."""
+    from ..data.registry import DataConfig
+    from ..eval.copying import copy_check, reference_images
+
+    for label, arr in images.items():
+        m = demo.spec(label)
+        if not m.train.get("data.limit"):
+            continue
+        o = demo.train_overrides(m)
+        data = DataConfig(name=o["data.name"], path=o.get("data.path"), image_size=o["data.image_size"],
+                          limit=o["data.limit"])
+        try:
+            train, _, holdout, mirror = reference_images(data, data.limit, demo.cfg.seed)
+        except ValueError as e:
+            demo.notes.append(f"{label}: no copy check ({e})")
+            continue
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).double() / 127.5 - 1  # (n, 1, H, W) model space
+        check = copy_check(x, train, holdout, mirror)
+        demo.results[label].update(copy_ratio=check.ratio, copy_near_share=check.near_share, copying=check.copying)
+        demo.log(f"[{label}] {check.describe()}")

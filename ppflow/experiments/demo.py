@@ -26,7 +26,7 @@ from ..sampling import sample_model
 from ..utils.images import grid, save_image, to_uint8
 from ..utils.plots import line_plot
 from ..utils.report import Report, format_scales, hardware, millions, plain_json, side_by_side
-from .adapters import paired_stage, train_adapter
+from .adapters import copy_stage, paired_stage, train_adapter
 from .analysis import loss_profile_stage, pareto_stage, speed_stage
 from .config import DemoConfig, DemoModel
 
@@ -140,8 +140,8 @@ class Demo:
         }
         if c.data_path:
             o["data.path"] = c.data_path
-        if c.data_limit:
-            o["data.limit"] = c.data_limit
+        if c.data_limit:  # a cap: a contestant's own smaller limit (few-shot) stays
+            o["data.limit"] = min(c.data_limit, o.get("data.limit") or c.data_limit)
         if c.threads:
             o["threads"] = c.threads
         return o
@@ -312,6 +312,7 @@ class Demo:
                 res.update({"inception_fid": r["fid"], "sfid": r["sfid"], "precision": r["precision"],
                             "recall": r["recall"]})
         paired_stage(self, preds, samples)
+        copy_stage(self, samples)
         self.commands.append(f"ppflow eval {self.out}/samples_<model>.npz fashion-mnist-test --json")
 
     def pareto(self, models: dict[str, torch.nn.Module]) -> None:

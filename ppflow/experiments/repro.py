@@ -73,7 +73,9 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     adapted model trained on the coarse stage alone (`flow.shares 1,0`), sampled as a stage swap with the untouched
     SiT serving the fine stage (the same sampling FLOPs; twice the weights in memory). `adapter`: a stage-gated
     speed adapter on the frozen SiT, distilled from it (ppflow.train.distill): data-free from the teacher's CFG
-    trajectories, on data, guided (CFG baked into the coarse stage, sampled with CFG 1 there), and a 3-stage one.
+    trajectories, on data, few-shot (the flow-matching target on the first 256 training images, rank 8, lr 3e-3:
+    `ppflow adapt --images 256`, with a copy check of its samples), guided (CFG baked into the coarse stage,
+    sampled with CFG 1 there), and a 3-stage one.
     Sampled with CFG in every stage unless said; PPF steps are the budget over the step's training FLOPs.
     """
     s2, s3, both, keep = "0.5:8x8,1:4x4", "0.5:8x8,0.75:4x8,1:4x4", [cfg_scale] * 2, keep or max(1, base // 4)
@@ -97,6 +99,8 @@ def adapt_models(size: str, base: int, cfg_scale: float = 2.0, keep: int | None 
     rows += [
         DemoModel("+5% adapter, data", f"SiT-{size}/4", s2, budget=0.05, adapter={**ADAPTER, "data_free": False},
                   cfg_scales=both, **ad),
+        DemoModel("+5% adapter, 256 images", f"SiT-{size}/4", s2, budget=0.05, lr=3e-3, train={"data.limit": 256},
+                  adapter={**ADAPTER, "data_free": False, "mix": 1.0, "rank": 8}, cfg_scales=both, **ad),
         DemoModel("+5% adapter, data-free, guided", f"SiT-{size}/4", s2, budget=0.05,
                   adapter={**ADAPTER, **cache, "guided": cfg_scale}, cfg_scales=[1.0, cfg_scale], **ad),
         DemoModel("+5% 3-stage adapter, data-free", f"SiT-{size}/4", s3, budget=0.05, adapter=ADAPTER,

@@ -144,6 +144,9 @@ def test_adapt_preset_budgets_kept_checkpoints_and_coarse_only_swap(tmp_path):
     assert res["SiT at 10"]["classifier_fid"] != res["SiT"]["classifier_fid"]  # the kept weights, not the last
     for pct in (10, 25):
         assert res[f"+{pct}% coarse-only, lstsq skip"]["train_compute"] == pytest.approx(1 + pct / 100, abs=0.03)
+    few = res["+5% adapter, 256 images"]  # few-shot: flow matching on 256 images, its samples checked for copies
+    assert few["method"] == "lora flow matching" and few["data_free"] is False
+    assert few["copy_ratio"] > 0 and isinstance(few["copying"], bool)
     swap = res["+25% coarse-only + SiT fine"]
     assert swap["profile_loss"][2:] == pytest.approx(res["SiT"]["profile_loss"][2:], rel=1e-5)
     assert swap["profile_loss"][:2] == res["+25% coarse-only, lstsq skip"]["profile_loss"][:2]

@@ -183,3 +183,24 @@ def test_the_adapt_command_sizes_the_run_by_budget_and_never_writes_over_its_sou
     for target in (str(source), str(link)):  # the source itself, also through a symlink: refused before anything
         assert cli.main([*args[:5], "--out", target, "--steps", "1"]) == 2
         assert "would destroy it" in capsys.readouterr().err
+
+
+def test_a_few_shot_adapter_trains_on_its_images_by_flow_matching_and_checks_its_samples_for_copies(
+        source, tmp_path, capsys):
+    import json
+
+    from ppflow import cli
+    from ppflow.train.config import load_config
+
+    out = tmp_path / "few"
+    args = ["adapt", "--method", "lora-distill", "--from", str(source), "--out", str(out), "--steps", "3",
+            "--data", "digits", "--images", "40", "--copy-check", "8", "--rank", "4", "--batch-size", "8",
+            "--threads", "1"]
+    assert cli.main(args) == 0
+    cfg = load_config(out / "config.yaml", AdaptConfig)
+    assert cfg.data.limit == 40 and cfg.adapter.mix == 1.0 and not cfg.adapter.data_free
+    check = json.loads((out / "copy-check.json").read_text())
+    assert check["samples"] == 8 and check["images"] == 40 and check["holdout"] > 0
+    assert "copy check over 8 samples" in capsys.readouterr().out
+    assert cli.main([*args[:5], "--out", str(tmp_path / "x"), "--steps", "1", "--images", "40"]) == 2
+    assert "--images needs --data" in capsys.readouterr().err

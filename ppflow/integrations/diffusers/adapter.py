@@ -48,6 +48,8 @@ class HookConfig:
     method: str = "init"  # how the adapter was made (init, lora-distill, ...)
     guided: float | None = None  # CFG scale distilled into the coarse stages, if any
     fine_embed: bool = False  # the fine stage adds its stage-embedding row too (PPFlux's shared fine-tune)
+    positions: str = ""  # coarse tokens' RoPE positions: 'centre' of the fine tokens they cover, or 'grid' (the
+    #   coarse grid's own 0, 1, 2, ...: Wan adapters saved before the option); '': the family's default
 
     def __post_init__(self) -> None:
         if isinstance(self.shift, dict):
@@ -65,7 +67,10 @@ class HookConfig:
     @classmethod
     def from_dict(cls, d: dict) -> HookConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if d.get("family") == "wan" and "positions" not in d:  # saved before 'centre' existed: trained on 'grid'
+            d["positions"] = "grid"
+        return cls(**d)
 
 
 class StageLoRA(nn.Module):
@@ -97,6 +102,11 @@ class StageAdapter(nn.Module):
             config.init = family.inits[0]
         if config.init not in family.inits:
             raise ValueError(f"init {config.init!r} is not available for {family.name}; choose one of {family.inits}")
+        if not config.positions:
+            config.positions = family.positions[0]
+        if config.positions not in family.positions:
+            raise ValueError(f"positions {config.positions!r} is not available for {family.name}; choose one of "
+                             f"{family.positions}")
         self.active = Active()
         self.embed, self.out = nn.ModuleDict(), nn.ModuleDict()
         for s in range(self.plan.num_stages - 1):

@@ -18,7 +18,8 @@ ATTR = "_ppflow_adapter"  # where a hooked transformer keeps its adapter (outsid
 def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "",
           boundaries: str = "unshifted", coarse_output: str = "v", rank: int = 0, alpha: float = 0.0,
           targets=(), shift: FluxShift | None = None, coarse_cfg: bool | None = None, verify: bool = True,
-          force: bool = False, revision: str | None = None, token: str | bool | None = None) -> StageAdapter:
+          force: bool = False, revision: str | None = None, token: str | bool | None = None,
+          positions: str = "") -> StageAdapter:
     """Add PPFlow to `target` (a diffusers pipeline with a `transformer`, or the transformer itself).
 
     `schedule` is a stage plan (`ppf2`, `0.5:4x4,1:2x2`, video `0.3:2x4x4,0.6:1x4x4,1:1x2x2`) for a fresh
@@ -31,7 +32,9 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     the 'unshifted' boundary rule follows. `coarse_cfg=False` is stage-level CFG (the paper's [1, s]): in coarse
     stages the pipeline's unconditional pass is answered by its conditional one without a forward (default: off
     for an adapter distilled with guidance, which already gives the guided velocity; else the pipeline's CFG runs
-    in every stage). Returns the adapter (train it, save it, read `counts` and `skipped`).
+    in every stage). `positions` (fresh adapters): where coarse tokens sit for the model's RoPE, 'centre' of the
+    fine tokens they cover (the default where the family has it) or 'grid' (HookConfig.positions). Returns the
+    adapter (train it, save it, read `counts` and `skipped`).
     """
     transformer, pipe = _transformer(target)
     remove(target)
@@ -41,7 +44,8 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     if second is not None:  # Wan 2.2: a low-noise expert beside the high-noise one
         return _apply_experts(pipe, transformer, second, schedule, family=family, init=init, boundaries=boundaries,
                               coarse_output=coarse_output, rank=rank, alpha=alpha, targets=targets, shift=shift,
-                              coarse_cfg=coarse_cfg, verify=verify, force=force, revision=revision, token=token)
+                              coarse_cfg=coarse_cfg, verify=verify, force=force, revision=revision, token=token,
+                              positions=positions)
     fam = family_of(transformer, family)
     shift = shift or _shift(pipe)
     if is_adapter_folder(schedule):
@@ -57,7 +61,8 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
     else:
         config = HookConfig(family=fam.name, schedule=str(schedule), init=init, boundaries=boundaries,
                             shift=shift or FluxShift(), coarse_output=coarse_output, rank=rank, alpha=alpha,
-                            targets=list(targets), base=_name(transformer), base_fingerprint=fingerprint(transformer))
+                            targets=list(targets), base=_name(transformer), base_fingerprint=fingerprint(transformer),
+                            positions=positions)
         adapter = StageAdapter(transformer, fam, config)
     adapter.requires_grad_(False)
     adapter.coarse_cfg = not config.guided if coarse_cfg is None else bool(coarse_cfg)

@@ -172,6 +172,8 @@ class AdapterSection:
     targets: list[str] = field(default_factory=list, metadata={"help": "LoRA target suffixes (default: the family's)"})
     coarse_output: str = _opt("v", "what coarse stages emit: v | noise_skip (FLUX)", choices=("v", "noise_skip"))
     boundaries: str = _opt("unshifted", "stage boundary rule: unshifted | sigma", choices=BOUNDARY_RULES)
+    positions: str = _opt("", "coarse tokens' RoPE positions: centre (of the fine tokens they cover) | grid; "
+                              "default: the family's (centre, Qwen-Image: grid)", choices=("", "centre", "grid"))
     shift: dict = field(default_factory=dict, metadata={"help": "the sampler's time shift (FluxShift fields; "
                                                                 "default: the recording pipeline's scheduler's, "
                                                                 "else FLUX.1-dev's)"})
@@ -265,7 +267,8 @@ class DistillTask(Task):
             torch.manual_seed(derive_seed(cfg.seed, "init"))
             try:
                 self.adapter = apply(self.transformer, a.schedule, rank=a.rank, alpha=a.alpha, targets=a.targets,
-                                     coarse_output=a.coarse_output, boundaries=a.boundaries, shift=shift)
+                                     coarse_output=a.coarse_output, boundaries=a.boundaries, shift=shift,
+                                     positions=a.positions)
             except ValueError as e:
                 raise ConfigError(f"adapter: {e}") from None
         self.adapter.config.base = a.base or a.pipeline

@@ -27,6 +27,7 @@ class Family:
     unbatched: tuple[str, ...] = ()  # forward arguments without a batch dimension
     coarse_outputs: tuple[str, ...] = ("v",)
     inits: tuple[str, ...] = ("pooled",)  # coarse projection inits this family has; the first is its default
+    positions: tuple[str, ...] = ("centre",)  # coarse-token position rules it has (HookConfig.positions); first: default
     separate_cfg: bool = True  # its pipelines run the unconditional pass as a call of its own (stage-level CFG)
     timestep_scale: float = 1.0  # the timestep argument is sigma times this (Wan, SD3: 1000)
 

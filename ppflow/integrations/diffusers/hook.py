@@ -106,6 +106,7 @@ class PPFlowHook(ModelHook):
         factors = ad.plan.factors[stage]
         ad.place(kw["hidden_states"])
         ckw, ctx = ad.family.coarsen(module, kw, factors, **({"grid": ad.pin_grid} if ad.pin_grid else {}))
+        ctx["positions"] = ad.config.positions
         ad.active.stage = ad.active.embed = stage
         try:
             with self._stage_context(module, stage), ad.family.coarse_context(module, ctx):

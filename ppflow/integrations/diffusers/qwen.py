@@ -2,7 +2,8 @@
 `img_shapes` argument (frames, rows, cols per image), `timestep` = sigma.
 
 A coarse stage groups fh x fw packed tokens (flux.py's grouping) and passes `img_shapes` of the coarse grid, so
-the model's own centred RoPE spans the same image with fewer, wider-spaced tokens. One image per sample (text to
+the model's own centred RoPE runs on the coarse grid: neighbouring coarse tokens are one position apart, as fine
+ones are (`positions='grid'`; FLUX and Wan place them at the centre of the fine tokens they cover). One image per sample (text to
 image); edit inputs (several images per sample, `zero_cond_t`) run only in the finest stage.
 """
 
@@ -26,6 +27,7 @@ class Qwen(Flux):
                     "attn.add_v_proj", "attn.to_add_out", "img_mlp.net.0.proj", "img_mlp.net.2",
                     "txt_mlp.net.0.proj", "txt_mlp.net.2")
     unbatched = ()
+    positions = ("grid",)  # the model builds its RoPE from `img_shapes`: the coarse grid's own positions
 
     def base_patch(self, model: nn.Module) -> tuple[int, int]:
         return (2, 2)  # the pipeline packs 2x2 latent pixels into one token (config patch_size 2)

@@ -11,6 +11,7 @@ rows) is padded by repeating its last frame / edge pixels for the coarse forward
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -49,6 +50,7 @@ class Wan(Family):
     lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                     "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
     coarse_outputs = ("v", "noise_skip")
+    positions = ("centre", "grid")
     timestep_scale = 1000.0
 
     def base_patch(self, model: nn.Module) -> tuple[int, int, int]:
@@ -88,6 +90,23 @@ class Wan(Family):
             out = depth_noise_skip(out, ctx["x_in"], ctx["sigma"], math.prod(ctx["factors"]))
         return depth_to_space(out, ctx["factors"])[:, :, :F, :H, :W]  # (B, C_out, F, H, W)
 
+    @contextlib.contextmanager
+    def coarse_context(self, model: nn.Module, ctx: dict):
+        """With `positions='centre'` Wan's RoPE places each coarse token at the centre of the fine tokens it covers
+        (FLUX's coarse ids do the same): its tables are swapped for the coarse forward, so the RoPE module's own
+        forward and any hook on it (context parallelism splits its output) run unchanged. 'grid' keeps the coarse
+        grid's own positions 0, 1, 2, ..."""
+        if ctx.get("positions", "centre") == "grid":
+            yield
+            return
+        rope = model.rope
+        saved = rope.freqs_cos, rope.freqs_sin
+        rope.freqs_cos, rope.freqs_sin = centred_tables(rope, ctx["factors"])
+        try:
+            yield
+        finally:
+            rope.freqs_cos, rope.freqs_sin = saved
+
     def make_embed(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
         fine = model.patch_embedding
         n = math.prod(factors)
@@ -101,6 +120,23 @@ class Wan(Family):
 
     def make_out(self, model: nn.Module, factors: tuple[int, int, int], init: str) -> nn.Module:
         return depth_out(model.proj_out, math.prod(factors), math.prod(self.base_patch(model)))
+
+
+def centred_tables(rope: nn.Module, factors: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan's RoPE tables (max_seq_len, D) for a coarse stage: row j of an axis with factor f holds position
+    j*f + (f - 1)/2, the centre of the fine tokens j*f .. j*f + f - 1 that coarse token j covers. An axis with f = 1
+    keeps the model's own rows; the others rotate at the table's own frequencies (read from its row 1)."""
+    dims = (rope.t_dim, rope.h_dim, rope.w_dim)
+    cos, sin = list(rope.freqs_cos.split(dims, dim=1)), list(rope.freqs_sin.split(dims, dim=1))
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        c, s = cos[axis], sin[axis]  # (max_seq_len, d)
+        w = torch.atan2(s[1, ::2].double(), c[1, ::2].double())  # (d/2,) the pair frequencies
+        pos = torch.arange(len(c), dtype=torch.float64, device=c.device) * f + (f - 1) / 2
+        angle = torch.outer(pos, w)  # (max_seq_len, d/2)
+        cos[axis], sin[axis] = (fn(angle).repeat_interleave(2, dim=1).to(c.dtype) for fn in (torch.cos, torch.sin))
+    return torch.cat(cos, dim=1), torch.cat(sin, dim=1)
 
 
 def depth_noise_skip(out: torch.Tensor, x_in: torch.Tensor, sigma: torch.Tensor, n: int) -> torch.Tensor:

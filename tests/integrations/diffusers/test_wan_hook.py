@@ -178,3 +178,57 @@ def test_wan22_two_experts_each_get_the_schedule_and_remove_takes_both_off(wan_p
     fresh = pipe22()
     apply(fresh, tmp_path / "low")
     assert adapter_of(fresh.transformer) is None and adapter_of(fresh.transformer_2) is not None
+
+
+def test_centred_rope_tables_keep_factor_one_axes_and_put_coarse_tokens_at_the_centre_of_their_fine_ones():
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    from ppflow.integrations.diffusers.wan import centred_tables
+
+    rope = tiny_wan().rope
+    cos, sin = centred_tables(rope, (1, 1, 1))
+    assert torch.equal(cos, rope.freqs_cos) and torch.equal(sin, rope.freqs_sin)
+    cos, sin = centred_tables(rope, (1, 2, 4))
+    t, h = rope.t_dim, rope.h_dim
+    assert torch.equal(cos[:, :t], rope.freqs_cos[:, :t])  # time factor 1: the model's own rows
+    for lo, dim, f in ((t, h, 2), (t + h, rope.w_dim, 4)):
+        pos = torch.arange(len(cos), dtype=torch.float64) * f + (f - 1) / 2  # 0.5, 2.5, ... / 1.5, 5.5, ...
+        want = get_1d_rotary_pos_embed(dim, pos, 10000.0, use_real=True, freqs_dtype=torch.float64)
+        torch.testing.assert_close(cos[:, lo: lo + dim], want[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(sin[:, lo: lo + dim], want[1], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("positions", ["centre", "grid"])
+def test_a_coarse_forward_gets_the_rope_of_its_positions_and_the_fine_stage_the_models_own(positions):
+    from ppflow.integrations.diffusers.wan import centred_tables
+
+    model = tiny_wan()
+    adapter = apply(model, "0.5:2x4x4,1:1x2x2", boundaries="sigma", positions=positions)  # factors (2, 2, 2)
+    assert adapter.config.positions == positions
+    seen = []
+    model.rope.register_forward_hook(lambda m, a, out: seen.append((out[0].clone(), m.freqs_cos.clone())))
+    model(**wan_inputs(timestep=900.0))  # coarse: a 4x8x8 latent in 2x4x4 patches = 8 tokens
+    model(**wan_inputs(timestep=200.0))  # fine
+    own = tiny_wan().rope
+    (coarse, table), (fine, after) = seen
+    assert torch.equal(after, own.freqs_cos) and torch.equal(fine, own(wan_inputs()["hidden_states"])[0])
+    want = centred_tables(own, (2, 2, 2))[0] if positions == "centre" else own.freqs_cos
+    assert torch.equal(table, want) and coarse.shape[1] == 8
+
+
+def test_wan_adapter_folders_saved_before_positions_existed_keep_the_grid_rule(tmp_path):
+    import json
+
+    from ppflow.integrations.diffusers.adapter import read_config
+
+    model = tiny_wan()
+    adapter = apply(model, "0.5:2x2x2,1:1x2x2")
+    assert adapter.config.positions == "centre"  # the default for new adapters
+    adapter.save_pretrained(tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "ppflow_adapter.json").read_text())
+    del cfg["positions"]
+    (tmp_path / "a" / "ppflow_adapter.json").write_text(json.dumps(cfg))
+    assert read_config(tmp_path / "a").positions == "grid"
+    with pytest.raises(ValueError, match="positions 'middle' is not available for wan"):
+        apply(tiny_wan(), "0.5:2x2x2,1:1x2x2", positions="middle")
