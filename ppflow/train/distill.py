@@ -348,9 +348,10 @@ class AdaptTask(SiTTask):
         n = sum(p.numel() for p in self.params)
         base = sum(p.numel() for k, p in self.raw.named_parameters() if not is_adapter_param(k, self.num_stages))
         a = self.cfg.adapter
-        how = "data-free" if a.data_free else f"on {self.data.describe()}"
+        how = ("distilled data-free" if a.data_free else
+               f"{'trained by flow matching' if a.mix >= 1 else 'distilled'} on {self.data.describe()}")
         return (f"speed adapter for {self.cfg.model.init} ({n / 1e6:.3f}M parameters, {100 * n / base:.1f}% of the "
-                f"base; schedule {self.schedule}, LoRA rank {a.rank}), distilled {how}"
+                f"base; schedule {self.schedule}, LoRA rank {a.rank}), {how}"
                 + (f", guided {a.guided}" if a.guided else ""))
 
 

@@ -45,6 +45,7 @@ class HookConfig:
     targets: list[str] = field(default_factory=list)  # LoRA target suffixes (empty: the family's defaults)
     base: str = ""  # where the base came from (hub id or folder), for the record
     base_fingerprint: str = ""  # fingerprint of the base's weights: another base is refused
+    fingerprint_rule: str = "dtype-free"  # how it was taken (`fingerprint`); folders without the key: 'exact'
     method: str = "init"  # how the adapter was made (init, lora-distill, ...)
     guided: float | None = None  # CFG scale distilled into the coarse stages, if any
     fine_embed: bool = False  # the fine stage adds its stage-embedding row too (PPFlux's shared fine-tune)
@@ -70,6 +71,8 @@ class HookConfig:
         d = {k: v for k, v in d.items() if k in names}
         if d.get("family") == "wan" and "positions" not in d:  # saved before 'centre' existed: trained on 'grid'
             d["positions"] = "grid"
+        if d.get("base_fingerprint") and "fingerprint_rule" not in d:  # saved before the dtype-free rule
+            d["fingerprint_rule"] = "exact"
         return cls(**d)
 
 
@@ -216,19 +219,30 @@ def read_config(folder: str | os.PathLike) -> HookConfig:
     return HookConfig.from_dict(d)
 
 
-def fingerprint(model: nn.Module, samples: int = 4096) -> str:
-    """SHA-256 over every base tensor's name, dtype, shape and an evenly strided sample of its values.
+FINGERPRINT_RULES = ("dtype-free", "exact")
+SMALL = 1e-4  # |values| below this count as 0 in the dtype-free rule (fp16 keeps them only as subnormals)
+
+
+def fingerprint(model: nn.Module, rule: str = "dtype-free", samples: int = 4096) -> str:
+    """SHA-256 over every base tensor's name, shape and an evenly strided sample of its values.
 
     Cheap at any size and unchanged by a LoRA the user loads with peft (its tensors and `base_layer.` names are
-    skipped), so an adapter recognises the base it was trained on.
+    skipped), so an adapter recognises the base it was trained on. 'dtype-free': the values rounded to bf16 (and
+    tiny ones to 0), so the same checkpoint loaded in fp32, bf16 or fp16 gives one fingerprint; 'exact': the values
+    as loaded (adapter folders saved before the rule existed).
     """
+    if rule not in FINGERPRINT_RULES:
+        raise ValueError(f"unknown fingerprint rule {rule!r}; choose one of {FINGERPRINT_RULES}")
     picked = {}
     for name, t in model.state_dict().items():
         if "lora_" in name:
             continue
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // samples)
-        picked[name.replace(".base_layer.", ".")] = flat[::step][:samples].to("cpu", torch.float32)
+        v = flat[::step][:samples].to("cpu", torch.float32)
+        if rule == "dtype-free" and v.is_floating_point():
+            v = torch.where(v.abs() < SMALL, torch.zeros_like(v), v).to(torch.bfloat16).float()
+        picked[name.replace(".base_layer.", ".")] = v
     return content_sha256(picked)
 
 

@@ -52,7 +52,7 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
         config = read_config(schedule)
         if config.family and config.family != fam.name:
             raise ValueError(f"{schedule} is an adapter for {config.family} models, not for {type(transformer).__name__}")
-        if not force and config.base_fingerprint and config.base_fingerprint != fingerprint(transformer):
+        if not force and config.base_fingerprint and config.base_fingerprint != fingerprint(transformer, config.fingerprint_rule):
             raise ValueError(f"{schedule} was made for another base model (its fingerprint differs from this "
                              f"transformer's; it names base {config.base!r}). Load the base it was trained on, or "
                              "pass force=True to apply it anyway")
@@ -83,7 +83,7 @@ def _apply_experts(pipe, first: nn.Module, second: nn.Module, schedule, **option
     if is_adapter_folder(schedule) and not options["force"]:
         config = read_config(schedule)
         for expert in (first, second):
-            if not config.base_fingerprint or config.base_fingerprint == fingerprint(expert):
+            if not config.base_fingerprint or config.base_fingerprint == fingerprint(expert, config.fingerprint_rule):
                 adapter = apply(expert, schedule, **options)
                 break
         else:

@@ -177,6 +177,9 @@ class AdapterSection:
     shift: dict = field(default_factory=dict, metadata={"help": "the sampler's time shift (FluxShift fields; "
                                                                 "default: the recording pipeline's scheduler's, "
                                                                 "else FLUX.1-dev's)"})
+    base_dtype: str = _opt("auto", "dtype the frozen base is loaded in (the adapter trains in fp32): auto = bf16 on "
+                                   "CUDA unless precision is fp32, else fp32 (FLUX.1-dev in fp32 is 48 GB)",
+                           choices=("auto", "fp32", "bf16", "fp16"))
     pipeline: str | None = _opt(None, "diffusers pipeline (folder or hub id) that records the teacher's calls from "
                                       "--adapter.prompts when adapter.calls does not exist yet; its transformer is "
                                       "the base unless adapter.base is set")
@@ -261,7 +264,8 @@ class DistillTask(Task):
             self._record(calls_path, log)
         calls, meta = load_calls(calls_path, verify)
         shift = FluxShift(**(a.shift or meta.get("shift") or {}))  # the recording pipeline's, unless given
-        self.transformer = load_transformer(a.base or a.pipeline).to(dev)
+        dtype = self.base_dtype()
+        self.transformer = load_transformer(a.base or a.pipeline, torch_dtype=dtype).to(dev)
         self.transformer.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # LoRA A matrices: random, from the run's seed
             torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -272,7 +276,7 @@ class DistillTask(Task):
             except ValueError as e:
                 raise ConfigError(f"adapter: {e}") from None
         self.adapter.config.base = a.base or a.pipeline
-        self.adapter.requires_grad_(True)
+        self.adapter.float().requires_grad_(True)  # trained in fp32 beside a bf16/fp16 base (autocast mixes them)
         self.raw = self.model = self.adapter
         self.num_stages = self.adapter.plan.num_stages
         self.names = [n for n, _ in self.adapter.named_parameters()]
@@ -306,7 +310,7 @@ class DistillTask(Task):
         from .api import _shift
 
         prompts = read_prompts(a.prompts)
-        dtype = torch.bfloat16 if dev.type == "cuda" and self.cfg.precision != "fp32" else torch.float32
+        dtype = self.base_dtype()
         log(f"recording the teacher: {a.pipeline} on {len(prompts)} prompts from {a.prompts}, "
             f"steps {a.record_steps}, stopping each run at its first fine-stage step")
         pipe = DiffusionPipeline.from_pretrained(a.pipeline, dtype=dtype).to(dev)
@@ -321,6 +325,18 @@ class DistillTask(Task):
                               f"{a.schedule!r}: give more --adapter.record-steps")
         save_calls(calls, path, {"pipeline": a.pipeline, "prompts": len(prompts), "shift": asdict(shift)})
 
+    def base_dtype(self) -> torch.dtype:
+        """The frozen base's dtype (AdapterSection.base_dtype); a half-precision base needs autocast."""
+        name, p = self.cfg.adapter.base_dtype, self.cfg.precision
+        autocast = p == "bf16" or (p == "auto" and self.info.device.type == "cuda")  # the engine's rule
+        if name == "auto":
+            name = "bf16" if autocast else "fp32"
+        if name != "fp32" and not autocast:
+            raise ConfigError(f"adapter.base_dtype {name} runs the fp32 adapter beside a {name} base under bf16 "
+                              f"autocast, which precision {p} on {self.info.device.type} does not use: give "
+                              "--precision bf16, or adapter.base_dtype fp32")
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.params), "lr_scale": 1.0}]
 
@@ -333,7 +349,8 @@ class DistillTask(Task):
         idx = mb.x.tolist()
         for i in idx:
             kw, target = self.data.calls[i]
-            kw = {k: v.to(dev) for k, v in kw.items()}
+            dtype = self.transformer.dtype  # the recorded inputs in the base's dtype, as its pipeline passes them
+            kw = {k: v.to(dev, dtype) if v.is_floating_point() else v.to(dev) for k, v in kw.items()}
             with autocast():
                 out = self.transformer(**kw, return_dict=False)[0]
             per = (out.float() - target.to(dev).float()).square().flatten(1).mean(1)  # (B,)

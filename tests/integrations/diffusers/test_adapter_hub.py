@@ -47,3 +47,25 @@ def test_push_uploads_the_adapter_with_a_card_and_apply_reads_it_by_hub_id(adapt
         apply(tiny_flux(), "ppflow-test/missing")
     with pytest.raises(ValueError, match="not a PPFlow adapter folder"):
         push_adapter(tmp_path, REPO, api=api)
+
+
+def test_an_adapter_applies_on_its_base_loaded_in_any_dtype_and_old_folders_keep_the_exact_rule(
+        adapter_folder, tmp_path):
+    import json
+
+    from ppflow.integrations.diffusers.adapter import fingerprint
+
+    folder, _ = adapter_folder
+    base = tiny_flux()  # fp32 weights with values bf16 cannot hold
+    prints = {fingerprint(base.to(dtype)) for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float32)}
+    assert len(prints) == 1  # one checkpoint, one fingerprint, whatever dtype it was loaded in
+    assert fingerprint(tiny_flux(), "exact") != fingerprint(tiny_flux().to(torch.bfloat16), "exact")
+    assert fingerprint(tiny_flux(seed=1)) != fingerprint(tiny_flux())
+    apply(tiny_flux().to(torch.bfloat16), folder)  # the fp32-trained adapter on the bf16 base
+    old = json.loads((folder / "ppflow_adapter.json").read_text())
+    old.pop("fingerprint_rule")
+    old["base_fingerprint"] = fingerprint(tiny_flux(), "exact")  # what a folder saved before the rule holds
+    (folder / "ppflow_adapter.json").write_text(json.dumps(old))
+    apply(tiny_flux(), folder)
+    with pytest.raises(ValueError, match="another base model"):
+        apply(tiny_flux().to(torch.bfloat16), folder)  # the exact rule sees the rounding

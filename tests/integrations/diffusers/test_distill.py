@@ -155,3 +155,25 @@ def test_a_hub_id_base_loads_the_transformer_from_the_hugging_face_cache(tmp_pat
     model = load_transformer("ppflow-test/tiny-flux")
     want = tiny_flux().state_dict()
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
+def test_a_bf16_base_trains_an_fp32_adapter_under_autocast_that_applies_on_the_fp32_base(recorded):
+    from ppflow.train.config import ConfigError
+
+    tmp_path, _calls = recorded
+    cfg = _config(tmp_path, "bf16", 3)
+    cfg.precision, cfg.adapter.base_dtype = "bf16", "bf16"
+    result = distill(cfg)
+    assert result.step == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    from ppflow.io import read_weights
+
+    weights = read_weights(result.ema_dir / "ppflow_adapter.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # the adapter trained in fp32
+    model = tiny_flux()
+    apply(model, result.ema_dir)
+    with torch.no_grad():
+        assert torch.isfinite(model(**flux_inputs(sigma=0.9))[0]).all()
+    cfg = _config(tmp_path, "bad", 1)
+    cfg.adapter.base_dtype = "bf16"  # precision auto on CPU: no autocast
+    with pytest.raises(ConfigError, match="--precision bf16"):
+        distill(cfg)
