@@ -139,7 +139,7 @@ def add_arguments(p) -> None:
     from .train import add_run_arguments
 
     p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
-    from ..integrations.diffusers.distill import DistillConfig
+    from ..integrations.diffusers.distill_config import DistillConfig
 
     sub = p.add_subparsers(dest="subcommand", metavar="{train,adapt,cache,demo,stack}", required=True)
     t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",

@@ -6,9 +6,18 @@ stage runs on fewer tokens. Families: flux.py, flux2.py, qwen.py, sd3.py, wan.py
 
 from . import flux, flux2, qwen, sd3, wan  # noqa: F401  (each family registers itself)
 from .adapter import HookConfig, StageAdapter
-from .api import adapter_of, apply, remove
 from .family import FAMILIES, Family, family_of
 from .stages import StagePlan
+
+_API = ("adapter_of", "apply", "remove")  # they need diffusers' hooks: imported on first use (`--help` stays fast)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["FAMILIES", "Family", "HookConfig", "StageAdapter", "StagePlan", "adapter_of", "apply", "family_of",
            "remove"]

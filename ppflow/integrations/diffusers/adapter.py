@@ -21,13 +21,21 @@ from torch import nn
 from ...io import HASH_KEY, content_sha256, read_weights, replace_folder, save_safetensors_atomic, write_text_atomic
 from ...sampling.sigmas import FluxShift
 from .family import Family
-from .hook import Active
 from .stages import BOUNDARY_RULES, StagePlan
 
 WEIGHTS = "ppflow_adapter.safetensors"
 CONFIG = "ppflow_adapter.json"
 FORMAT = "ppflow-diffusers-adapter"
 INITS = ("pooled", "tiled")
+
+
+class Active:
+    """The coarse stage the running forward is in (None outside coarse forwards), and the stage whose embedding
+    row the time embedding gets (the coarse stage; with `fine_embed` the fine stage too)."""
+
+    def __init__(self) -> None:
+        self.stage: int | None = None
+        self.embed: int | None = None
 
 
 @dataclass

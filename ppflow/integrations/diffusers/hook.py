@@ -27,17 +27,10 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from .adapter import Active
+
 HOOK = "ppflow"
 PART_HOOK = "ppflow_part"  # the small hooks on embedding / projection / time embedding / LoRA layers
-
-
-class Active:
-    """The coarse stage the running forward is in (None outside coarse forwards), and the stage whose embedding
-    row the time embedding gets (the coarse stage; with `fine_embed` the fine stage too)."""
-
-    def __init__(self) -> None:
-        self.stage: int | None = None
-        self.embed: int | None = None
 
 
 class PPFlowHook(ModelHook):
