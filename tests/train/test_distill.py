@@ -204,3 +204,8 @@ def test_a_few_shot_adapter_trains_on_its_images_by_flow_matching_and_checks_its
     assert "copy check over 8 samples" in capsys.readouterr().out
     assert cli.main([*args[:5], "--out", str(tmp_path / "x"), "--steps", "1", "--images", "40"]) == 2
     assert "--images needs --data" in capsys.readouterr().err
+    everything = [*args[:5], "--out", str(tmp_path / "all"), "--steps", "1", "--data", "digits", "--images", "5000"]
+    assert cli.main(everything) == 0  # digits has 1797 images: all of them trained on, none left to hold out
+    assert "copy check skipped: the copy check needs held-out images" in capsys.readouterr().out
+    assert cli.main([*args[:5], "--out", str(tmp_path / "g"), "--steps", "1", "--data", "digits", "--guided", "2"]) == 2
+    assert "drop --guided, or give --mix below 1" in capsys.readouterr().err

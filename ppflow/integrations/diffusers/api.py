@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 
 from torch import nn
@@ -13,6 +15,7 @@ from .family import family_of
 from .hub import fetch_adapter, is_adapter_ref
 
 ATTR = "_ppflow_adapter"  # where a hooked transformer keeps its adapter (outside the module tree)
+COPY = "__deepcopy__"  # copy.deepcopy looks it up on the instance: a hooked transformer copies with working hooks
 
 
 def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = None, init: str = "",
@@ -71,6 +74,7 @@ def apply(target, schedule: str | os.PathLike = "ppf2", *, family: str | None = 
                          f"(FLUX true CFG, Qwen-Image, Wan); {fam.name} pipelines batch it with the conditional one")
     transformer.__dict__[ATTR] = adapter
     hook.attach(transformer, adapter)
+    transformer.__dict__[COPY] = functools.partial(_deepcopy_hooked, transformer)
     if pipe is not None and getattr(pipe, "scheduler", None) is not None:
         scheduler.patch(pipe.scheduler, adapter)
     return adapter
@@ -104,10 +108,27 @@ def remove(target) -> None:
     transformer, pipe = _transformer(target)
     experts = [transformer, getattr(pipe, "transformer_2", None) if pipe is not None else None]
     for expert in filter(None, experts):
+        expert.__dict__.pop(COPY, None)
         if expert.__dict__.pop(ATTR, None) is not None:
             hook.detach(expert)
     if pipe is not None:
         scheduler.unpatch(getattr(pipe, "scheduler", None))
+
+
+def _deepcopy_hooked(module: nn.Module, memo: dict) -> nn.Module:
+    """`copy.deepcopy` of a hooked transformer. diffusers' hooks do not survive a deep copy (the copy's forward
+    would run the original model), so the unhooked model is copied with its adapter, then both are hooked."""
+    adapter = module.__dict__[ATTR]
+    del module.__dict__[COPY]  # the copy below must not call this again
+    hook.detach(module)
+    try:
+        new = copy.deepcopy(module, memo)
+    finally:
+        hook.attach(module, adapter)
+        module.__dict__[COPY] = functools.partial(_deepcopy_hooked, module)
+    hook.attach(new, new.__dict__[ATTR])
+    new.__dict__[COPY] = functools.partial(_deepcopy_hooked, new)
+    return new
 
 
 def adapter_of(target) -> StageAdapter | None:

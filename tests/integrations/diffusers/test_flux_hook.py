@@ -254,3 +254,24 @@ def test_the_base_of_a_ppflux_transformer_called_directly_is_plain_flux():
     coarse = flux_inputs(sigma=0.9)
     assert torch.equal(base(**coarse)[0], tiny_flux()(**coarse)[0])  # the hook acts only through the wrapper
     assert not torch.equal(model(**coarse)[0], base(**coarse)[0])
+
+
+@torch.no_grad()
+def test_a_deep_copy_of_a_hooked_transformer_runs_itself_not_the_original():
+    model = tiny_flux()
+    apply(model, "ppf2", rank=2)
+    twin = copy.deepcopy(model)  # what an EMA copy in a training script does
+    kw = flux_inputs(sigma=0.9)  # coarse stage
+    want = model(**kw)[0]
+    assert adapter_of(twin) is not adapter_of(model) and torch.equal(twin(**kw)[0], want)
+    for p in adapter_of(twin).parameters():
+        p.add_(0.05)
+    for p in twin.parameters():
+        p.mul_(1.01)
+    moved = twin(**kw)[0]
+    assert not torch.equal(moved, want) and torch.equal(model(**kw)[0], want)  # before: the copy ran the original
+    assert torch.equal(copy.deepcopy(twin)(**kw)[0], moved)
+    remove(twin)
+    fine = flux_inputs(sigma=0.2)
+    plain = copy.deepcopy(twin)
+    assert torch.equal(plain(**kw)[0], twin(**kw)[0]) and torch.equal(plain(**fine)[0], twin(**fine)[0])
