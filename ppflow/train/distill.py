@@ -109,9 +109,9 @@ class AdaptConfig(TrainConfig):
                 (0.0 <= a.mix <= 1.0 and (a.mix == 0 or not a.data_free),
                  f"adapter.mix {a.mix} must be in [0, 1], and 0 with data_free (there is no x1 to mix)"),
                 (a.guided is None or a.mix < 1,
-                 "adapter.guided distils the teacher's guided velocity, but adapter.mix 1 trains on the data's "
-                 "flow-matching target alone (no teacher; `ppflow adapt --data` defaults to it): drop --guided, "
-                 "or give --mix below 1"),
+                 ("adapter.guided distils the teacher's guided velocity, but adapter.mix 1 trains on the data's "
+                  "flow-matching target alone (no teacher; `ppflow adapt --data` defaults to it): drop --guided, "
+                  "or give --mix below 1")),
                 (0.0 <= a.sample_mix <= 1.0 and (a.sample_mix == 0 or (
                     a.data_free and a.teacher == "cache" and a.finish_steps > 0 and a.guided is None
                     and a.stage_sampling == "schedule")),
