@@ -131,6 +131,32 @@ def record_pipeline(pipe, prompts: list[str], schedule: str, steps: list[int], b
     return calls
 
 
+def guided_calls(calls: list[tuple[dict, torch.Tensor]], scale: float) -> list[tuple[dict, torch.Tensor]]:
+    """The calls with CFG at `scale` folded into the conditional ones: a call followed by one on the same latents
+    and timestep is a (conditional, unconditional) pair (diffusers pipelines with a separate unconditional pass run
+    it second) whose conditional call gets the target u + scale (c - u); the unconditional call is dropped. A call
+    without a partner (a step run without CFG) keeps its own output."""
+    out, i, pairs = [], 0, 0
+    while i < len(calls):
+        kw, c = calls[i]
+        if i + 1 < len(calls) and _same_step(kw, calls[i + 1][0]):
+            u = calls[i + 1][1].float()
+            out.append((kw, (u + scale * (c.float() - u)).to(c.dtype)))
+            i, pairs = i + 2, pairs + 1
+        else:
+            out.append((kw, c))
+            i += 1
+    if not pairs:
+        raise ConfigError(f"adapter.guided {scale}: no (conditional, unconditional) pair among the {len(calls)} "
+                          "recorded calls; record the teacher with the pipeline's CFG on (guidance_scale > 1)")
+    return out
+
+
+def _same_step(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in ("hidden_states", "timestep") if k in a and k in b) and \
+        "hidden_states" in a and "hidden_states" in b
+
+
 def save_calls(calls: list[tuple[dict, torch.Tensor]], path: str | os.PathLike, meta: dict | None = None) -> Path:
     """One safetensors file; a tensor shared by several calls (prompt embeddings) is stored once."""
     unique, index, layout = {}, {}, []
@@ -211,6 +237,8 @@ class DistillTask(Task):
         if not Path(calls_path).exists():
             self._record(calls_path, log)
         calls, meta = load_calls(calls_path, verify)
+        if a.guided is not None:
+            calls = guided_calls(calls, a.guided)
         shift = FluxShift(**(a.shift or meta.get("shift") or {}))  # the recording pipeline's, unless given
         dtype = self.base_dtype()
         self.transformer = load_transformer(a.base or a.pipeline, torch_dtype=dtype).to(dev)
@@ -223,7 +251,7 @@ class DistillTask(Task):
                                      positions=a.positions)
             except ValueError as e:
                 raise ConfigError(f"adapter: {e}") from None
-        self.adapter.config.base = a.base or a.pipeline
+        self.adapter.config.base, self.adapter.config.guided = a.base or a.pipeline, a.guided
         self.adapter.float().requires_grad_(True)  # trained in fp32 beside a bf16/fp16 base (autocast mixes them)
         self.raw = self.model = self.adapter
         self.num_stages = self.adapter.plan.num_stages
@@ -321,7 +349,7 @@ class DistillTask(Task):
         a = self.cfg.adapter
         return (f"PPFlow adapter for {a.base or a.pipeline} ({type(self.transformer).__name__}; {n / 1e6:.3f}M parameters, "
                 f"{100 * share:.1f}% of the base; schedule {a.schedule}, LoRA rank {a.rank}), distilled data-free "
-                f"from {len(self.data)} recorded teacher calls")
+                f"from {len(self.data)} recorded teacher calls" + (f", guided {a.guided}" if a.guided else ""))
 
 
 def distill(config: DistillConfig | dict | None = None, *, resume: str | os.PathLike | None = None,

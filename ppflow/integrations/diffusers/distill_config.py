@@ -28,6 +28,11 @@ class AdapterSection:
     shift: dict = field(default_factory=dict, metadata={"help": "the sampler's time shift (FluxShift fields; "
                                                                 "default: the recording pipeline's scheduler's, "
                                                                 "else FLUX.1-dev's)"})
+    guided: float | None = _opt(None, "distil the pipeline's CFG at this scale into the conditional coarse stage: "
+                                      "consecutive recorded calls on the same latents and timestep are a "
+                                      "(conditional, unconditional) pair, the conditional call learns u + s (c - u) "
+                                      "and the unconditional one is dropped; sampled with the pipeline's CFG as "
+                                      "usual, coarse steps then run no unconditional forward")
     base_dtype: str = _opt("auto", "dtype the frozen base is loaded in (the adapter trains in fp32): auto = bf16 on "
                                    "CUDA unless precision is fp32, else fp32 (FLUX.1-dev in fp32 is 48 GB)",
                            choices=("auto", "fp32", "bf16", "fp16"))

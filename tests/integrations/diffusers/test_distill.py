@@ -177,3 +177,42 @@ def test_a_bf16_base_trains_an_fp32_adapter_under_autocast_that_applies_on_the_f
     cfg.adapter.base_dtype = "bf16"  # precision auto on CPU: no autocast
     with pytest.raises(ConfigError, match="--precision bf16"):
         distill(cfg)
+
+
+def test_guided_calls_fold_each_conditional_unconditional_pair_into_one_guided_target():
+    from ppflow.integrations.diffusers.distill import guided_calls
+    from ppflow.train.config import ConfigError
+
+    x, y, t = torch.randn(1, 4, 3), torch.randn(1, 4, 3), torch.tensor([0.8])
+    c, u, alone = torch.full((1, 4, 3), 2.0), torch.full((1, 4, 3), 1.0), torch.full((1, 4, 3), 5.0)
+    calls = [({"hidden_states": x, "timestep": t, "text": torch.ones(1)}, c),
+             ({"hidden_states": x, "timestep": t, "text": torch.zeros(1)}, u),  # the same step: its unconditional pass
+             ({"hidden_states": y, "timestep": t}, alone)]  # a step without CFG
+    out = guided_calls(calls, 3.0)
+    assert len(out) == 2 and out[0][0] is calls[0][0] and out[1][0] is calls[2][0]
+    assert torch.equal(out[0][1], torch.full((1, 4, 3), 4.0)) and torch.equal(out[1][1], alone)  # 1 + 3 (2 - 1)
+    with pytest.raises(ConfigError, match="no \\(conditional, unconditional\\) pair"):
+        guided_calls(calls[1:], 3.0)
+
+
+def test_a_guided_adapter_is_saved_as_guided_and_applied_without_coarse_unconditional_passes(tmp_path):
+    from ppflow.integrations.diffusers import adapter_of
+
+    base = tiny_flux()
+    base.save_pretrained(tmp_path / "base")
+    kw = {k: v for k, v in flux_inputs(batch=2, seed=0).items() if k != "return_dict"}
+    sig = kw["timestep"]
+    calls = []
+    with torch.no_grad():
+        for s in (1.0, 0.9):
+            step = {**kw, "timestep": torch.full_like(sig, s)}
+            calls.append((step, base(**step, return_dict=False)[0]))
+            plain = {**step, "encoder_hidden_states": torch.zeros_like(kw["encoder_hidden_states"])}
+            calls.append((plain, base(**plain, return_dict=False)[0]))
+    save_calls(calls, tmp_path / "calls.safetensors")
+    cfg = _config(tmp_path, "guided", 2)
+    cfg.adapter.guided = 2.0
+    result = distill(cfg)
+    model = tiny_flux()
+    adapter = apply(model, result.ema_dir)
+    assert adapter.config.guided == 2.0 and adapter.coarse_cfg is False and adapter_of(model) is adapter
