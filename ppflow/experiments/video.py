@@ -69,6 +69,7 @@ class VideoDemoConfig:
     adapter_calls_per_step: int = 4
     adapter_rank: int = 8
     adapter_lr: float = 1e-3
+    adapter_guided: float | None = None  # CFG folded into the coarse stages (sampled with stage-level CFG) if set
     eval_clips: int = 200
     timing_batch: int = 64
     timing_repeats: int = 3
@@ -193,7 +194,7 @@ def run_video_demo(cfg: VideoDemoConfig, out: str | Path, threads: int | None = 
                       save_every=cfg.adapter_steps, device="cpu", progress=False,
                       adapter=AdapterSection(base=base_dir, calls=str(calls_path), schedule=cfg.schedule,
                                              rank=cfg.adapter_rank, coarse_output=cfg.coarse_output,
-                                             shift={"dynamic": False, "shift": 1.0}))
+                                             shift={"dynamic": False, "shift": 1.0}, guided=cfg.adapter_guided))
     d.optim.lr, d.optim.warmup_steps, d.ema.decay, d.ema.warmup = cfg.adapter_lr, min(50, cfg.adapter_steps // 10), 0.999, True
     start = time.perf_counter()
     ad_run = distill(d)
@@ -294,7 +295,9 @@ def format_report(r: dict) -> Report:
              f"{t['adapter']['params'] / 1e3:.1f}k parameters "
              f"({100 * t['adapter']['share']:.1f}% of the base), distilled {c['adapter_steps']} steps "
              f"({t['adapter']['seconds']:.0f} s) from {t['adapter']['calls']} recorded coarse-stage calls of the "
-             f"base (data-free). Euler {c['sample_steps']} steps, boundaries on the grid.")
+             f"base (data-free)" + (f", CFG {c['adapter_guided']} folded into the coarse stages (no unconditional "
+                                     "coarse forward)" if c.get("adapter_guided") else "")
+             + f". Euler {c['sample_steps']} steps, boundaries on the grid.")
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
+
 from ppflow.cli import main
 
 
-def test_quick_video_demo_reports_paired_rows(tmp_path):
-    assert main(["video-demo", "--quick", "--out", str(tmp_path)]) == 0
+@pytest.mark.parametrize("guided", [False, True])
+def test_quick_video_demo_reports_paired_rows(tmp_path, guided):
+    assert main(["video-demo", "--quick", "--out", str(tmp_path), *(["--guided", "3"] if guided else [])]) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     rows = {w["model"]: w for w in r["rows"]}
     assert set(rows) == {"base", "adapter", "real clips"} and rows["base"]["base"] and not rows["adapter"]["base"]
@@ -14,6 +17,8 @@ def test_quick_video_demo_reports_paired_rows(tmp_path):
         assert key in rows["adapter"]
     assert rows["adapter"]["flops_bound"] > 1.3 and rows["real clips"]["direction_accuracy"] == 1.0
     assert (tmp_path / "clips-adapter.png").exists() and (tmp_path / "report.md").exists()
+    assert r["config"]["adapter_guided"] == (3.0 if guided else None)
+    assert ("no unconditional coarse forward" in (tmp_path / "report.md").read_text()) == guided
 
 
 def test_word_sensitivity_sees_whether_the_velocity_follows_each_word():
