@@ -136,11 +136,10 @@ class _HelpFormat(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptio
 
 def add_arguments(p) -> None:
     from ..flux.train_config import FluxTrainConfig
+    from ..integrations.diffusers.distill_config import DistillConfig
     from .train import add_run_arguments
 
     p.epilog, p.formatter_class = FLUX_EPILOG, argparse.RawDescriptionHelpFormatter
-    from ..integrations.diffusers.distill_config import DistillConfig
-
     sub = p.add_subparsers(dest="subcommand", metavar="{train,adapt,cache,demo,stack}", required=True)
     t = sub.add_parser("train", help="fine-tune a FLUX transformer into PPFlux (LoRA or full) on cached data",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -123,16 +123,16 @@ def _method(m: DemoModel) -> str:
 def copy_stage(demo, images: dict[str, np.ndarray]) -> None:
     """Copy check (ppflow.eval.copying) of every contestant trained on the first N images only (`data.limit` in
     its `train` options): its evaluation samples against those N images and as many held-out ones."""
-    from ..data.registry import DataConfig
     from ..eval.copying import copy_check, reference_images
+    from ..train.config import apply_overrides
+    from ..train.distill import AdaptConfig
 
     for label, arr in images.items():
         m = demo.spec(label)
         if not m.train.get("data.limit"):
             continue
         o = demo.train_overrides(m)
-        data = DataConfig(name=o["data.name"], path=o.get("data.path"), image_size=o["data.image_size"],
-                          limit=o["data.limit"])
+        data = apply_overrides(AdaptConfig(), {k: v for k, v in o.items() if k.startswith("data.")}).data
         try:
             train, _, holdout, mirror = reference_images(data, data.limit, demo.cfg.seed)
         except ValueError as e:

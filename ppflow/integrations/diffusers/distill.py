@@ -153,8 +153,8 @@ def guided_calls(calls: list[tuple[dict, torch.Tensor]], scale: float) -> list[t
 
 
 def _same_step(a: dict, b: dict) -> bool:
-    return all(torch.equal(a[k], b[k]) for k in ("hidden_states", "timestep") if k in a and k in b) and \
-        "hidden_states" in a and "hidden_states" in b
+    keys = [k for k in ("hidden_states", "timestep") if k in a and k in b]
+    return "hidden_states" in keys and all(torch.equal(a[k], b[k]) for k in keys)
 
 
 def save_calls(calls: list[tuple[dict, torch.Tensor]], path: str | os.PathLike, meta: dict | None = None) -> Path:

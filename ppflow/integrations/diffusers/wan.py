@@ -101,7 +101,11 @@ class Wan(Family):
             return
         rope = model.rope
         saved = rope.freqs_cos, rope.freqs_sin
-        rope.freqs_cos, rope.freqs_sin = centred_tables(rope, ctx["factors"])
+        cached = rope.__dict__.setdefault("_ppflow_centred", {})  # made once per stage, device and dtype
+        key = (tuple(ctx["factors"]), saved[0].device, saved[0].dtype)
+        if key not in cached:
+            cached[key] = centred_tables(rope, ctx["factors"])
+        rope.freqs_cos, rope.freqs_sin = cached[key]
         try:
             yield
         finally:
